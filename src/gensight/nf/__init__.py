@@ -1,0 +1,24 @@
+"""NF-Layers and models: permutation-equivariant neural functionals (arXiv 2302.14040).
+
+Layers map a :class:`~gensight.weightspace.WeightBatch` to a ``WeightBatch`` (equivariant)
+or to a tensor (invariant pools), and compose like ``torch.nn`` layers.
+"""
+
+from gensight.nf.layers import HNPLinear, NPLinear, num_parameters
+from gensight.nf.layout import Block, Layout
+from gensight.nf.models import InvariantNFN
+from gensight.nf.pointwise import Elementwise, WeightSpaceNorm
+from gensight.nf.pooling import HNPPool, NPPool
+
+__all__ = [
+    "Block",
+    "Elementwise",
+    "HNPLinear",
+    "HNPPool",
+    "InvariantNFN",
+    "Layout",
+    "NPLinear",
+    "NPPool",
+    "WeightSpaceNorm",
+    "num_parameters",
+]
