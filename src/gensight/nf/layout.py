@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import torch
 from torch import Tensor
 
 from gensight.errors import ShapeMismatchError
@@ -99,11 +100,40 @@ class Block:
         dims = tuple(range(2, x.dim()))
         return _reduce(x, dims, agg) if dims else x
 
-    def pool_to(self, x: Tensor, neuron_layer: int) -> Tensor:
-        """Canonical ``x`` (mean) reduced to the axis of ``neuron_layer``: ``(B, F, n)``."""
+    def pool_neurons(self, x: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+        """Canonical ``x`` (mean) reduced to each permuted neuron axis, and ``x`` itself.
+
+        Returns ``({layer: (B, F, n)}, x_alias)``. For a doubly-permuted block the row and
+        column means come from one op that also passes ``x`` through: use the alias for any
+        further use of ``x`` so that its gradient and the means' gradient are added in one
+        pass.
+        """
         if self.row_perm and self.col_perm:
-            return x.mean(-1) if neuron_layer == self.row_layer else x.mean(-2)
-        return x
+            rows, cols, alias = RowColMean.apply(x)
+            return {self.row_layer: rows, self.col_layer: cols}, alias
+        return {layer: x for layer in self.perm_layers}, x
+
+
+class RowColMean(torch.autograd.Function):
+    """``x: (B, F, n_r, n_c) -> (x.mean(-1), x.mean(-2), x)`` with a fused backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.shape = x.shape
+        return x.mean(-1), x.mean(-2), x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g_rows: Tensor | None, g_cols: Tensor | None,
+                 g_x: Tensor | None) -> Tensor:
+        n_r, n_c = ctx.shape[-2:]
+        # One fresh full-size tensor, then in-place broadcast adds into it.
+        out = g_x.clone() if g_x is not None else g_rows.new_zeros(ctx.shape) \
+            if g_rows is not None else g_cols.new_zeros(ctx.shape)
+        if g_rows is not None:
+            out += (g_rows / n_c).unsqueeze(-1)
+        if g_cols is not None:
+            out += (g_cols / n_r).unsqueeze(-2)
+        return out
 
 
 def _reduce(x: Tensor, dims: tuple[int, ...], agg: str) -> Tensor:
