@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from gensight.data import SEVERITIES, SHIFTS, apply_shift, available_shifts, load_dataset
+from gensight.errors import GensightError
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_dataset("digits").x_test[:64]
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_shift_shape_range_determinism_and_effect(images, name):
+    outs = [apply_shift(images, name, s, seed=3) for s in SEVERITIES]
+    for out in outs:
+        assert out.shape == images.shape and out.dtype == images.dtype
+        assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(apply_shift(images, name, 2, seed=3), outs[1])
+    assert not torch.equal(outs[0], images)
+    if name not in ("brightness", "contrast", "gaussian_blur"):  # deterministic ones
+        assert not torch.equal(apply_shift(images, name, 2, seed=4), outs[1])
+
+
+MONOTONE = [n for n in SHIFTS if n != "translation"]
+
+
+@pytest.mark.parametrize("name", MONOTONE)
+def test_severity_increases_distance_from_clean(images, name):
+    dist = [float((apply_shift(images, name, s, seed=0) - images).abs().mean())
+            for s in SEVERITIES]
+    assert all(a < b for a, b in zip(dist, dist[1:], strict=False)), dist
+
+
+def test_translation_moves_centre_of_mass_further_with_severity():
+    x = load_dataset("mnist5k").x_test[:32]
+
+    def com(t):
+        return np.array([ndimage.center_of_mass(img[0]) for img in t.numpy()])
+
+    base = com(x)
+    moved = [np.linalg.norm(com(apply_shift(x, "translation", s)) - base, axis=1).mean()
+             for s in SEVERITIES]
+    assert all(a < b for a, b in zip(moved, moved[1:], strict=False)), moved
+    # severity 1 on a 28-pixel side: 1.4 pixels along each axis -> about 2 pixels.
+    assert 1.2 < moved[0] < 2.6
+
+
+def test_golden_values_for_simple_shifts():
+    x = torch.tensor([[[[0.0, 0.2], [0.4, 0.6]]]])
+    assert torch.allclose(apply_shift(x, "brightness", 3), torch.tensor(
+        [[[[0.3, 0.5], [0.7, 0.9]]]]))
+    # contrast severity 1: factor 0.75 around the image mean 0.3
+    assert torch.allclose(apply_shift(x, "contrast", 1), torch.tensor(
+        [[[[0.075, 0.225], [0.375, 0.525]]]]))
+    big = torch.ones(1, 1, 100, 100)
+    dropped = apply_shift(big, "pixel_dropout", 4)  # p = 0.3
+    assert abs(float((dropped == 0).float().mean()) - 0.3) < 0.03
+
+
+def test_one_dimensional_inputs():
+    x = load_dataset("mnist1d").x_test[:16]
+    names = available_shifts(1, bounded=False)
+    assert "rotation" not in names and "shot_noise" not in names and "fog" not in names
+    for name in names:
+        out = apply_shift(x, name, 3, value_range=None)
+        assert out.shape == x.shape and not torch.equal(out, x)
+    with pytest.raises(GensightError, match=r"applies to \[2\]-D inputs; got 1-D"):
+        apply_shift(x, "rotation", 1, value_range=None)
+    with pytest.raises(GensightError, match="known value range"):
+        apply_shift(x, "shot_noise", 1, value_range=None)
+
+
+def test_bad_names_and_severities(images):
+    with pytest.raises(GensightError, match="known shifts: gaussian_noise, shot_noise"):
+        apply_shift(images, "snow", 1)
+    with pytest.raises(GensightError, match="severity must be one of"):
+        apply_shift(images, "fog", 6)
+    with pytest.raises(GensightError, match=r"\(N, C, \*spatial\)"):
+        apply_shift(images[0, 0], "fog", 1)
