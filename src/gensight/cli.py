@@ -1,8 +1,10 @@
 """The ``gensight`` command.
 
 Subcommands:
-  example   build a tiny set of networks, check their symmetries and run HNP/NP neural
-            functionals on them (a one-minute tour of gensight.weightspace and gensight.nf)
+  example     build a tiny set of networks, check their symmetries and run HNP/NP neural
+              functionals on them (a one-minute tour of gensight.weightspace and gensight.nf)
+  zoo build   train the members of a zoo spec into a resumable zoo directory
+  zoo info    summarize a zoo directory
 """
 
 from __future__ import annotations
@@ -76,6 +78,85 @@ def _cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_build(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from gensight.zoo import ZooSpec, build_zoo, plan_shards
+
+    console = Console(stderr=True)
+    spec = ZooSpec.from_toml(args.spec)
+    plans = plan_shards(spec)
+    console.print(f"zoo [bold]{spec.name}[/]: {len(spec.members())} members in {len(plans)} "
+                  f"shard(s) -> {args.out}")
+    start = time.perf_counter()
+    with Progress(TextColumn("members"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, disable=args.quiet) as bar:
+        task = bar.add_task("build", total=len(spec.members()), rate="")
+        first_done: list[int] = []
+
+        def progress(done: int, total: int, steps: int) -> None:
+            if not first_done:
+                first_done.append(done)
+            elapsed = time.perf_counter() - start
+            new = done - first_done[0]
+            rate = f"{new / elapsed:.1f} members/s" if new and elapsed > 0 else ""
+            bar.update(task, completed=done, rate=rate)
+
+        zoo = build_zoo(spec, args.out, progress=progress)
+    console.print(f"done in {time.perf_counter() - start:.1f}s: {len(zoo.table)} rows "
+                  f"(members x checkpoints) in {args.out}")
+    return 0
+
+
+def _cmd_zoo_info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gensight.zoo import Zoo
+
+    zoo = Zoo.open(args.zoo)
+    m = zoo.manifest
+    console = Console()
+    built = zoo.table["member_id"].nunique() if len(zoo.table) else 0
+    state = "complete" if zoo.complete else "incomplete (resume with zoo build)"
+    console.print(f"[bold]{m['name']}[/] ({args.zoo}): dataset {m['spec']['dataset']}, "
+                  f"{m['n_members']} members, {built} built, {state}")
+    console.print(f"weight space: {zoo.space!r}", markup=False)
+    if zoo.table.empty:
+        return 0
+    final = zoo.table[zoo.table["is_final"]]
+    table = Table(title="test accuracy at the final checkpoint")
+    for col in ("optimizer", "activation", "members", "mean", "std", "min", "median", "max",
+                "mean gap"):
+        table.add_column(col, justify="left" if col in ("optimizer", "activation") else "right")
+    for (opt, act), g in final.groupby(["optimizer", "activation"]):
+        acc = g["test_acc"]
+        table.add_row(str(opt), str(act), str(len(g)), f"{acc.mean():.3f}", f"{acc.std():.3f}",
+                      f"{acc.min():.3f}", f"{acc.median():.3f}", f"{acc.max():.3f}",
+                      f"{g['gen_gap'].mean():.3f}")
+    console.print(table)
+    shift_cols = [c for c in final.columns if c.startswith("shift:") and c.endswith("_acc")]
+    if shift_cols:
+        shifted = Table(title="mean accuracy on shifted test sets (final checkpoint)")
+        shifted.add_column("set")
+        shifted.add_column("mean acc", justify="right")
+        for c in shift_cols:
+            shifted.add_row(c[len("shift:"):-len("_acc")], f"{final[c].mean():.3f}")
+        console.print(shifted)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gensight",
@@ -93,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--members", type=int, default=4, help="networks per architecture")
     ex.add_argument("--seed", type=int, default=0, help="random seed")
     ex.set_defaults(func=_cmd_example)
+
+    zoo = sub.add_parser("zoo", help="build and inspect model zoos",
+                         description="Build and inspect model zoos.")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    build = zoo_sub.add_parser(
+        "build", help="train a zoo spec's members into a directory (resumable)",
+        description="Train the members of SPEC (a TOML zoo spec) into OUT. Rerunning the same "
+        "command after an interruption resumes it without losing or duplicating members.")
+    build.add_argument("spec", help="zoo spec (TOML)")
+    build.add_argument("--out", required=True, help="zoo directory")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_cmd_zoo_build)
+    info = zoo_sub.add_parser("info", help="summarize a zoo directory")
+    info.add_argument("zoo", help="zoo directory")
+    info.set_defaults(func=_cmd_zoo_info)
     return parser
 
 

@@ -1,0 +1,199 @@
+"""Build a zoo from a spec into a directory, shard by shard, resumably."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+import gensight
+from gensight.data import Dataset, apply_shift, load_dataset
+from gensight.weightspace import WeightSpace
+from gensight.zoo.spec import STRUCTURAL, Member, ZooSpec
+from gensight.zoo.store import (
+    FORMAT,
+    FORMAT_VERSION,
+    Zoo,
+    ZooStoreError,
+    atomic_write_bytes,
+    atomic_write_parquet,
+    collect_index,
+    read_manifest,
+    remove_temporaries,
+    shard_complete,
+    write_shard,
+)
+from gensight.zoo.train import Population, evaluate, init_member, train_population
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    members: tuple[Member, ...]
+
+    def steps(self, n_train: int) -> int:
+        hp = self.members[0].hparams
+        k = max(1, int(round(hp["train_fraction"] * n_train)))
+        return hp["epochs"] * -(-k // hp["batch_size"])
+
+
+def plan_shards(spec: ZooSpec) -> list[ShardPlan]:
+    """Members grouped by their structural hyperparameters, then cut into shards of at most
+    ``spec.shard_size``; the plan depends on the spec only."""
+    groups: dict[tuple, list[Member]] = {}
+    for member in spec.members():
+        groups.setdefault(member.group_key(), []).append(member)
+    plans = []
+    for key in sorted(groups, key=repr):
+        members = groups[key]
+        for start in range(0, len(members), spec.shard_size):
+            plans.append(ShardPlan(len(plans), tuple(members[start:start + spec.shard_size])))
+    return plans
+
+
+def eval_sets(spec: ZooSpec, dataset: Dataset) -> dict[str, tuple[Tensor, Tensor]]:
+    """The labeled sets every checkpoint is evaluated on: train, val, test, and each
+    requested shift and severity of the test set."""
+    sets = {"train": (dataset.x_train, dataset.y_train), "val": (dataset.x_val, dataset.y_val),
+            "test": (dataset.x_test, dataset.y_test)}
+    for shift in spec.shifts:
+        for severity in spec.severities:
+            x = apply_shift(dataset.x_test, shift, severity, seed=spec.seed,
+                            value_range=dataset.value_range)
+            sets[f"{shift}-{severity}"] = (x, dataset.y_test)
+    return sets
+
+
+def build_zoo(
+    spec: ZooSpec,
+    out: str | Path,
+    *,
+    progress: Callable[[int, int, int], None] | None = None,
+    max_shards: int | None = None,
+) -> Zoo:
+    """Build (or resume building) the zoo of ``spec`` in ``out``.
+
+    ``progress(members_done, members_total, steps_done_in_shard)`` is called after every
+    optimizer step and shard. ``max_shards`` stops after that many new shards (for tests and
+    incremental builds). Completed shards are kept; a resumed build gives the same zoo as an
+    uninterrupted one.
+
+    Raises:
+        ZooStoreError: ``out`` exists and is not a zoo, or is a zoo of another spec.
+    """
+    root = Path(out)
+    dataset = load_dataset(spec.dataset)
+    template = init_member(spec.members()[0], spec.architecture, dataset)
+    space = WeightSpace.from_module(template)
+    plans = plan_shards(spec)
+    _prepare_root(root, spec, space, len(plans))
+    sets = eval_sets(spec, dataset)
+    total = sum(len(p.members) for p in plans)
+    done = sum(len(p.members) for p in plans if shard_complete(root, p.index))
+    new = 0
+    for plan in plans:
+        if shard_complete(root, plan.index):
+            continue
+        if max_shards is not None and new >= max_shards:
+            break
+        steps = [0]
+
+        def on_step(steps=steps, done=done):
+            steps[0] += 1
+            if progress is not None:
+                progress(done, total, steps[0])
+
+        _build_shard(root, spec, plan, dataset, sets, on_step)
+        done += len(plan.members)
+        new += 1
+        if progress is not None:
+            progress(done, total, 0)
+        atomic_write_parquet(root / "index.parquet", collect_index(root, range(len(plans))))
+    return Zoo.open(root)
+
+
+def _prepare_root(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int) -> None:
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "spec": json.loads(spec.to_json()),
+        "spec_hash": spec.content_hash(),
+        "space": space.to_dict(),
+        "n_shards": n_shards,
+        "n_members": len(spec.members()),
+        "versions": {"gensight": gensight.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+    if root.exists():
+        if not root.is_dir():
+            raise ZooStoreError(f"{str(root)!r} exists and is not a directory")
+        if any(root.iterdir()):
+            existing = read_manifest(root)  # raises if this is not a zoo
+            if existing.get("spec_hash") != manifest["spec_hash"]:
+                raise ZooStoreError(
+                    f"{str(root)!r} holds a zoo of another spec (hash "
+                    f"{existing.get('spec_hash')} vs {manifest['spec_hash']}); choose another "
+                    "--out directory or delete it")
+            remove_temporaries(root)
+            return
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+
+def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
+                 sets: dict[str, tuple[Tensor, Tensor]], on_step: Callable[[], None]) -> None:
+    members = plan.members
+    epochs = members[0].hparams["epochs"]
+    checkpoints = spec.checkpoint_epochs(epochs)
+    tensors: dict[str, Tensor] = {}
+    rows: list[dict] = []
+
+    def on_checkpoint(epoch: int, pop: Population) -> None:
+        batch = pop.to_weight_batch()
+        for key, values in zip(batch.space.state_dict_keys(), _state_tensors(batch),
+                               strict=True):
+            tensors[f"e{epoch}/{key}"] = values.clone()
+        results = {name: evaluate(pop, x, y, keep_logits=spec.store_logits and name != "train")
+                   for name, (x, y) in sets.items()}
+        if spec.store_logits:
+            for name, ev in results.items():
+                if ev.logits is not None:
+                    tensors[f"logits/e{epoch}/{name}"] = ev.logits.half()
+        for pos, member in enumerate(members):
+            row = {
+                "member_id": member.member_id, "config_id": member.config_id,
+                "seed_index": member.seed_index, "seed": member.seed,
+                "epoch": epoch, "is_final": epoch == epochs,
+                "shard": plan.index, "shard_pos": pos,
+                **member.hparams,
+            }
+            for name, ev in results.items():
+                key = name if name in ("train", "val", "test") else f"shift:{name}"
+                row[f"{key}_loss"] = float(ev.loss[pos])
+                row[f"{key}_acc"] = float(ev.accuracy[pos])
+            row["gen_gap"] = row["train_acc"] - row["test_acc"]
+            rows.append(row)
+
+    train_population(members, spec.architecture, dataset, checkpoints, on_checkpoint, on_step)
+    metadata = {"member_ids": json.dumps([m.member_id for m in members]),
+                "checkpoints": json.dumps(list(checkpoints)),
+                "structural": json.dumps({k: members[0].hparams[k] for k in STRUCTURAL})}
+    write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
+
+
+def _state_tensors(batch) -> list[Tensor]:
+    """Stacked ``(members, *shape)`` tensors in state-dict key order (bias-free layers give
+    no bias)."""
+    out = []
+    for layer, w, b in zip(batch.space.layers, batch.weights, batch.biases, strict=True):
+        out.append(w[:, 0])
+        if layer.has_bias:
+            out.append(b[:, 0])
+    return out

@@ -1,0 +1,98 @@
+"""Population training equals training each member alone with torch.optim."""
+
+import pytest
+import torch
+
+from gensight.data import load_dataset
+from gensight.weightspace import WeightBatch
+from gensight.zoo import ZooSpec
+from gensight.zoo.train import (
+    Population,
+    build_model,
+    evaluate,
+    init_member,
+    train_population,
+    train_single_reference,
+)
+
+# RMSprop and Adam take steps of about lr * sign(g) when |g| is tiny, so float rounding in
+# near-zero gradients can flip a step at large learning rates; moderate rates keep the
+# comparison about batching, not about chaos.
+CASES = [
+    ("mlp", {"family": "mlp", "hidden": [12, 10]}, "sgd", 0.05),
+    ("mlp", {"family": "mlp", "hidden": [12]}, "adam", 0.005),
+    ("mlp", {"family": "mlp", "hidden": [12]}, "rmsprop", 0.002),
+    ("cnn", {"family": "cnn", "channels": [3, 4], "kernel_size": 3}, "sgd", 0.05),
+    ("cnn", {"family": "cnn", "channels": [3], "kernel_size": 3}, "adam", 0.005),
+]
+
+
+@pytest.mark.parametrize("family, arch, optimizer, lr", CASES)
+def test_population_matches_per_network_loop(family, arch, optimizer, lr):
+    spec = ZooSpec.from_dict({
+        "dataset": "digits", "architecture": arch, "configs": 3,
+        "hparams": {"optimizer": [optimizer], "lr": {"low": lr / 2, "high": lr},
+                    "dropout": [0.0, 0.25], "l2": [0.0, 1e-3], "init_scale": [0.7, 1.3],
+                    "momentum": [0.0, 0.9], "epochs": [2], "batch_size": [50],
+                    "train_fraction": [0.3]},
+    })
+    ds = load_dataset("digits")
+    members = spec.members()
+    pop = train_population(members, spec.architecture, ds, [], lambda e, p: None)
+    batch = pop.to_weight_batch()
+    for k, member in enumerate(members):
+        alone = WeightBatch.from_modules([train_single_reference(member, spec.architecture, ds)])
+        for a, b in zip(batch.tensors(), alone.tensors(), strict=True):
+            assert torch.allclose(a[k], b[0], atol=2e-5, rtol=1e-4), member.hparams
+        # and training changed the weights
+        init = WeightBatch.from_modules([init_member(member, spec.architecture, ds)])
+        assert not batch[k].allclose(init, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", [{"family": "mlp", "hidden": [7, 5]},
+                                  {"family": "cnn", "channels": [3, 2], "kernel_size": 3}])
+@pytest.mark.parametrize("dataset", ["digits", "mnist1d"])
+def test_population_forward_equals_each_module(arch, dataset):
+    spec = ZooSpec.from_dict({"dataset": dataset, "architecture": arch, "configs": 3,
+                              "hparams": {"activation": ["tanh"]}})
+    ds = load_dataset(dataset)
+    modules = [init_member(m, spec.architecture, ds).eval() for m in spec.members()]
+    pop = Population.from_modules(modules, spec.architecture, "tanh")
+    x = ds.x_test[:20]
+    with torch.no_grad():
+        shared = pop.forward(x, shared=True)
+        per_member = pop.forward(x.unsqueeze(0).expand(3, *x.shape))
+    for k, module in enumerate(modules):
+        with torch.no_grad():
+            expected = module(x)
+        assert torch.allclose(shared[k], expected, atol=1e-5)
+        assert torch.allclose(per_member[k], expected, atol=1e-5)
+    ev = evaluate(pop, x, ds.y_test[:20], keep_logits=True, chunk=7)
+    assert torch.allclose(ev.logits, shared, atol=1e-6)
+    expected_acc = (shared.argmax(-1) == ds.y_test[:20]).float().mean(1)
+    assert torch.allclose(ev.accuracy, expected_acc)
+
+
+def test_init_is_seeded_and_scaled():
+    spec = ZooSpec.from_dict({"dataset": "digits", "architecture": {"family": "mlp",
+                              "hidden": [6]}, "configs": 2,
+                              "hparams": {"init_scale": [2.0]}})
+    ds = load_dataset("digits")
+    m = spec.members()[0]
+    a, b = init_member(m, spec.architecture, ds), init_member(m, spec.architecture, ds)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    torch.manual_seed(m.seed)
+    plain = build_model(spec.architecture, ds.input_shape, 10)
+    assert torch.allclose(a[1].weight, 2.0 * plain[1].weight)
+    assert torch.allclose(a[1].bias, plain[1].bias)
+    other = init_member(spec.members()[1], spec.architecture, ds)
+    assert not torch.equal(other[1].weight, a[1].weight)
+
+
+def test_population_rejects_mixed_structure():
+    spec = ZooSpec.from_dict({"dataset": "digits", "architecture": {"family": "mlp",
+                              "hidden": [4]}, "mode": "grid",
+                              "hparams": {"epochs": [1, 2]}})
+    with pytest.raises(ValueError, match="share 'epochs'"):
+        train_population(spec.members(), spec.architecture, load_dataset("digits"), [],
+                         lambda e, p: None)
