@@ -8,6 +8,9 @@ init scale and dropout rate, and its own data order and dropout masks drawn from
 generator. The optimizers (SGD with momentum, Adam, RMSprop) follow ``torch.optim``'s update
 formulas exactly. Training a population therefore gives the same weights as training each
 member alone with ``torch.optim`` (see ``tests/zoo/test_train.py``), only faster.
+
+On the CPU, conv members are stacked two at a time (``Population.conv_chunk``): larger
+stacks leave the caches and run slower per member.
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ class Population:
     biases: list[Tensor]
     activation: str
     padding: int
+    # Members per grouped convolution; None: 2 on the CPU, all on a GPU. Stacking many
+    # members makes activations too large for the CPU caches, and oneDNN's grouped
+    # convolution then runs several times slower per member (benchmarks/bench_population.py).
+    conv_chunk: int | None = None
 
     @property
     def size(self) -> int:
@@ -131,6 +138,19 @@ class Population:
                 if masks is not None and masks[i] is not None:
                     h = h * masks[i]
         else:
+            chunk = self.conv_chunk or (m if x.is_cuda else 2)
+            if m > chunk:  # keep each chunk's activations cache-sized (see conv_chunk)
+                parts = []
+                for lo in range(0, m, chunk):
+                    sub = Population(self.space, self.arch,
+                                     [w[lo:lo + chunk] for w in self.weights],
+                                     [b[lo:lo + chunk] for b in self.biases],
+                                     self.activation, self.padding, chunk)
+                    sub_x = x if shared else x[lo:lo + chunk]
+                    sub_masks = None if masks is None else [
+                        None if mk is None else mk[lo:lo + chunk] for mk in masks]
+                    parts.append(sub.forward(sub_x, sub_masks, shared=shared))
+                return torch.cat(parts, 0)
             # Members side by side along channels: one grouped convolution per layer.
             dims = self.weights[0].dim() - 3
             conv = F.conv2d if dims == 2 else F.conv1d

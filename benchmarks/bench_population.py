@@ -1,0 +1,126 @@
+"""Population training vs a plain per-network PyTorch loop, in one process.
+
+The same members (same architecture, hyperparameters and epochs) are trained twice:
+
+- baseline: for each member, an ``nn.Sequential``, ``torch.optim`` and a shuffled minibatch
+  loop, the way one trains a single network. It runs on ``--baseline-members`` members (a
+  subset), since its rate per member does not depend on how many there are;
+- ours: ``gensight.zoo.train.train_population`` on all members at once.
+
+It prints members/second for both and their ratio, and our achieved FLOP/s (forward +
+backward, counted analytically as 3x the forward multiply-adds x 2) as a fraction of the
+FLOP/s of a dense fp32 matmul measured in the same run.
+
+Run:  python benchmarks/bench_population.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gensight.data import load_dataset
+from gensight.zoo import ZooSpec
+from gensight.zoo.train import init_member, torch_optimizer, train_population
+
+CASES = {
+    "digits-mlp": {
+        "dataset": "digits", "members": 64, "baseline": 8,
+        "architecture": {"family": "mlp", "hidden": [32, 32]},
+        "hparams": {"optimizer": ["sgd"], "lr": {"low": 0.01, "high": 0.1}, "epochs": [2],
+                    "batch_size": [32], "momentum": [0.9]},
+    },
+    "mnist5k-cnn": {
+        "dataset": "mnist5k", "members": 32, "baseline": 4,
+        "architecture": {"family": "cnn", "channels": [16, 16, 16], "kernel_size": 3},
+        "hparams": {"optimizer": ["adam"], "lr": {"low": 0.001, "high": 0.01},
+                    "epochs": [1], "batch_size": [64]},
+    },
+}
+
+
+def spec_for(case: dict) -> ZooSpec:
+    return ZooSpec.from_dict({"dataset": case["dataset"], "architecture": case["architecture"],
+                              "configs": case["members"], "hparams": case["hparams"]})
+
+
+def baseline_loop(members, spec, ds) -> float:
+    """Seconds to train ``members`` one at a time with a plain PyTorch loop."""
+    start = time.perf_counter()
+    for member in members:
+        hp = member.hparams
+        model = init_member(member, spec.architecture, ds)
+        opt = torch_optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["l2"],
+                              hp["momentum"])
+        g = torch.Generator().manual_seed(member.seed)
+        n = len(ds.y_train)
+        for _ in range(hp["epochs"]):
+            order = torch.randperm(n, generator=g)
+            for idx in order.split(hp["batch_size"]):
+                loss = F.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return time.perf_counter() - start
+
+
+def forward_flops_per_example(spec: ZooSpec, input_shape) -> int:
+    arch = spec.architecture
+    if arch.family == "mlp":
+        widths = [math.prod(input_shape), *arch.hidden, 10]
+        return 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    spatial = math.prod(input_shape[1:])
+    chans = [input_shape[0], *arch.channels]
+    k = arch.kernel_size ** (len(input_shape) - 1)
+    conv = sum(a * b * k * spatial for a, b in zip(chans, chans[1:], strict=False))
+    return 2 * (conv + chans[-1] * 10)
+
+
+def matmul_flops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    reps = 5
+    for _ in range(reps):
+        a @ b
+    return reps * 2 * 2048 ** 3 / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES))
+    args = parser.parse_args()
+    peak = matmul_flops()
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    header = (f"{'case':<12} {'members':>7} {'loop mem/s':>11} {'ours mem/s':>11} "
+              f"{'speedup':>8} {'ours GFLOP/s':>13} {'of matmul':>10}")
+    print(header)
+    print("-" * len(header))
+    for name in args.cases.split(","):
+        case = CASES[name]
+        spec = spec_for(case)
+        ds = load_dataset(spec.dataset)
+        members = spec.members()
+        base_s = baseline_loop(members[:case["baseline"]], spec, ds)
+        start = time.perf_counter()
+        train_population(members, spec.architecture, ds, [], lambda e, p: None)
+        ours_s = time.perf_counter() - start
+        base_rate = case["baseline"] / base_s
+        ours_rate = len(members) / ours_s
+        hp = members[0].hparams
+        examples = hp["epochs"] * len(ds.y_train) * len(members)
+        flops = 3 * forward_flops_per_example(spec, ds.input_shape) * examples
+        print(f"{name:<12} {len(members):>7} {base_rate:>11.2f} {ours_rate:>11.2f} "
+              f"{ours_rate / base_rate:>7.1f}x {flops / ours_s / 1e9:>13.2f} "
+              f"{flops / ours_s / peak:>10.1%}")
+    print("speedup = our members/s / baseline members/s (same hyperparameters and epochs)")
+
+
+if __name__ == "__main__":
+    main()
