@@ -25,3 +25,17 @@ def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "gensight.cli", "--version"],
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip().startswith("gensight ")
+
+
+def test_zoo_build_bad_spec_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('dataset = "digits"\n[architecture]\nfamily = "mlp"\n[hparams]\nlr = [-1.0]\n')
+    assert main(["zoo", "build", str(spec), "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "gensight: error: hparams.lr: value -1.0 is invalid" in err
+    assert not (tmp_path / "z").exists()  # nothing written for a bad spec
+
+
+def test_zoo_info_on_a_non_zoo(tmp_path, capsys):
+    assert main(["zoo", "info", str(tmp_path)]) == 2
+    assert "is not a gensight zoo" in capsys.readouterr().err

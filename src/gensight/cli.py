@@ -113,7 +113,8 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
             rate = f"{new / elapsed:.1f} members/s" if new and elapsed > 0 else ""
             bar.update(task, completed=done, rate=rate)
 
-        zoo = build_zoo(spec, args.out, progress=progress)
+        zoo = build_zoo(spec, args.out, progress=progress, backend=args.backend,
+                        ray_address=args.ray_address)
     console.print(f"done in {time.perf_counter() - start:.1f}s: {len(zoo.table)} rows "
                   f"(members x checkpoints) in {args.out}")
     return 0
@@ -185,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("spec", help="zoo spec (TOML)")
     build.add_argument("--out", required=True, help="zoo directory")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local (default): this process; ray: shards as Ray tasks")
+    build.add_argument("--ray-address", default=None,
+                       help="Ray cluster address (default: start a local Ray instance); the "
+                       "--out directory must be on a filesystem every worker sees")
     build.set_defaults(func=_cmd_zoo_build)
     info = zoo_sub.add_parser("info", help="summarize a zoo directory")
     info.add_argument("zoo", help="zoo directory")

@@ -101,6 +101,15 @@ def test_stored_weights_and_metrics_are_those_of_the_members(built):
     logits = built.logits(final.head(1), "test")
     with torch.no_grad():
         assert torch.allclose(logits[0], model(ds.x_test), atol=2e-2)  # stored as float16
+    # train_acc is on the member's own training subset (train_fraction = 0.5 here).
+    from gensight.zoo.train import member_states
+
+    member = by_id[final["member_id"].iloc[0]]
+    (state,) = member_states([member], len(ds.y_train))
+    assert len(state.subset) == round(0.5 * len(ds.y_train))
+    with torch.no_grad():
+        own = (model(ds.x_train[state.subset]).argmax(1) == ds.y_train[state.subset])
+    assert own.float().mean().item() == pytest.approx(final["train_acc"].iloc[0], abs=1e-6)
     gap = final["train_acc"] - final["test_acc"]
     assert (final["gen_gap"] - gap).abs().max() < 1e-12
 
@@ -198,3 +207,26 @@ def test_selecting_rows_by_metadata(built):
         built.weights(adam.iloc[0:0])
     with pytest.raises(ZooStoreError, match="lack the columns"):
         built.weights(adam[["member_id"]])
+
+
+def test_ray_backend_builds_the_same_zoo(built, tmp_path):
+    pytest.importorskip("ray")
+    spec = ZooSpec.from_dict(SPEC)
+    root = tmp_path / "ray"
+    build_zoo(spec, root, max_shards=1)  # a resumed build, finished by Ray
+    seen = []
+    zoo = build_zoo(spec, root, backend="ray", progress=lambda d, t, s: seen.append((d, t)))
+    assert zoo.complete and seen[-1] == (12, 12)
+    a, b = sorted_table(built), sorted_table(zoo)
+    numeric = [c for c in a.columns if c.endswith(("_acc", "_loss")) or c == "gen_gap"]
+    pd.testing.assert_frame_equal(a.drop(columns=numeric), b.drop(columns=numeric))
+    assert (a[numeric] - b[numeric]).abs().max().max() < 1e-4
+    # Ray workers run single-threaded: GEMM rounding may differ, nothing else.
+    assert built.weights(a).allclose(zoo.weights(b), atol=1e-5)
+
+
+def test_unknown_backend(tmp_path):
+    from gensight.errors import GensightError
+
+    with pytest.raises(GensightError, match="unknown backend 'spark'"):
+        build_zoo(ZooSpec.from_dict(SPEC), tmp_path / "x", backend="spark")

@@ -71,6 +71,13 @@ def test_population_forward_equals_each_module(arch, dataset):
     assert torch.allclose(ev.logits, shared, atol=1e-6)
     expected_acc = (shared.argmax(-1) == ds.y_test[:20]).float().mean(1)
     assert torch.allclose(ev.accuracy, expected_acc)
+    # one set per member: member k sees its own examples
+    idx = torch.stack([torch.arange(k, k + 10) for k in range(3)])
+    own = evaluate(pop, ds.x_test[idx], ds.y_test[idx], chunk=4)
+    for k, module in enumerate(modules):
+        with torch.no_grad():
+            acc = (module(ds.x_test[idx[k]]).argmax(1) == ds.y_test[idx[k]]).float().mean()
+        assert own.accuracy[k] == pytest.approx(acc.item())
 
 
 def test_init_is_seeded_and_scaled():

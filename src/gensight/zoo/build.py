@@ -14,6 +14,7 @@ from torch import Tensor
 
 import gensight
 from gensight.data import Dataset, apply_shift, load_dataset
+from gensight.errors import GensightError
 from gensight.weightspace import WeightSpace
 from gensight.zoo.spec import STRUCTURAL, Member, ZooSpec
 from gensight.zoo.store import (
@@ -29,7 +30,13 @@ from gensight.zoo.store import (
     shard_complete,
     write_shard,
 )
-from gensight.zoo.train import Population, evaluate, init_member, train_population
+from gensight.zoo.train import (
+    Population,
+    evaluate,
+    init_member,
+    member_states,
+    train_population,
+)
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,10 @@ def plan_shards(spec: ZooSpec) -> list[ShardPlan]:
 
 
 def eval_sets(spec: ZooSpec, dataset: Dataset) -> dict[str, tuple[Tensor, Tensor]]:
-    """The labeled sets every checkpoint is evaluated on: train, val, test, and each
-    requested shift and severity of the test set."""
-    sets = {"train": (dataset.x_train, dataset.y_train), "val": (dataset.x_val, dataset.y_val),
-            "test": (dataset.x_test, dataset.y_test)}
+    """The shared labeled sets every checkpoint is evaluated on: val, test, and each
+    requested shift and severity of the test set (training metrics use each member's own
+    training subset)."""
+    sets = {"val": (dataset.x_val, dataset.y_val), "test": (dataset.x_test, dataset.y_test)}
     for shift in spec.shifts:
         for severity in spec.severities:
             x = apply_shift(dataset.x_test, shift, severity, seed=spec.seed,
@@ -70,38 +77,51 @@ def eval_sets(spec: ZooSpec, dataset: Dataset) -> dict[str, tuple[Tensor, Tensor
     return sets
 
 
+BACKENDS = ("local", "ray")
+
+
 def build_zoo(
     spec: ZooSpec,
     out: str | Path,
     *,
     progress: Callable[[int, int, int], None] | None = None,
     max_shards: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> Zoo:
     """Build (or resume building) the zoo of ``spec`` in ``out``.
 
     ``progress(members_done, members_total, steps_done_in_shard)`` is called after every
-    optimizer step and shard. ``max_shards`` stops after that many new shards (for tests and
-    incremental builds). Completed shards are kept; a resumed build gives the same zoo as an
-    uninterrupted one.
+    optimizer step (local backend) and after every shard. ``max_shards`` stops after that
+    many new shards (for tests and incremental builds). Completed shards are kept; a resumed
+    build gives the same zoo as an uninterrupted one.
+
+    ``backend="ray"`` trains the shards as Ray tasks (a local Ray instance, or the cluster at
+    ``ray_address``); they write the same store, so ``out`` must be on a filesystem that
+    every Ray worker sees.
 
     Raises:
         ZooStoreError: ``out`` exists and is not a zoo, or is a zoo of another spec.
+        GensightError: an unknown backend, or Ray is not installed.
     """
+    if backend not in BACKENDS:
+        raise GensightError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     root = Path(out)
     dataset = load_dataset(spec.dataset)
     template = init_member(spec.members()[0], spec.architecture, dataset)
     space = WeightSpace.from_module(template)
     plans = plan_shards(spec)
     _prepare_root(root, spec, space, len(plans))
-    sets = eval_sets(spec, dataset)
     total = sum(len(p.members) for p in plans)
-    done = sum(len(p.members) for p in plans if shard_complete(root, p.index))
-    new = 0
-    for plan in plans:
-        if shard_complete(root, plan.index):
-            continue
-        if max_shards is not None and new >= max_shards:
-            break
+    todo = [p for p in plans if not shard_complete(root, p.index)]
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    done = total - sum(len(p.members) for p in plans if not shard_complete(root, p.index))
+    if backend == "ray":
+        _build_with_ray(root, spec, todo, len(plans), done, total, progress, ray_address)
+        return Zoo.open(root)
+    sets = eval_sets(spec, dataset)
+    for plan in todo:
         steps = [0]
 
         def on_step(steps=steps, done=done):
@@ -111,11 +131,48 @@ def build_zoo(
 
         _build_shard(root, spec, plan, dataset, sets, on_step)
         done += len(plan.members)
-        new += 1
         if progress is not None:
             progress(done, total, 0)
         atomic_write_parquet(root / "index.parquet", collect_index(root, range(len(plans))))
     return Zoo.open(root)
+
+
+def _build_with_ray(root: Path, spec: ZooSpec, todo: list[ShardPlan], n_shards: int,
+                    done: int, total: int, progress: Callable[[int, int, int], None] | None,
+                    address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise GensightError("the ray backend needs Ray: pip install 'gensight[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(_ray_shard_task)
+        source = json.loads(spec.to_json())
+        pending = {task.remote(str(root), source, plan.index): plan for plan in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                ray.get(ref)  # re-raises a task's error here
+                done += len(pending.pop(ref).members)
+                atomic_write_parquet(root / "index.parquet",
+                                     collect_index(root, range(n_shards)))
+                if progress is not None:
+                    progress(done, total, 0)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_shard_task(root: str, source: dict, index: int) -> int:
+    """One shard, in a Ray worker: rebuild the plan from the spec and train it."""
+    torch.set_num_threads(1)
+    spec = ZooSpec.from_dict(source)
+    plan = plan_shards(spec)[index]
+    dataset = load_dataset(spec.dataset)
+    _build_shard(Path(root), spec, plan, dataset, eval_sets(spec, dataset), lambda: None)
+    return index
 
 
 def _prepare_root(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int) -> None:
@@ -155,13 +212,18 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
     tensors: dict[str, Tensor] = {}
     rows: list[dict] = []
 
+    # Training metrics are taken on each member's own training subset (train_fraction).
+    subsets = torch.stack([s.subset for s in member_states(members, len(dataset.y_train))])
+    own_train = (dataset.x_train[subsets], dataset.y_train[subsets])
+
     def on_checkpoint(epoch: int, pop: Population) -> None:
         batch = pop.to_weight_batch()
         for key, values in zip(batch.space.state_dict_keys(), _state_tensors(batch),
                                strict=True):
             tensors[f"e{epoch}/{key}"] = values.clone()
-        results = {name: evaluate(pop, x, y, keep_logits=spec.store_logits and name != "train")
-                   for name, (x, y) in sets.items()}
+        results = {"train": evaluate(pop, *own_train)}
+        results.update({name: evaluate(pop, x, y, keep_logits=spec.store_logits)
+                        for name, (x, y) in sets.items()})
         if spec.store_logits:
             for name, ev in results.items():
                 if ev.logits is not None:

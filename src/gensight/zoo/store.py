@@ -121,10 +121,11 @@ def remove_temporaries(root: Path) -> None:
 class Zoo:
     """A zoo on disk: its manifest, its table and its weights.
 
-    Example:
-        >>> zoo = Zoo.open("runs/digits-mlp")            # doctest: +SKIP
-        >>> good = zoo.table.query("epoch == 5 and test_acc > 0.8")   # doctest: +SKIP
-        >>> batch = zoo.weights(good)                    # doctest: +SKIP
+    Example::
+
+        zoo = Zoo.open("runs/digits-mlp")
+        good = zoo.table.query("is_final and test_acc > 0.8")
+        batch = zoo.weights(good)            # WeightBatch, one member per row
     """
 
     root: Path

@@ -288,18 +288,31 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(pop: Population, x: Tensor, y: Tensor, keep_logits: bool = False,
-             chunk: int = 1024) -> Evaluation:
-    """Loss and accuracy of every member on a shared labeled set."""
+             chunk: int | None = None) -> Evaluation:
+    """Loss and accuracy of every member on a labeled set.
+
+    ``x: (N, *input)``, ``y: (N,)``: one set shared by all members. Or ``x: (M, N, *input)``,
+    ``y: (M, N)``: one set per member (e.g. each member's own training subset). Examples go
+    ``chunk`` at a time (default: 64 for CNNs, whose activations must stay cache-sized on
+    the CPU, where 64 runs 3.5x faster than 1024; 1024 for MLPs).
+    """
+    if chunk is None:
+        chunk = 64 if pop.arch.family == "cnn" else 1024
+    shared = y.dim() == 1
+    n = y.shape[-1]
     losses, correct, logits = torch.zeros(pop.size), torch.zeros(pop.size), []
-    for start in range(0, len(y), chunk):
-        out = pop.forward(x[start:start + chunk], shared=True)
-        yy = y[start:start + chunk]
-        losses += F.cross_entropy(out.flatten(0, 1), yy.repeat(pop.size),
+    for start in range(0, n, chunk):
+        if shared:
+            out = pop.forward(x[start:start + chunk], shared=True)
+            yy = y[start:start + chunk].expand(pop.size, -1)
+        else:
+            out = pop.forward(x[:, start:start + chunk])
+            yy = y[:, start:start + chunk]
+        losses += F.cross_entropy(out.flatten(0, 1), yy.flatten(),
                                   reduction="none").view(pop.size, -1).sum(1)
         correct += (out.argmax(-1) == yy).sum(1)
         if keep_logits:
             logits.append(out)
-    n = len(y)
     return Evaluation(losses / n, correct / n, torch.cat(logits, 1) if keep_logits else None)
 
 
