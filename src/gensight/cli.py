@@ -136,17 +136,16 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
     console.print(f"weight space: {zoo.space!r}", markup=False)
     if zoo.table.empty:
         return 0
-    final = zoo.table[zoo.table["is_final"]]
     table = Table(title="test accuracy at the final checkpoint")
     for col in ("optimizer", "activation", "members", "mean", "std", "min", "median", "max",
                 "mean gap"):
         table.add_column(col, justify="left" if col in ("optimizer", "activation") else "right")
-    for (opt, act), g in final.groupby(["optimizer", "activation"]):
-        acc = g["test_acc"]
-        table.add_row(str(opt), str(act), str(len(g)), f"{acc.mean():.3f}", f"{acc.std():.3f}",
-                      f"{acc.min():.3f}", f"{acc.median():.3f}", f"{acc.max():.3f}",
-                      f"{g['gen_gap'].mean():.3f}")
+    for (opt, act), row in zoo.summary().iterrows():
+        table.add_row(str(opt), str(act), str(int(row["members"])),
+                      *(f"{row[c]:.3f}" for c in ("mean", "std", "min", "median", "max",
+                                                  "mean_gap")))
     console.print(table)
+    final = zoo.table[zoo.table["is_final"]]
     shift_cols = [c for c in final.columns if c.startswith("shift:") and c.endswith("_acc")]
     if shift_cols:
         shifted = Table(title="mean accuracy on shifted test sets (final checkpoint)")

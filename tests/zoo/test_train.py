@@ -50,7 +50,9 @@ def test_population_matches_per_network_loop(family, arch, optimizer, lr):
 
 
 @pytest.mark.parametrize("arch", [{"family": "mlp", "hidden": [7, 5]},
-                                  {"family": "cnn", "channels": [3, 2], "kernel_size": 3}])
+                                  {"family": "cnn", "channels": [3, 2], "kernel_size": 3},
+                                  {"family": "cnn", "channels": [2, 3], "kernel_size": 3,
+                                   "stride": 1}])
 @pytest.mark.parametrize("dataset", ["digits", "mnist1d"])
 def test_population_forward_equals_each_module(arch, dataset):
     spec = ZooSpec.from_dict({"dataset": dataset, "architecture": arch, "configs": 3,

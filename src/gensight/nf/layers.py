@@ -116,19 +116,18 @@ class _EquivariantLinear(nn.Module):
             )
         layout = self.layout
         canon = layout.canonical(self._embed(batch))
-        pooled, canon = zip(*(b.pool_neurons(x) for b, x in zip(layout.blocks, canon,
-                                                                   strict=True)), strict=True)
+        pooled: dict[str, dict[int, Tensor]] = {}  # block name -> {neuron layer: features}
         glob_in = []
-        for block, x, by_layer in zip(layout.blocks, canon, pooled, strict=True):
+        for k, (block, x) in enumerate(zip(layout.blocks, canon, strict=True)):
+            pooled[block.name], canon[k] = block.pool_neurons(x)
             if block.row_perm and block.col_perm:  # global mean from the row means
-                glob_in.append(by_layer[block.row_layer].mean(-1))
+                glob_in.append(pooled[block.name][block.row_layer].mean(-1))
             else:
                 glob_in.append(block.pool_all(x))
         glob = F.linear(torch.cat(glob_in, 1), self.global_mix, self.bias)
         neuron_out = {}
         for n, blocks in layout.neuron_blocks.items():
-            index = {b.name: k for k, b in enumerate(layout.blocks)}
-            feats = torch.cat([pooled[index[b.name]][n] for b in blocks], 1)
+            feats = torch.cat([pooled[b.name][n] for b in blocks], 1)
             neuron_out[n] = channel_mix(self.neuron_mix[str(n)], feats)  # (B, D_out, n_l)
 
         out: list[Tensor] = []

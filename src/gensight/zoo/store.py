@@ -200,12 +200,16 @@ class Zoo:
             yield cache[int(shard)], int(pos), int(epoch)
 
     def summary(self, epoch: int | None = None) -> pd.DataFrame:
-        """Accuracy distribution per architecture/optimizer at the final checkpoint."""
+        """Test accuracy per (optimizer, activation) at the final checkpoint (or ``epoch``):
+        members, mean, std, min, median, max, and the mean generalization gap."""
         table = self.table
         if table.empty:
             return pd.DataFrame()
         table = table[table["is_final"]] if epoch is None else table[table["epoch"] == epoch]
-        return table.groupby(["optimizer", "activation"])["test_acc"].describe()
+        groups = table.groupby(["optimizer", "activation"])
+        out = groups["test_acc"].agg(["count", "mean", "std", "min", "median", "max"])
+        out["mean_gap"] = groups["gen_gap"].mean()
+        return out.rename(columns={"count": "members"})
 
 
 def collect_index(root: Path, shards: Sequence[int]) -> pd.DataFrame:

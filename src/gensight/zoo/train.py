@@ -57,8 +57,8 @@ def build_model(arch: Architecture, input_shape: Sequence[int], n_classes: int,
     pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}[dims]
     c_prev = input_shape[0]
     for c in arch.channels:
-        layers += [conv(c_prev, c, arch.kernel_size, padding=arch.kernel_size // 2), act(),
-                   nn.Dropout(dropout)]
+        layers += [conv(c_prev, c, arch.kernel_size, stride=arch.stride,
+                        padding=arch.kernel_size // 2), act(), nn.Dropout(dropout)]
         c_prev = c
     layers += [pool(1), nn.Flatten(), nn.Linear(c_prev, n_classes)]
     return nn.Sequential(*layers)
@@ -163,7 +163,7 @@ class Population:
             for i in range(n_hidden):
                 w = self.weights[i]
                 h = act(conv(h, w.reshape(-1, *w.shape[2:]), self.biases[i].reshape(-1),
-                             padding=self.padding, groups=m))
+                         stride=self.arch.stride, padding=self.padding, groups=m))
                 if masks is not None and masks[i] is not None:
                     h = h * masks[i].transpose(0, 1).reshape(h.shape)
             h = h.mean(dim=tuple(range(2, h.dim()))).view(b, m, -1).transpose(0, 1)
@@ -173,8 +173,13 @@ class Population:
         """Per-example activation shapes after each hidden layer (for dropout masks)."""
         if self.arch.family == "mlp":
             return [(w.shape[1],) for w in self.weights[:-1]]
-        spatial = tuple(input_shape[1:])  # 'same' padding keeps the spatial size
-        return [(w.shape[1], *spatial) for w in self.weights[:-1]]
+        spatial = tuple(input_shape[1:])
+        shapes = []
+        k, s, p = self.arch.kernel_size, self.arch.stride, self.padding
+        for w in self.weights[:-1]:
+            spatial = tuple((n + 2 * p - k) // s + 1 for n in spatial)
+            shapes.append((w.shape[1], *spatial))
+        return shapes
 
 
 class BatchedOptimizer:
