@@ -61,6 +61,21 @@ def make_inputs(case: str, batch: int, device: str):
     return space, wb
 
 
+def make_step(layers: nn.ModuleList, inputs, tensors_of):
+    """Forward through the stack (ReLU between layers), mean-square loss, backward. Works
+    for both libraries: their feature objects both have ``.map``."""
+
+    def step():
+        x = inputs
+        for k, layer in enumerate(layers):
+            x = layer(x)
+            if k < len(layers) - 1:
+                x = x.map(torch.relu)
+        sum(t.square().mean() for t in tensors_of(x)).backward()
+
+    return step
+
+
 def build(impl: str, case: str, space: WeightSpace, wb: WeightBatch, device: str):
     """A 3-layer stack and a function running forward + backward once."""
     _, symmetry, c = CASES[case]
@@ -68,15 +83,7 @@ def build(impl: str, case: str, space: WeightSpace, wb: WeightBatch, device: str
     if impl == "gensight":
         cls = HNPLinear if symmetry == "hnp" else NPLinear
         layers = nn.ModuleList([cls(space, a, b) for a, b in widths]).to(device)
-
-        def step():
-            x = wb
-            for k, layer in enumerate(layers):
-                x = layer(x)
-                if k < len(layers) - 1:
-                    x = x.map(torch.relu)
-            loss = sum(t.square().mean() for t in x.tensors())
-            loss.backward()
+        step = make_step(layers, wb, lambda out: out.tensors())
     else:
         from nfn.common import WeightSpaceFeatures, network_spec_from_wsfeat
         from nfn.layers import HNPLinear as RefHNP
@@ -86,15 +93,7 @@ def build(impl: str, case: str, space: WeightSpace, wb: WeightBatch, device: str
         spec = network_spec_from_wsfeat(feats)
         cls = RefHNP if symmetry == "hnp" else RefNP
         layers = nn.ModuleList([cls(spec, a, b) for a, b in widths]).to(device)
-
-        def step():
-            x = feats
-            for k, layer in enumerate(layers):
-                x = layer(x)
-                if k < len(layers) - 1:
-                    x = x.map(torch.relu)
-            loss = sum(t.square().mean() for t in (*x.weights, *x.biases))
-            loss.backward()
+        step = make_step(layers, feats, lambda out: (*out.weights, *out.biases))
     n_params = sum(p.numel() for p in layers.parameters())
     return layers, step, n_params
 

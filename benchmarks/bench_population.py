@@ -73,10 +73,13 @@ def forward_flops_per_example(spec: ZooSpec, input_shape) -> int:
     if arch.family == "mlp":
         widths = [math.prod(input_shape), *arch.hidden, 10]
         return 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
-    spatial = math.prod(input_shape[1:])
+    sizes = list(input_shape[1:])
     chans = [input_shape[0], *arch.channels]
-    k = arch.kernel_size ** (len(input_shape) - 1)
-    conv = sum(a * b * k * spatial for a, b in zip(chans, chans[1:], strict=False))
+    k, p = arch.kernel_size, arch.kernel_size // 2
+    conv = 0
+    for a, b in zip(chans, chans[1:], strict=False):
+        sizes = [(n + 2 * p - k) // arch.stride + 1 for n in sizes]  # output positions
+        conv += a * b * k ** len(sizes) * math.prod(sizes)
     return 2 * (conv + chans[-1] * 10)
 
 
@@ -107,6 +110,9 @@ def main() -> None:
         spec = spec_for(case)
         ds = load_dataset(spec.dataset)
         members = spec.members()
+        # Untimed warm-up of both paths (oneDNN primitive creation, allocator).
+        baseline_loop(members[:1], spec, ds)
+        train_population(members[:2], spec.architecture, ds, [], lambda e, p: None)
         base_s = baseline_loop(members[:case["baseline"]], spec, ds)
         start = time.perf_counter()
         train_population(members, spec.architecture, ds, [], lambda e, p: None)

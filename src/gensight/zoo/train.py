@@ -9,8 +9,8 @@ generator. The optimizers (SGD with momentum, Adam, RMSprop) follow ``torch.opti
 formulas exactly. Training a population therefore gives the same weights as training each
 member alone with ``torch.optim`` (see ``tests/zoo/test_train.py``), only faster.
 
-On the CPU, conv members are stacked two at a time (``Population.conv_chunk``): larger
-stacks leave the caches and run slower per member.
+On the CPU, conv members are stacked a few at a time (``Population.conv_chunk``, sized so
+activations stay near 5 MB): larger stacks leave the caches and run slower per member.
 """
 
 from __future__ import annotations
@@ -92,10 +92,20 @@ class Population:
     biases: list[Tensor]
     activation: str
     padding: int
-    # Members per grouped convolution; None: 2 on the CPU, all on a GPU. Stacking many
-    # members makes activations too large for the CPU caches, and oneDNN's grouped
-    # convolution then runs several times slower per member (benchmarks/bench_population.py).
+    # Members per grouped convolution; None: all on a GPU, and on the CPU as many as keep
+    # the first layer's activations near CONV_CHUNK_BYTES. Stacking many members makes
+    # activations too large for the CPU caches, and oneDNN's grouped convolution then runs
+    # several times slower per member (benchmarks/README.md).
     conv_chunk: int | None = None
+    CONV_CHUNK_BYTES = 5 * 2**20
+
+    def _cpu_conv_chunk(self, x: Tensor, shared: bool) -> int:
+        batch = x.shape[0] if shared else x.shape[1]
+        k, s, p = self.arch.kernel_size, self.arch.stride, self.padding
+        spatial = x.shape[2:] if shared else x.shape[3:]  # (N, C, *sp) or (M, N, C, *sp)
+        positions = math.prod((n + 2 * p - k) // s + 1 for n in spatial)
+        per_member = batch * self.weights[0].shape[1] * positions * x.element_size()
+        return max(1, round(self.CONV_CHUNK_BYTES / per_member))
 
     @property
     def size(self) -> int:
@@ -138,7 +148,7 @@ class Population:
                 if masks is not None and masks[i] is not None:
                     h = h * masks[i]
         else:
-            chunk = self.conv_chunk or (m if x.is_cuda else 2)
+            chunk = self.conv_chunk or (m if x.is_cuda else self._cpu_conv_chunk(x, shared))
             if m > chunk:  # keep each chunk's activations cache-sized (see conv_chunk)
                 parts = []
                 for lo in range(0, m, chunk):
