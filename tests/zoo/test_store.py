@@ -230,3 +230,17 @@ def test_unknown_backend(tmp_path):
 
     with pytest.raises(GensightError, match="unknown backend 'spark'"):
         build_zoo(ZooSpec.from_dict(SPEC), tmp_path / "x", backend="spark")
+
+
+def test_diverged_members_are_flagged_and_refused_by_name(tmp_path):
+    spec = ZooSpec.from_dict({
+        "dataset": "digits", "architecture": {"family": "mlp", "hidden": [4]},
+        "mode": "grid", "checkpoints": ["final"],
+        "hparams": {"lr": [0.05, 1e30], "epochs": [1], "batch_size": [256]},
+    })
+    zoo = build_zoo(spec, tmp_path / "div")
+    by_lr = zoo.table.set_index("lr")
+    assert bool(by_lr.loc[0.05, "finite"]) and not bool(by_lr.loc[1e30, "finite"])
+    with pytest.raises(ZooStoreError, match=r"NaN/inf weights .*c00001-s0.*query\('finite'\)"):
+        zoo.weights()
+    assert len(zoo.weights(zoo.table.query("finite"))) == 1

@@ -44,11 +44,6 @@ class ShardPlan:
     index: int
     members: tuple[Member, ...]
 
-    def steps(self, n_train: int) -> int:
-        hp = self.members[0].hparams
-        k = max(1, int(round(hp["train_fraction"] * n_train)))
-        return hp["epochs"] * -(-k // hp["batch_size"])
-
 
 def plan_shards(spec: ZooSpec) -> list[ShardPlan]:
     """Members grouped by their structural hyperparameters, then cut into shards of at most
@@ -228,11 +223,14 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
             for name, ev in results.items():
                 if ev.logits is not None:
                     tensors[f"logits/e{epoch}/{name}"] = ev.logits.half()
+        finite = torch.stack([torch.isfinite(t.flatten(1)).all(1)
+                              for t in batch.tensors()]).all(0)
         for pos, member in enumerate(members):
             row = {
                 "member_id": member.member_id, "config_id": member.config_id,
                 "seed_index": member.seed_index, "seed": member.seed,
                 "epoch": epoch, "is_final": epoch == epochs,
+                "finite": bool(finite[pos]),  # False: training diverged to NaN/inf
                 "shard": plan.index, "shard_pos": pos,
                 **member.hparams,
             }

@@ -166,6 +166,11 @@ class Zoo:
         missing = {"shard", "shard_pos", "epoch"} - set(rows.columns)
         if missing:
             raise ZooStoreError(f"rows lack the columns {sorted(missing)} of a zoo table")
+        if "finite" in rows.columns and not rows["finite"].all():
+            bad = rows.loc[~rows["finite"], "member_id"].tolist()
+            raise ZooStoreError(
+                f"{len(bad)} selected row(s) have NaN/inf weights (training diverged), e.g. "
+                f"{bad[:3]}; select finite ones with table.query('finite')")
         space = self.space
         out: list[list[Tensor]] = [[] for _ in space.state_dict_keys()]
         for tensors, pos, epoch in self._rows_in_shards(rows):
