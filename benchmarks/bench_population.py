@@ -73,13 +73,11 @@ def forward_flops_per_example(spec: ZooSpec, input_shape) -> int:
     if arch.family == "mlp":
         widths = [math.prod(input_shape), *arch.hidden, 10]
         return 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
-    sizes = list(input_shape[1:])
     chans = [input_shape[0], *arch.channels]
-    k, p = arch.kernel_size, arch.kernel_size // 2
-    conv = 0
-    for a, b in zip(chans, chans[1:], strict=False):
-        sizes = [(n + 2 * p - k) // arch.stride + 1 for n in sizes]  # output positions
-        conv += a * b * k ** len(sizes) * math.prod(sizes)
+    sizes = arch.conv_output_sizes(tuple(input_shape[1:]))  # output positions per layer
+    k = arch.kernel_size ** (len(input_shape) - 1)
+    conv = sum(a * b * k * math.prod(sp)
+               for a, b, sp in zip(chans, chans[1:], sizes, strict=False))
     return 2 * (conv + chans[-1] * 10)
 
 

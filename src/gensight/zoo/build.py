@@ -108,10 +108,9 @@ def build_zoo(
     plans = plan_shards(spec)
     _prepare_root(root, spec, space, len(plans))
     total = sum(len(p.members) for p in plans)
-    todo = [p for p in plans if not shard_complete(root, p.index)]
-    if max_shards is not None:
-        todo = todo[:max_shards]
-    done = total - sum(len(p.members) for p in plans if not shard_complete(root, p.index))
+    pending = [p for p in plans if not shard_complete(root, p.index)]
+    done = total - sum(len(p.members) for p in pending)
+    todo = pending if max_shards is None else pending[:max_shards]
     if backend == "ray":
         _build_with_ray(root, spec, todo, len(plans), done, total, progress, ray_address)
         return Zoo.open(root)

@@ -41,6 +41,7 @@ import itertools
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,20 @@ class Architecture:
     channels: tuple[int, ...] = ()
     kernel_size: int = 3
     stride: int = 2  # cnn: stride of every conv (the Small CNN Zoo uses 2)
+
+    @property
+    def padding(self) -> int:
+        """cnn: zero padding of every conv ('same' size at stride 1)."""
+        return self.kernel_size // 2
+
+    def conv_output_sizes(self, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """cnn: spatial size after each conv layer, for inputs of size ``spatial``."""
+        k, s, p = self.kernel_size, self.stride, self.padding
+        sizes = []
+        for _ in self.channels:
+            spatial = tuple((n + 2 * p - k) // s + 1 for n in spatial)
+            sizes.append(spatial)
+        return sizes
 
 
 @dataclass(frozen=True)
@@ -311,28 +326,25 @@ def _hparams(data: Any) -> dict[str, list[Any] | Range]:
     return out
 
 
+# hyperparameter -> (valid?, what is expected). Types are checked before these run.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v > 0, "> 0"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+    "activation": (lambda v: v in ACTIVATIONS, f"one of {ACTIVATIONS}"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "init_scale": (lambda v: v > 0, "> 0"),
+    "l2": (lambda v: v >= 0, ">= 0"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+}
+
+
 def _check_value(name: str, v: Any) -> Any:
-    where = f"hparams.{name}"
-    bad = {
-        "lr": v <= 0 if not isinstance(v, str) else True,
-        "optimizer": v not in OPTIMIZERS,
-        "activation": v not in ACTIVATIONS,
-        "momentum": not (0 <= v < 1) if not isinstance(v, str) else True,
-        "init_scale": v <= 0 if not isinstance(v, str) else True,
-        "l2": v < 0 if not isinstance(v, str) else True,
-        "dropout": not (0 <= v < 1) if not isinstance(v, str) else True,
-        "train_fraction": not (0 < v <= 1) if not isinstance(v, str) else True,
-        "batch_size": v < 1 if not isinstance(v, str) else True,
-        "epochs": v < 1 if not isinstance(v, str) else True,
-    }[name]
-    if bad:
-        expected = {
-            "lr": "> 0", "optimizer": f"one of {OPTIMIZERS}",
-            "activation": f"one of {ACTIVATIONS}", "momentum": "in [0, 1)",
-            "init_scale": "> 0", "l2": ">= 0", "dropout": "in [0, 1)",
-            "train_fraction": "in (0, 1]", "batch_size": ">= 1", "epochs": ">= 1",
-        }[name]
-        raise SpecError(f"{where}: value {v!r} is invalid; expected {expected}")
+    valid, expected = _RULES[name]
+    if not valid(v):
+        raise SpecError(f"hparams.{name}: value {v!r} is invalid; expected {expected}")
     return v
 
 

@@ -188,7 +188,7 @@ class Zoo:
         "{shift}-{severity}"); needs a zoo built with ``store_logits = true``."""
         out = []
         for tensors, pos, epoch in self._rows_in_shards(rows):
-            key = f"logits/e{int(epoch)}/{name}"
+            key = f"logits/e{epoch}/{name}"
             if key not in tensors:
                 raise ZooStoreError(f"the zoo stores no logits {key!r} (build it with "
                                     "store_logits = true)")

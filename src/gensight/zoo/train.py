@@ -58,7 +58,7 @@ def build_model(arch: Architecture, input_shape: Sequence[int], n_classes: int,
     c_prev = input_shape[0]
     for c in arch.channels:
         layers += [conv(c_prev, c, arch.kernel_size, stride=arch.stride,
-                        padding=arch.kernel_size // 2), act(), nn.Dropout(dropout)]
+                        padding=arch.padding), act(), nn.Dropout(dropout)]
         c_prev = c
     layers += [pool(1), nn.Flatten(), nn.Linear(c_prev, n_classes)]
     return nn.Sequential(*layers)
@@ -91,7 +91,6 @@ class Population:
     weights: list[Tensor]
     biases: list[Tensor]
     activation: str
-    padding: int
     # Members per grouped convolution; None: all on a GPU, and on the CPU as many as keep
     # the first layer's activations near CONV_CHUNK_BYTES. Stacking many members makes
     # activations too large for the CPU caches, and oneDNN's grouped convolution then runs
@@ -101,9 +100,8 @@ class Population:
 
     def _cpu_conv_chunk(self, x: Tensor, shared: bool) -> int:
         batch = x.shape[0] if shared else x.shape[1]
-        k, s, p = self.arch.kernel_size, self.arch.stride, self.padding
-        spatial = x.shape[2:] if shared else x.shape[3:]  # (N, C, *sp) or (M, N, C, *sp)
-        positions = math.prod((n + 2 * p - k) // s + 1 for n in spatial)
+        spatial = tuple(x.shape[2:] if shared else x.shape[3:])  # (N, C, *sp) | (M, N, C, *sp)
+        positions = math.prod(self.arch.conv_output_sizes(spatial)[0])
         per_member = batch * self.weights[0].shape[1] * positions * x.element_size()
         return max(1, round(self.CONV_CHUNK_BYTES / per_member))
 
@@ -116,7 +114,7 @@ class Population:
                      activation: str) -> Population:
         batch = WeightBatch.from_modules(modules)
         return cls(batch.space, arch, [w[:, 0].clone() for w in batch.weights],
-                   [b[:, 0].clone() for b in batch.biases], activation, arch.kernel_size // 2)
+                   [b[:, 0].clone() for b in batch.biases], activation)
 
     def to_weight_batch(self) -> WeightBatch:
         return WeightBatch(self.space, [w.detach().unsqueeze(1) for w in self.weights],
@@ -155,7 +153,7 @@ class Population:
                     sub = Population(self.space, self.arch,
                                      [w[lo:lo + chunk] for w in self.weights],
                                      [b[lo:lo + chunk] for b in self.biases],
-                                     self.activation, self.padding, chunk)
+                                     self.activation, chunk)
                     sub_x = x if shared else x[lo:lo + chunk]
                     sub_masks = None if masks is None else [
                         None if mk is None else mk[lo:lo + chunk] for mk in masks]
@@ -173,7 +171,7 @@ class Population:
             for i in range(n_hidden):
                 w = self.weights[i]
                 h = act(conv(h, w.reshape(-1, *w.shape[2:]), self.biases[i].reshape(-1),
-                         stride=self.arch.stride, padding=self.padding, groups=m))
+                         stride=self.arch.stride, padding=self.arch.padding, groups=m))
                 if masks is not None and masks[i] is not None:
                     h = h * masks[i].transpose(0, 1).reshape(h.shape)
             h = h.mean(dim=tuple(range(2, h.dim()))).view(b, m, -1).transpose(0, 1)
@@ -183,13 +181,8 @@ class Population:
         """Per-example activation shapes after each hidden layer (for dropout masks)."""
         if self.arch.family == "mlp":
             return [(w.shape[1],) for w in self.weights[:-1]]
-        spatial = tuple(input_shape[1:])
-        shapes = []
-        k, s, p = self.arch.kernel_size, self.arch.stride, self.padding
-        for w in self.weights[:-1]:
-            spatial = tuple((n + 2 * p - k) // s + 1 for n in spatial)
-            shapes.append((w.shape[1], *spatial))
-        return shapes
+        sizes = self.arch.conv_output_sizes(tuple(input_shape[1:]))
+        return [(w.shape[1], *sp) for w, sp in zip(self.weights[:-1], sizes, strict=True)]
 
 
 class BatchedOptimizer:
