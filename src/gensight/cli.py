@@ -5,6 +5,7 @@ Subcommands:
               functionals on them (a one-minute tour of gensight.weightspace and gensight.nf)
   zoo build   train the members of a zoo spec into a resumable zoo directory
   zoo info    summarize a zoo directory
+  estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
 """
 
 from __future__ import annotations
@@ -157,6 +158,110 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_frame(console, frame, title: str, digits: int = 3, max_rows: int | None = None):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), justify="left" if frame[col].dtype == object else "right")
+    shown = frame if max_rows is None else frame.head(max_rows)
+    for _, row in shown.iterrows():
+        table.add_row(*(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row))
+    if max_rows is not None and len(frame) > max_rows:
+        table.caption = f"first {max_rows} of {len(frame)} rows (all rows are in the CSV)"
+    console.print(table)
+
+
+def _shift_names(zoo, shift: str) -> list[str]:
+    from gensight.estimate import EstimatorError
+
+    name, _, severity = shift.partition(":")
+    available = sorted(c[len("shift:"):-len("_acc")] for c in zoo.table.columns
+                       if c.startswith("shift:") and c.endswith("_acc"))
+    wanted = [f"{name}-{severity}"] if severity else \
+        [a for a in available if a.rsplit("-", 1)[0] == name]
+    if not wanted or any(w not in available for w in wanted):
+        raise EstimatorError(f"the zoo has no shifted set {shift!r}; it has "
+                             f"{', '.join(available) or 'none'} (use NAME or NAME:SEVERITY)")
+    return wanted
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gensight.estimate import (
+        EstimatorError,
+        estimate_accuracies,
+        load_labels,
+        load_logits,
+        zoo_estimates,
+    )
+    from gensight.estimate.run import check_methods, probs_from_logits
+    from gensight.report.figures import aline_figure
+
+    console = Console()
+    methods = check_methods(args.methods.split(",")) if args.methods else None
+    kwargs = {"methods": methods} if methods else {}
+    runs = []
+    if args.zoo is not None:
+        if args.source_logits or args.target_logits:
+            raise EstimatorError("give either a ZOO or --source-logits/--target-logits, not both")
+        if not args.shift:
+            raise EstimatorError("--shift NAME[:SEVERITY] is required with a ZOO")
+        from gensight.zoo import Zoo
+
+        zoo = Zoo.open(args.zoo)
+        out = Path(args.out) if args.out else Path(args.zoo) / "estimates"
+        for name in _shift_names(zoo, args.shift):
+            runs.append((name, zoo_estimates(zoo, name, **kwargs)))
+    else:
+        missing = [f for f in ("source_logits", "source_labels", "target_logits")
+                   if getattr(args, f) is None]
+        if missing:
+            raise EstimatorError("give a ZOO, or all of --source-logits, --source-labels and "
+                                 "--target-logits (missing: "
+                                 + ", ".join("--" + m.replace("_", "-") for m in missing) + ")")
+        names, src = load_logits(args.source_logits)
+        tnames, tgt = load_logits(args.target_logits)
+        if names != tnames:
+            raise EstimatorError(f"source and target logits name different models: {names} vs "
+                                 f"{tnames}")
+        labels = load_labels(args.source_labels)
+        target_labels = load_labels(args.target_labels) if args.target_labels else None
+        if methods is None:
+            from gensight.estimate import METHODS
+
+            methods = [m for m in METHODS if m != "GDE"]
+            if len(names) < 3:
+                methods = [m for m in methods if not m.startswith("ALine")]
+        out = Path(args.out) if args.out else Path("gensight-estimate")
+        runs.append(("target", estimate_accuracies(
+            probs_from_logits(src), labels, probs_from_logits(tgt),
+            target_labels=target_labels, model_ids=names, methods=methods)))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, res in runs:
+        cols = ["model", *(["true_acc"] if "true_acc" in res.table else []),
+                *[c for c in res.table.columns if c not in ("model", "source_acc", "true_acc")]]
+        _print_frame(console, res.table[cols].rename(columns={"true_acc": "true"}),
+                     f"estimated accuracy on {name}", digits=2, max_rows=args.rows)
+        if len(res.mae):
+            _print_frame(console, res.mae.rename("MAE").reset_index().rename(
+                columns={"index": "method"}), f"mean absolute error on {name}")
+        for note in res.notes:
+            console.print(f"note: {note}", markup=False)
+        res.table.to_csv(out / f"estimates-{name}.csv", index=False)
+        if len(res.mae):
+            res.mae.rename("mae").to_csv(out / f"mae-{name}.csv", index_label="method")
+        if res.line is not None:
+            fig = aline_figure(res.table, res.pairs, res.line, out / f"aline-{name}.png",
+                               title=f"agreement on the line: {name}")
+            console.print(f"figure: {fig}")
+    console.print(f"tables: {out}/estimates-*.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gensight",
@@ -194,6 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     info = zoo_sub.add_parser("info", help="summarize a zoo directory")
     info.add_argument("zoo", help="zoo directory")
     info.set_defaults(func=_cmd_zoo_info)
+
+    est = sub.add_parser(
+        "estimate", help="label-free accuracy estimates under distribution shift",
+        description="Estimate each model's accuracy on shifted, unlabeled data with AC, DoC, "
+        "ATC (+/- temperature scaling), GDE, ALine-S and ALine-D. Either a ZOO (stored logits: "
+        "source = validation split, target = --shift) or logits files of your own models.")
+    est.add_argument("zoo", nargs="?", help="zoo directory built with store_logits = true")
+    est.add_argument("--shift", help="NAME[:SEVERITY] of a shifted test set stored in the zoo "
+                     "(all its severities when SEVERITY is left out)")
+    est.add_argument("--source-logits", help="labeled source logits: .npy (models, N, C) or "
+                     ".safetensors (one (N, C) tensor per model)")
+    est.add_argument("--source-labels", help="source labels, .npy (N,)")
+    est.add_argument("--target-logits", help="unlabeled target logits, same models")
+    est.add_argument("--target-labels", help="optional target labels (.npy) to report errors")
+    est.add_argument("--methods", help="comma-separated subset of: AC, DoC, ATC-MC, ATC-NE, "
+                     "ATC-MC+TS, ATC-NE+TS, GDE, ALine-S, ALine-D (default: all that apply)")
+    est.add_argument("--out", help="output directory for CSVs and the figure (default: "
+                     "ZOO/estimates or ./gensight-estimate)")
+    est.add_argument("--rows", type=int, default=10, help="models shown in the terminal")
+    est.set_defaults(func=_cmd_estimate)
     return parser
 
 

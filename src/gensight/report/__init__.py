@@ -1,0 +1,1 @@
+"""Tables and figures for people to read: matplotlib figures and the HTML report."""
