@@ -6,6 +6,8 @@ Subcommands:
   zoo build   train the members of a zoo spec into a resumable zoo directory
   zoo info    summarize a zoo directory
   estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
+  measures    complexity measures of every member of a zoo, as a table
+  predict     fit and score predictors of generalization on a seeded split of a zoo
 """
 
 from __future__ import annotations
@@ -262,6 +264,103 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure_progress(console, total: int, quiet: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                    disable=quiet)
+
+
+def _cmd_measures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gensight.measures import MEASURES, available_measures, zoo_measures
+    from gensight.zoo import Zoo
+
+    console = Console(stderr=True)
+    if args.list:
+        for m in MEASURES.values():
+            needs = ", ".join(k for k, v in (("data", m.needs_data), ("init", m.needs_init))
+                              if v) or "weights only"
+            print(f"{m.name:32s} [{m.cost}; {needs}] {m.cites}")
+        return 0
+    if args.zoo is None:
+        raise GensightError("give a ZOO directory (or --list)")
+    zoo = Zoo.open(args.zoo)
+    names = available_measures(cheap_only=True) if args.measures in (None, "cheap") else \
+        list(MEASURES) if args.measures == "all" else args.measures.split(",")
+    rows = zoo.table.query("is_final and finite")
+    if args.limit:
+        rows = rows.head(args.limit)
+    with _measure_progress(console, len(rows), args.quiet) as bar:
+        task = bar.add_task("measures", total=len(rows))
+        table, notes = zoo_measures(zoo, names, rows, n_examples=args.examples,
+                                    progress=lambda done, total: bar.update(task,
+                                                                             completed=done))
+    out = Path(args.out) if args.out else Path(args.zoo) / "measures.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        table.to_csv(out, index=False)
+    else:
+        table.to_parquet(out, index=False)
+    for name, why in notes.items():
+        console.print(f"{name} does not apply: {why}", markup=False)
+    summary = table[names].describe().T[["count", "mean", "min", "max"]]
+    _print_frame(Console(), summary.reset_index().rename(columns={"index": "measure"}),
+                 f"measures of {len(rows)} networks")
+    console.print(f"table: {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gensight.predict import evaluate_predictors, make_predictor, split_zoo
+    from gensight.report.figures import predicted_vs_actual
+    from gensight.zoo import Zoo
+
+    console = Console()
+    zoo = Zoo.open(args.zoo)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    predictors = [make_predictor(m, seed=args.seed, epochs=args.epochs,
+                                 n_examples=args.examples) for m in methods]
+    train, test = split_zoo(zoo, by=args.split, test_fraction=args.test_fraction,
+                            seed=args.seed, target=args.target)
+    console.print(f"zoo {zoo.manifest['name']}: {len(train)} training and {len(test)} test "
+                  f"networks; predicting {args.target}")
+    with console.status("") as status:
+        scores, predictions, notes = evaluate_predictors(
+            train, test, predictors, progress=lambda name: status.update(f"fitting {name}"))
+    out = Path(args.out) if args.out else Path(args.zoo) / "predict"
+    out.mkdir(parents=True, exist_ok=True)
+    _print_frame(console, scores, f"predicting {args.target} on {len(test)} held-out networks")
+    for note in dict.fromkeys(n.split(": ", 1)[1] for n in notes):
+        console.print(f"note: {note}", markup=False)
+    scores.to_csv(out / "scores.csv", index=False)
+    scores.to_parquet(out / "scores.parquet", index=False)
+    preds = test.rows[["member_id", "config_id", "seed_index", args.target]].copy()
+    for name, values in predictions.items():
+        preds[name] = values
+        safe = name.replace(":", "-")
+        predicted_vs_actual(test.y, values, out / f"predicted-{safe}.png", title=name,
+                            xlabel=f"actual {args.target}")
+    preds.to_csv(out / "predictions.csv", index=False)
+    console.print(f"scores, predictions and figures: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gensight",
@@ -319,6 +418,41 @@ def build_parser() -> argparse.ArgumentParser:
                      "ZOO/estimates or ./gensight-estimate)")
     est.add_argument("--rows", type=int, default=10, help="models shown in the terminal")
     est.set_defaults(func=_cmd_estimate)
+
+    mea = sub.add_parser(
+        "measures", help="complexity measures of every member of a zoo",
+        description="Compute complexity measures (arXiv 1912.02178) for the final checkpoint of "
+        "every member of ZOO and write them as a table (Parquet, or CSV by suffix).")
+    mea.add_argument("zoo", nargs="?", help="zoo directory")
+    mea.add_argument("--measures", help="comma-separated names, 'cheap' (default: every "
+                     "measure without a search) or 'all'; see --list")
+    mea.add_argument("--list", action="store_true", help="list the measures and what they cite")
+    mea.add_argument("--examples", type=int, default=1000,
+                     help="training examples per member for data-dependent measures")
+    mea.add_argument("--limit", type=int, help="only the first N members")
+    mea.add_argument("--out", help="output table (default: ZOO/measures.parquet)")
+    mea.add_argument("--quiet", action="store_true", help="no progress bar")
+    mea.set_defaults(func=_cmd_measures)
+
+    pre = sub.add_parser(
+        "predict", help="fit and score predictors of generalization on a zoo",
+        description="Train each method on a seeded split of ZOO and score its predictions on "
+        "the held-out networks: Kendall's tau, granulated tau, CMI (PGDL), R^2, MAE, time.")
+    pre.add_argument("zoo", help="zoo directory")
+    pre.add_argument("--methods", default="statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec",
+                     help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, "
+                     "margin-signature, measure:NAME (default: %(default)s)")
+    pre.add_argument("--target", default="test_acc", help="column to predict")
+    pre.add_argument("--split", default="auto", choices=("auto", "seed", "config"),
+                     help="hold out the last seed of every configuration (complete grid) or a "
+                     "random part of the configurations (default: auto)")
+    pre.add_argument("--test-fraction", type=float, default=0.25)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--epochs", type=int, default=60, help="NFN training epochs (max)")
+    pre.add_argument("--examples", type=int, default=1000,
+                     help="training examples per member for measures")
+    pre.add_argument("--out", help="output directory (default: ZOO/predict)")
+    pre.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -1,0 +1,79 @@
+"""Compute measures for the members of a zoo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gensight.measures.core import MeasureError, MemberData
+from gensight.measures.registry import compute, get_measure
+
+
+def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
+    """Yield ``(row, MemberData)`` for ``rows`` of a zoo's table: the trained network, the
+    network at initialization (when the zoo stores checkpoint 0), and up to ``n_examples`` of
+    the member's own training examples."""
+    from gensight.data import load_dataset
+    from gensight.zoo.spec import ZooSpec
+    from gensight.zoo.train import build_model, member_states
+
+    spec = ZooSpec.from_dict(zoo.manifest["spec"])
+    members = {m.member_id: m for m in spec.members()}
+    data = load_dataset(spec.dataset)
+    n_train = len(data.y_train)
+    init_rows = zoo.table[zoo.table["epoch"] == 0].set_index("member_id")
+    for start in range(0, len(rows), 64):
+        chunk = rows.iloc[start:start + 64]
+        trained = zoo.weights(chunk)
+        has_init = chunk["member_id"].isin(init_rows.index)
+        inits = zoo.weights(init_rows.loc[chunk.loc[has_init, "member_id"]].reset_index()) \
+            if has_init.any() else None
+        k = 0
+        for i, (_, row) in enumerate(chunk.iterrows()):
+            mem = members[row["member_id"]]
+            template = build_model(spec.architecture, data.input_shape, data.n_classes,
+                                   mem.hparams["activation"], mem.hparams["dropout"])
+            model = trained[i:i + 1].to_modules(template)[0]
+            init = None
+            if has_init.iloc[i]:
+                init = inits[k:k + 1].to_modules(template)[0]
+                k += 1
+            subset = member_states([mem], n_train)[0].subset
+            idx = subset if n_examples is None else subset[:n_examples]
+            yield row, MemberData(model, data.x_train[idx], data.y_train[idx], init,
+                                  n_train=len(subset))
+
+
+def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
+                 n_examples: int | None = 1000,
+                 progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Measures ``names`` for every row (default: finite members at their final checkpoint).
+
+    Returns a table (``member_id`` plus one column per measure; NaN where a measure does not
+    apply) and, per measure that did not apply somewhere, the reason and how often.
+    """
+    names = list(names)
+    for n in names:
+        m = get_measure(n)
+        if m.needs_init and not (zoo.table["epoch"] == 0).any():
+            raise MeasureError(f"measure {n!r} needs the initialization checkpoint; this zoo "
+                               "stores none (add 0 to the spec's checkpoints)")
+    if rows is None:
+        rows = zoo.table.query("is_final and finite")
+    records, notes = [], {}
+    for done, (row, data) in enumerate(member_data(zoo, rows, n_examples), start=1):
+        result = compute(data, names)
+        records.append({"member_id": row["member_id"], **result.values})
+        for name, why in result.notes.items():
+            reason, count = notes.get(name, (why, 0))
+            notes[name] = (reason, count + 1)
+        if progress is not None:
+            progress(done, len(rows))
+    table = pd.DataFrame.from_records(records, columns=["member_id", *names])
+    summary = {n: f"{why} ({count} of {len(rows)} members)" for n, (why, count) in
+               notes.items()}
+    table[names] = table[names].astype(np.float64)
+    return table, summary

@@ -1,0 +1,37 @@
+"""Predictors of generalization with one interface, and the code that scores them.
+
+Every predictor has ``fit(split)`` and ``predict(split) -> numpy array`` of predicted test
+accuracy, where ``split`` is a :class:`ZooSplit` (a zoo and a subset of its table's rows):
+
+- :class:`StatNN` (arXiv 2002.11448): per-layer weight/bias statistics -> gradient boosting
+  (``regressor="gbt"``) or an MLP head (``"mlp"``).
+- :class:`NFNPredictor`: an HNP or NP :class:`~gensight.nf.InvariantNFN` trained with the
+  recipe of arXiv 2302.14040 (BCE on accuracy in [0, 1], Adam), early stopping on a validation
+  part of the training split, optional permutation augmentation.
+- :class:`MeasurePredictor`: one complexity measure, mapped to accuracy by a linear fit.
+- :class:`MarginSignature` (arXiv 1810.00113): margin-distribution signatures -> linear
+  regression to the gap.
+
+:func:`split_zoo` makes a seeded train/test split; :func:`evaluate_predictors` fits and scores
+predictors side by side (tau, granulated tau, CMI, R^2, MAE, time).
+"""
+
+from gensight.predict.predictors import (
+    MarginSignature,
+    MeasurePredictor,
+    NFNPredictor,
+    PredictError,
+    Predictor,
+    StatNN,
+    ZooSplit,
+    make_predictor,
+    split_zoo,
+    statnn_features,
+)
+from gensight.predict.scoring import evaluate_predictors, score_predictions
+
+__all__ = [
+    "MarginSignature", "MeasurePredictor", "NFNPredictor", "PredictError", "Predictor",
+    "StatNN", "ZooSplit", "evaluate_predictors", "make_predictor", "score_predictions",
+    "split_zoo", "statnn_features",
+]

@@ -1,0 +1,363 @@
+"""The predictors: StatNN, NFN (HNP/NP), measure-based and margin signatures."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from gensight.errors import GensightError
+from gensight.weightspace import WeightBatch
+
+
+class PredictError(GensightError, ValueError):
+    """A split or predictor that cannot be used as asked."""
+
+
+@dataclass
+class ZooSplit:
+    """A zoo and a subset of its table's rows (one row per network); ``target`` names the
+    column predicted (default ``test_acc``)."""
+
+    zoo: object
+    rows: pd.DataFrame
+    target: str = "test_acc"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.rows) == 0:
+            raise PredictError("an empty split")
+        if self.target not in self.rows.columns:
+            raise PredictError(f"the zoo table has no column {self.target!r}")
+        self.rows = self.rows.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @cached_property
+    def weights(self) -> WeightBatch:
+        return self.zoo.weights(self.rows)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.rows[self.target].to_numpy(np.float64)
+
+
+def grid_hparams(zoo) -> list[str]:
+    """The hyperparameters that vary in the zoo's spec (its grid axes in ``mode = "grid"``)."""
+    table = zoo.table
+    names = list(zoo.manifest["spec"].get("hparams", {}))
+    return [h for h in names if h in table.columns and table[h].nunique() > 1]
+
+
+def split_zoo(zoo, *, by: str = "auto", test_fraction: float = 0.25, seed: int = 0,
+              target: str = "test_acc", rows: pd.DataFrame | None = None
+              ) -> tuple[ZooSplit, ZooSplit]:
+    """A seeded train/test split of a zoo's finite final networks.
+
+    ``by="seed"`` holds out the last seed(s) of every configuration, so the test split is a
+    complete hyperparameter grid (granulated tau and CMI need one) and no configuration is in
+    both; ``by="config"`` holds out a random ``test_fraction`` of configurations. ``"auto"``
+    picks ``"seed"`` when every configuration has at least 2 seeds.
+    """
+    if not 0 < test_fraction < 1:
+        raise PredictError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rows = zoo.table.query("is_final and finite") if rows is None else rows
+    if len(rows) < 4:
+        raise PredictError(f"{len(rows)} networks are too few to split (need at least 4)")
+    seeds = rows.groupby("config_id")["seed_index"].nunique()
+    if by == "auto":
+        by = "seed" if seeds.min() >= 2 else "config"
+    if by == "seed":
+        n_seeds = int(rows["seed_index"].max()) + 1
+        held = max(1, int(round(n_seeds * test_fraction)))
+        if seeds.min() < 2:
+            raise PredictError("by='seed' needs at least 2 seeds per configuration")
+        test_mask = rows["seed_index"] >= n_seeds - held
+    elif by == "config":
+        configs = np.sort(rows["config_id"].unique())
+        rng = np.random.default_rng(seed)
+        test_configs = rng.choice(configs, max(1, int(round(len(configs) * test_fraction))),
+                                  replace=False)
+        test_mask = rows["config_id"].isin(test_configs)
+    else:
+        raise PredictError(f"by must be 'auto', 'seed' or 'config', got {by!r}")
+    return (ZooSplit(zoo, rows[~test_mask], target), ZooSplit(zoo, rows[test_mask], target))
+
+
+class Predictor:
+    """Base class: ``fit(split)`` then ``predict(split)`` (predicted test accuracy)."""
+
+    name = "predictor"
+
+    def fit(self, split: ZooSplit) -> Predictor:
+        raise NotImplementedError
+
+    def predict(self, split: ZooSplit) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_fitted(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            raise PredictError(f"{self.name} is not fitted; call fit(split) first")
+
+
+# ------------------------------------------------------------------------------- StatNN
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def statnn_features(batch: WeightBatch) -> np.ndarray:
+    """StatNN features (arXiv 2002.11448, Sec. 4): for every weight and bias tensor, its mean,
+    variance and the 0/25/50/75/100% quantiles; ``(networks, 7 * tensors)``."""
+    feats = []
+    for t in [*batch.weights, *(b for b in batch.biases if b is not None)]:
+        flat = t.detach().double().flatten(1)
+        q = torch.quantile(flat, torch.tensor(QUANTILES, dtype=flat.dtype), dim=1).T
+        feats.append(torch.cat([flat.mean(1, keepdim=True), flat.var(1, keepdim=True), q], 1))
+    return torch.cat(feats, 1).numpy()
+
+
+class StatNN(Predictor):
+    """Weight statistics -> ``"gbt"`` (scikit-learn gradient boosting) or ``"mlp"`` head."""
+
+    def __init__(self, regressor: str = "gbt", seed: int = 0):
+        if regressor not in ("gbt", "mlp"):
+            raise PredictError(f"StatNN regressor must be 'gbt' or 'mlp', got {regressor!r}")
+        self.regressor, self.seed = regressor, seed
+        self.name = "statnn" if regressor == "gbt" else "statnn-mlp"
+
+    def _model(self, n: int):
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.neural_network import MLPRegressor
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if self.regressor == "gbt":
+            # leaves of 20 networks (the default) need hundreds of networks; fewer get less
+            return HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05,
+                                                 min_samples_leaf=min(20, max(2, n // 10)),
+                                                 random_state=self.seed)
+        return make_pipeline(StandardScaler(), MLPRegressor(
+            hidden_layer_sizes=(256, 256), alpha=1e-3, max_iter=500, early_stopping=True,
+            random_state=self.seed))
+
+    def fit(self, split: ZooSplit) -> StatNN:
+        self.model_ = self._model(len(split)).fit(statnn_features(split.weights), split.y)
+        return self
+
+    def predict(self, split: ZooSplit) -> np.ndarray:
+        self._check_fitted("model_")
+        return np.clip(self.model_.predict(statnn_features(split.weights)), 0.0, 1.0)
+
+
+# -------------------------------------------------------------------------- NFN (HNP/NP)
+
+class NFNPredictor(Predictor):
+    """An invariant NFN (``symmetry="hnp"`` or ``"np"``) predicting test accuracy.
+
+    Recipe of arXiv 2302.14040 (Sec. 5.2): sigmoid output trained with binary cross-entropy on
+    accuracy in [0, 1], Adam; here with early stopping on a ``val_fraction`` of the training
+    split (the best epoch's weights are kept). Each weight/bias tensor is divided by its
+    standard deviation over the training networks (a scalar per tensor, so equivariance is
+    kept). ``augment=True`` applies a fresh random hidden-neuron permutation to every batch.
+    """
+
+    def __init__(self, symmetry: str = "hnp", channels=(16, 16, 16), epochs: int = 60,
+                 batch_size: int = 32, lr: float = 1e-3, patience: int = 10,
+                 val_fraction: float = 0.15, augment: bool = False, seed: int = 0,
+                 verbose: bool = False):
+        if symmetry not in ("hnp", "np"):
+            raise PredictError(f"symmetry must be 'hnp' or 'np', got {symmetry!r}")
+        self.symmetry, self.channels, self.epochs = symmetry, tuple(channels), epochs
+        self.batch_size, self.lr, self.patience = batch_size, lr, patience
+        self.val_fraction, self.augment, self.seed = val_fraction, augment, seed
+        self.verbose = verbose
+        self.name = f"nfn-{symmetry}"
+
+    def _scaled(self, batch: WeightBatch) -> WeightBatch:
+        return WeightBatch(batch.space, [w / s for w, s in zip(batch.weights, self.w_scale_,
+                                                               strict=True)],
+                           [None if b is None else b / s for b, s in
+                            zip(batch.biases, self.b_scale_, strict=True)])
+
+    def fit(self, split: ZooSplit) -> NFNPredictor:
+        from gensight.nf import InvariantNFN
+        from gensight.weightspace import permute, random_permutation
+
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        batch = split.weights
+        self.w_scale_ = [w.std().clamp_min(1e-8) for w in batch.weights]
+        self.b_scale_ = [None if b is None else b.std().clamp_min(1e-8) for b in batch.biases]
+        batch = self._scaled(batch)
+        y = torch.tensor(split.y, dtype=torch.float32).clamp(0, 1)
+        n = len(y)
+        order = torch.randperm(n, generator=gen)
+        n_val = max(1, int(round(n * self.val_fraction)))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        model = InvariantNFN(batch.space, symmetry=self.symmetry, channels=self.channels)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+        loss_fn = nn.BCEWithLogitsLoss()
+        best, best_state, bad = float("inf"), None, 0
+        self.history_ = []
+        for epoch in range(self.epochs):
+            model.train()
+            perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+            for start in range(0, len(perm), self.batch_size):
+                idx = perm[start:start + self.batch_size]
+                xb = batch[idx]
+                if self.augment:
+                    xb = permute(xb, random_permutation(batch.space, self.symmetry,
+                                                        batch_size=len(idx), generator=gen))
+                loss = loss_fn(model(xb).squeeze(-1), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                val = float(loss_fn(model(batch[val_idx]).squeeze(-1), y[val_idx]))
+            self.history_.append(val)
+            if self.verbose:
+                print(f"{self.name} epoch {epoch + 1}: val BCE {val:.4f}")
+            if val < best - 1e-5:
+                best, best_state, bad = val, copy.deepcopy(model.state_dict()), 0
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        model.load_state_dict(best_state)
+        self.model_ = model.eval()
+        return self
+
+    def predict(self, split: ZooSplit) -> np.ndarray:
+        self._check_fitted("model_")
+        batch = self._scaled(split.weights)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(batch), 256):
+                out.append(torch.sigmoid(self.model_(batch[start:start + 256]).squeeze(-1)))
+        return torch.cat(out).numpy().astype(np.float64)
+
+
+# ------------------------------------------------------------------------ measure based
+
+class MeasurePredictor(Predictor):
+    """One complexity measure mapped to accuracy by a least-squares line fitted on the training
+    split. Values that are NaN (the measure does not apply to that network) are ranked as the
+    most complex (set to the largest finite training value). ``values`` may hold precomputed
+    measures (``member_id`` + the measure's column); otherwise they are computed."""
+
+    def __init__(self, measure: str, values: pd.DataFrame | None = None,
+                 n_examples: int | None = 1000):
+        from gensight.measures import get_measure
+
+        get_measure(measure)
+        self.measure, self.values, self.n_examples = measure, values, n_examples
+        self.name = f"measure:{measure}"
+
+    def _values(self, split: ZooSplit) -> np.ndarray:
+        from gensight.measures import zoo_measures
+
+        have = self.values
+        if have is None or not split.rows["member_id"].isin(have["member_id"]).all():
+            computed, _ = zoo_measures(split.zoo, [self.measure], split.rows,
+                                       n_examples=self.n_examples)
+            have = computed if have is None else pd.concat([have, computed])
+            self.values = have
+        lookup = have.drop_duplicates("member_id").set_index("member_id")[self.measure]
+        return lookup.loc[split.rows["member_id"]].to_numpy(np.float64)
+
+    def fit(self, split: ZooSplit) -> MeasurePredictor:
+        v = self._values(split)
+        finite = np.isfinite(v)
+        if finite.sum() < 2:
+            raise PredictError(f"measure {self.measure!r} applies to fewer than 2 training "
+                               f"networks")
+        self.fill_ = float(v[finite].max())
+        v = np.where(finite, v, self.fill_)
+        if np.ptp(v) == 0:
+            self.slope_, self.bias_ = 0.0, float(split.y.mean())
+        else:
+            self.slope_, self.bias_ = (float(c) for c in np.polyfit(v, split.y, 1))
+        return self
+
+    def predict(self, split: ZooSplit) -> np.ndarray:
+        self._check_fitted("slope_")
+        v = self._values(split)
+        v = np.where(np.isfinite(v), v, self.fill_)
+        return self.slope_ * v + self.bias_
+
+
+# ----------------------------------------------------------------------- margin signatures
+
+class MarginSignature(Predictor):
+    """arXiv 1810.00113: signatures of the normalized margin distributions at the input and
+    hidden layers (see :mod:`gensight.measures.margins`), linear regression to the gap
+    ``train_acc - test_acc``; the predicted accuracy is ``train_acc - predicted gap``."""
+
+    def __init__(self, kind: str = "quartile", n_examples: int = 500):
+        self.kind, self.n_examples = kind, n_examples
+        self.name = "margin-signature"
+
+    def _features(self, split: ZooSplit) -> np.ndarray:
+        from gensight.measures import NotApplicable
+        from gensight.measures.margins import normalized_margins, signature
+        from gensight.measures.zoo import member_data
+
+        key = ("sig", self.kind, self.n_examples)
+        if key not in split._cache:
+            rows = []
+            for _, data in member_data(split.zoo, split.rows, self.n_examples):
+                try:
+                    rows.append(signature(normalized_margins(data.model, data.x, data.y),
+                                          self.kind))
+                except NotApplicable:
+                    rows.append(None)
+            width = max((len(r) for r in rows if r is not None), default=0)
+            split._cache[key] = np.stack([r if r is not None else np.full(width, np.nan)
+                                          for r in rows])
+        return split._cache[key]
+
+    def fit(self, split: ZooSplit) -> MarginSignature:
+        from sklearn.linear_model import LinearRegression
+
+        x = self._features(split)
+        gap = split.rows["train_acc"].to_numpy() - split.y
+        ok = np.isfinite(x).all(axis=1)
+        if ok.sum() < x.shape[1] + 2:
+            raise PredictError("too few networks with margin signatures to fit the regression")
+        self.fill_ = x[ok].mean(axis=0)
+        self.model_ = LinearRegression().fit(x[ok], gap[ok])
+        return self
+
+    def predict(self, split: ZooSplit) -> np.ndarray:
+        self._check_fitted("model_")
+        x = self._features(split)
+        x = np.where(np.isfinite(x), x, self.fill_)
+        return np.clip(split.rows["train_acc"].to_numpy() - self.model_.predict(x), 0, 1)
+
+
+METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, margin-signature, "
+               "measure:NAME (any registered measure)")
+
+
+def make_predictor(method: str, *, seed: int = 0, epochs: int = 60,
+                   measure_values: pd.DataFrame | None = None,
+                   n_examples: int | None = 1000) -> Predictor:
+    """A predictor by its CLI name (see ``METHOD_HELP``)."""
+    if method == "statnn":
+        return StatNN("gbt", seed)
+    if method == "statnn-mlp":
+        return StatNN("mlp", seed)
+    if method in ("nfn-hnp", "nfn-np"):
+        return NFNPredictor(method.split("-")[1], epochs=epochs, seed=seed)
+    if method == "margin-signature":
+        return MarginSignature(n_examples=min(n_examples or 500, 500))
+    if method.startswith("measure:"):
+        return MeasurePredictor(method[len("measure:"):], measure_values, n_examples)
+    raise PredictError(f"unknown method {method!r}; known: {METHOD_HELP}")

@@ -1,0 +1,70 @@
+"""Fit and score predictors side by side on one split."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gensight.metrics import (
+    MetricError,
+    conditional_mutual_information,
+    granulated_kendall_tau,
+    kendall_tau,
+    mean_absolute_error,
+    r2_score,
+)
+from gensight.predict.predictors import Predictor, ZooSplit, grid_hparams
+
+COLUMNS = ["method", "tau", "granulated_tau", "cmi", "r2", "mae", "seconds"]
+
+
+def score_predictions(rows: pd.DataFrame, predicted, target: str, hparams: Sequence[str]
+                      ) -> tuple[dict, list[str]]:
+    """Tau, granulated tau and R^2/MAE of ``predicted`` against ``rows[target]``, and the
+    PGDL CMI of ``-predicted`` (a complexity measure grows with the gap) against
+    ``train_acc - test_acc``. A metric that is undefined here is NaN, with a note."""
+    pred = np.asarray(predicted, dtype=np.float64)
+    actual = rows[target].to_numpy(np.float64)
+    out, notes = {}, []
+
+    def attempt(name: str, fn: Callable[[], float]) -> None:
+        try:
+            out[name] = fn()
+        except MetricError as exc:
+            out[name] = np.nan
+            notes.append(f"{name}: {exc}")
+
+    table = rows.assign(_pred=pred, _neg=-pred,
+                        _gap=rows["train_acc"].to_numpy() - rows["test_acc"].to_numpy())
+    attempt("tau", lambda: kendall_tau(pred, actual))
+    attempt("granulated_tau", lambda: granulated_kendall_tau(table, "_pred", target,
+                                                             hparams).psi)
+    attempt("cmi", lambda: conditional_mutual_information(table, "_neg", "_gap", hparams))
+    attempt("r2", lambda: r2_score(pred, actual))
+    attempt("mae", lambda: mean_absolute_error(pred, actual))
+    return out, notes
+
+
+def evaluate_predictors(train: ZooSplit, test: ZooSplit, predictors: Sequence[Predictor],
+                        progress: Callable[[str], None] | None = None
+                        ) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
+    """Fit every predictor on ``train`` and score it on ``test``. Returns the score table
+    (one row per method: tau, granulated tau, CMI, R^2, MAE, seconds of fit + predict), the
+    predictions per method, and notes (e.g. a metric undefined on this split)."""
+    hparams = grid_hparams(test.zoo)
+    records, predictions, notes = [], {}, []
+    for p in predictors:
+        if progress is not None:
+            progress(p.name)
+        start = time.perf_counter()
+        p.fit(train)
+        pred = p.predict(test)
+        seconds = time.perf_counter() - start
+        scores, why = score_predictions(test.rows, pred, test.target, hparams)
+        records.append({"method": p.name, **scores, "seconds": seconds})
+        predictions[p.name] = pred
+        notes += [f"{p.name}: {w}" for w in why]
+    return pd.DataFrame.from_records(records, columns=COLUMNS), predictions, notes
