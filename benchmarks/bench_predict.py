@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gensight.predict import evaluate_predictors, make_predictor, split_zoo
+from gensight.predict import evaluate_predictors, make_predictors, split_zoo
 from gensight.zoo import Zoo
 
 DEFAULT = ("statnn,statnn-mlp,nfn-hnp,nfn-np,margin-signature,measure:params,"
@@ -39,8 +39,9 @@ def main() -> None:
     zoo = Zoo.open(args.zoo)
     train, test = split_zoo(zoo)
     print(f"{zoo.manifest['name']}: {len(train)} train / {len(test)} test networks")
-    predictors = [make_predictor(m, epochs=args.epochs, n_examples=args.examples)
-                  for m in args.methods.split(",")]
+    predictors = make_predictors(args.methods.split(","), zoo,
+                                 pd.concat([train.rows, test.rows]), epochs=args.epochs,
+                                 n_examples=args.examples)
     scores, _, notes = evaluate_predictors(train, test, predictors,
                                            progress=lambda n: print(f"  {n} ...", flush=True))
     pd.set_option("display.width", 200)

@@ -264,7 +264,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure_progress(console, total: int, quiet: bool):
+def _measure_progress(console, quiet: bool):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -302,7 +302,7 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     rows = zoo.table.query("is_final and finite")
     if args.limit:
         rows = rows.head(args.limit)
-    with _measure_progress(console, len(rows), args.quiet) as bar:
+    with _measure_progress(console, args.quiet) as bar:
         task = bar.add_task("measures", total=len(rows))
         table, notes = zoo_measures(zoo, names, rows, n_examples=args.examples,
                                     progress=lambda done, total: bar.update(task,
@@ -325,19 +325,22 @@ def _cmd_measures(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import pandas as pd
     from rich.console import Console
 
-    from gensight.predict import evaluate_predictors, make_predictor, split_zoo
+    from gensight.predict import evaluate_predictors, make_predictor, make_predictors, split_zoo
     from gensight.report.figures import predicted_vs_actual
     from gensight.zoo import Zoo
 
     console = Console()
     zoo = Zoo.open(args.zoo)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    predictors = [make_predictor(m, seed=args.seed, epochs=args.epochs,
-                                 n_examples=args.examples) for m in methods]
+    for m in methods:  # unknown names fail before any work
+        make_predictor(m, seed=args.seed, epochs=args.epochs)
     train, test = split_zoo(zoo, by=args.split, test_fraction=args.test_fraction,
                             seed=args.seed, target=args.target)
+    predictors = make_predictors(methods, zoo, pd.concat([train.rows, test.rows]),
+                                 seed=args.seed, epochs=args.epochs, n_examples=args.examples)
     console.print(f"zoo {zoo.manifest['name']}: {len(train)} training and {len(test)} test "
                   f"networks; predicting {args.target}")
     with console.status("") as status:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from gensight.estimate.agreement import GDE, AgreementLine, AgreementWarning, ALineD, ALineS
-from gensight.estimate.base import EstimatorError, softmax
+from gensight.estimate.base import EstimatorError, check_labels, check_prob_list, softmax
 from gensight.estimate.confidence import ATC, AverageConfidence, DifferenceOfConfidences
 
 METHODS = ("AC", "DoC", "ATC-MC", "ATC-NE", "ATC-MC+TS", "ATC-NE+TS", "GDE", "ALine-S",
@@ -63,8 +63,6 @@ def estimate_accuracies(source_probs, source_labels, target_probs, *,
     error of each method.
     """
     methods = check_methods(methods)
-    from gensight.estimate.base import check_labels, check_prob_list
-
     src = check_prob_list(source_probs, "source_probs")
     tgt = check_prob_list(target_probs, "target_probs")
     if len(src) != len(tgt):

@@ -10,6 +10,7 @@ Larger values predict worse generalization for every measure.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,39 +75,36 @@ def _cached(cache: dict, key, make):
     return cache[key]
 
 
-def _spec_norms(d: MemberData, cache: dict, which: str = "model") -> list[float]:
-    model = d.model if which == "model" else d.init
+def _operator_norms(model: nn.Module, d: MemberData) -> list[float]:
+    """Spectral norms of ``model``'s weighted layers; conv layers need ``d.x`` for shapes."""
+    layers = weight_layers(model)
+    shapes = {}
+    if any(not isinstance(layer, nn.Linear) for layer in layers):
+        x, _ = d.need_data("spectral norms of conv layers")
+        shapes = layer_input_shapes(model, x)
+    return [operator_norm(layer, shapes.get(layer)) for layer in layers]
+
+
+def _spec_norms(d: MemberData, cache: dict) -> list[float]:
+    return _cached(cache, "spec", lambda: _operator_norms(d.model, d))
+
+
+def _difference(d: MemberData, cache: dict, name: str) -> nn.Module:
+    """The network with parameters ``w - w0`` (built once per member)."""
+    init = d.need_init(name)
 
     def make():
-        layers = weight_layers(model)
-        shapes = {}
-        if any(not isinstance(layer, nn.Linear) for layer in layers):
-            x, _ = d.need_data("spectral norms of conv layers")
-            shapes = layer_input_shapes(model, x)
-        return [operator_norm(layer, shapes.get(layer)) for layer in layers]
-    return _cached(cache, ("spec", which), make)
+        diff = copy.deepcopy(d.model)
+        with torch.no_grad():
+            for p, p0 in zip(diff.parameters(), init.parameters(), strict=True):
+                p.sub_(p0)
+        return diff
+    return _cached(cache, "difference", make)
 
 
 def _dist_spec_norms(d: MemberData, cache: dict) -> list[float]:
-    init = d.need_init("dist.spec.init")
-
-    def make():
-        diff = _difference_model(d.model, init)
-        x = d.x if d.x is not None else None
-        layers = weight_layers(diff)
-        shapes = layer_input_shapes(diff, x) if x is not None and any(
-            not isinstance(layer, nn.Linear) for layer in layers) else {}
-        return [operator_norm(layer, shapes.get(layer)) for layer in layers]
-    return _cached(cache, "dist_spec", make)
-
-
-def _difference_model(model: nn.Module, init: nn.Module) -> nn.Module:
-    import copy
-    diff = copy.deepcopy(model)
-    with torch.no_grad():
-        for p, p0 in zip(diff.parameters(), init.parameters(), strict=True):
-            p.sub_(p0)
-    return diff
+    return _cached(cache, "dist_spec",
+                   lambda: _operator_norms(_difference(d, cache, "dist.spec.init"), d))
 
 
 def _fro(model: nn.Module) -> list[float]:
@@ -165,8 +163,7 @@ def _param_norm(d, cache):
 @register("fro.dist", "App. C.4: sum_i ||W_i - W_i^0||_F^2 (distance from initialization)",
           init=True)
 def _fro_dist(d, cache):
-    init = d.need_init("fro.dist")
-    return float(sum(f ** 2 for f in _fro(_difference_model(d.model, init))))
+    return float(sum(f ** 2 for f in _fro(_difference(d, cache, "fro.dist"))))
 
 
 @register("dist.spec.init", "App. C.4: sum_i ||W_i - W_i^0||_2^2", init=True)
@@ -182,7 +179,6 @@ def _path_norm(d, cache):
     if acts:
         raise NotApplicable(f"path.norm applies to ReLU networks only; this one uses "
                             f"{type(acts[0]).__name__}")
-    import copy
     sq = copy.deepcopy(d.model).eval()
     with torch.no_grad():
         for p in sq.parameters():
@@ -285,7 +281,7 @@ def _spec_orig(d, cache):
           "||W_i||_2^2 / gamma^2)", data=True, init=True)
 def _spec_init(d, cache):
     spec = _spec_norms(d, cache)
-    dist = _fro(_difference_model(d.model, d.need_init("log.spec.init")))
+    dist = _fro(_difference(d, cache, "log.spec.init"))
     ratio = sum(f ** 2 / s ** 2 for f, s in zip(dist, spec, strict=True))
     return _spec_margin(d, cache) + math.log(ratio)
 

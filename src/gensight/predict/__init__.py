@@ -25,6 +25,7 @@ from gensight.predict.predictors import (
     StatNN,
     ZooSplit,
     make_predictor,
+    make_predictors,
     split_zoo,
     statnn_features,
 )
@@ -32,6 +33,6 @@ from gensight.predict.scoring import evaluate_predictors, score_predictions
 
 __all__ = [
     "MarginSignature", "MeasurePredictor", "NFNPredictor", "PredictError", "Predictor",
-    "StatNN", "ZooSplit", "evaluate_predictors", "make_predictor", "score_predictions",
-    "split_zoo", "statnn_features",
+    "StatNN", "ZooSplit", "evaluate_predictors", "make_predictor", "make_predictors",
+    "score_predictions", "split_zoo", "statnn_features",
 ]

@@ -346,6 +346,22 @@ METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, margin-signature, "
                "measure:NAME (any registered measure)")
 
 
+def make_predictors(methods: list[str], zoo, rows: pd.DataFrame, *, seed: int = 0,
+                    epochs: int = 60, n_examples: int | None = 1000) -> list[Predictor]:
+    """Predictors by CLI name. The ``measure:NAME`` methods share one pass over ``rows``
+    (every measure computed per network in one go) instead of one pass per measure."""
+    names = [m[len("measure:"):] for m in methods if m.startswith("measure:")]
+    values = None
+    if names:
+        from gensight.measures import get_measure, zoo_measures
+
+        for n in names:
+            get_measure(n)
+        values, _ = zoo_measures(zoo, names, rows, n_examples=n_examples)
+    return [make_predictor(m, seed=seed, epochs=epochs, measure_values=values,
+                           n_examples=n_examples) for m in methods]
+
+
 def make_predictor(method: str, *, seed: int = 0, epochs: int = 60,
                    measure_values: pd.DataFrame | None = None,
                    n_examples: int | None = 1000) -> Predictor:
