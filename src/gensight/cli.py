@@ -8,6 +8,8 @@ Subcommands:
   estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
   measures    complexity measures of every member of a zoo, as a table
   predict     fit and score predictors of generalization on a seeded split of a zoo
+  report      one HTML page + CSV tables for a zoo: predictors, measures, label-free estimates
+  demo        build a small zoo and write its report: the whole program in a few minutes
 """
 
 from __future__ import annotations
@@ -161,11 +163,13 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
 
 
 def _print_frame(console, frame, title: str, digits: int = 3, max_rows: int | None = None):
+    import pandas as pd
     from rich.table import Table
 
     table = Table(title=title)
     for col in frame.columns:
-        table.add_column(str(col), justify="left" if frame[col].dtype == object else "right")
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(
+            frame[col]) else "left")
     shown = frame if max_rows is None else frame.head(max_rows)
     for _, row in shown.iterrows():
         table.add_row(*(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row))
@@ -364,6 +368,84 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_report_summary(console, report) -> None:
+    from gensight.report.run import best, summary_tables
+
+    pred, est = summary_tables(report)
+    _print_frame(console, pred, "predicting test accuracy of held-out networks")
+    if len(est):
+        _print_frame(console, est, "label-free accuracy estimates: mean absolute error",
+                     digits=2)
+    top = best(report.scores, "tau")
+    if top is not None:
+        console.print(f"best ranking: {top} (Kendall's tau "
+                      f"{report.scores.set_index('method').loc[top, 'tau']:.3f})")
+    if len(report.estimate_mae):
+        mean = report.estimate_mae.mean(axis=1)
+        console.print(f"best label-free estimator: {mean.idxmin()} (mean absolute error "
+                      f"{100 * mean.min():.2f} accuracy points)")
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False, style="dim")
+    console.print(f"report: [bold]{report.html}[/] (tables: {report.out}/*.csv), "
+                  f"{report.seconds:.0f} s")
+
+
+def _report_status(console, quiet: bool):
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext(None)
+    return console.status("")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gensight.report import build_report
+    from gensight.zoo import Zoo
+
+    console = Console()
+    zoo = Zoo.open(args.zoo)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
+        else None
+    shifts = [s.strip().replace(":", "-") for s in args.shifts.split(",") if s.strip()] \
+        if args.shifts is not None else None
+    out = Path(args.out) if args.out else Path(args.zoo) / "report"
+    with _report_status(console, args.quiet) as status:
+        report = build_report(
+            zoo, out, methods=methods, shifts=shifts, target=args.target, split=args.split,
+            seed=args.seed, epochs=args.epochs, n_examples=args.examples,
+            progress=(lambda m: status.update(m)) if status is not None else None)
+    _print_report_summary(console, report)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+
+    from gensight.demo import run_demo
+
+    console = Console()
+    start = time.perf_counter()
+    with _report_status(console, args.quiet) as status:
+        def build_progress(done: int, total: int, steps: int) -> None:
+            if status is not None:
+                status.update(f"training the demo zoo: {done}/{total} networks")
+
+        report = run_demo(args.dir, quick=args.quick, epochs=args.epochs,
+                          build_progress=build_progress,
+                          progress=(lambda m: status.update(m)) if status is not None else None)
+    console.print(f"demo zoo: {report.out.parent / ('zoo-quick' if args.quick else 'zoo')} "
+                  f"(reused by the next run; `gensight report` works on it too)")
+    _print_report_summary(console, report)
+    console.print(f"demo done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gensight",
@@ -456,6 +538,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training examples per member for measures")
     pre.add_argument("--out", help="output directory (default: ZOO/predict)")
     pre.set_defaults(func=_cmd_predict)
+
+    rep = sub.add_parser(
+        "report", help="one HTML page + CSV tables: predictors, measures, label-free estimates",
+        description="Fit and score the predictors of generalization on a seeded split of ZOO, "
+        "run the label-free estimators on its shifted test sets, and write a self-contained "
+        "HTML page (figures embedded) plus the tables as CSV.")
+    rep.add_argument("zoo", help="zoo directory")
+    rep.add_argument("--out", help="report directory (default: ZOO/report)")
+    rep.add_argument("--methods", help="comma-separated predictors (default: statnn, nfn-hnp, "
+                     "nfn-np and five measures; see gensight predict --help)")
+    rep.add_argument("--shifts", help="comma-separated NAME-SEVERITY shifted sets with stored "
+                     "logits (default: the first two kinds at their middle severity; '' for "
+                     "none)")
+    rep.add_argument("--target", default="test_acc", help="column to predict")
+    rep.add_argument("--split", default="auto", choices=("auto", "seed", "config"))
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--epochs", type=int, default=60, help="NFN training epochs (max)")
+    rep.add_argument("--examples", type=int, default=1000,
+                     help="training examples per member for measures")
+    rep.add_argument("--quiet", action="store_true", help="no progress display")
+    rep.set_defaults(func=_cmd_report)
+
+    demo = sub.add_parser(
+        "demo", help="build a small zoo and write its report (a few minutes on a CPU)",
+        description="Train 192 small digits MLPs (cached in DIR/zoo and reused next time), "
+        "fit StatNN and NFN predictors and five complexity measures, estimate accuracy on two "
+        "shifted test sets without labels, and write DIR/report/index.html.")
+    demo.add_argument("--dir", default="gensight-demo",
+                      help="working directory for the zoo and the report (default: "
+                      "%(default)s)")
+    demo.add_argument("--quick", action="store_true",
+                      help="16 tiny networks instead of 96 (under a minute; for tests)")
+    demo.add_argument("--epochs", type=int, help="NFN training epochs (default 60; 10 quick)")
+    demo.add_argument("--quiet", action="store_true", help="no progress display")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -17,7 +17,7 @@ from gensight.measures import (
     power_law_alpha,
     sharpness_alpha,
 )
-from gensight.measures.core import PerturbedAccuracy, conv_operator, log_bisect
+from gensight.measures.core import _NoiseSampler, _root, conv_operator, log_bisect
 from gensight.measures.margins import normalized_margins, signature
 
 
@@ -104,6 +104,58 @@ def test_margin_measures_by_hand():
     assert vals["log.prod.of.spec.over.margin"] == pytest.approx(spec - 2 * math.log(gamma))
 
 
+def test_margin_and_bound_measures_by_hand():
+    model, init = mlp(), mlp(seed=5)
+    x, y = data(n=200, model=model)      # labels = predictions: every margin is positive
+    d = MemberData(model, x, y, init, n_train=500)
+    names = [n for n in MEASURES if n not in ("alpha",)]
+    v = compute(d, names).values
+    assert set(v) == set(names) and all(np.isfinite(list(v.values())))
+    w = [model[0].weight.detach().double(), model[2].weight.detach().double()]
+    w0 = [init[0].weight.detach().double(), init[2].weight.detach().double()]
+    spec = [float(torch.linalg.matrix_norm(m, 2)) for m in w]
+    fro = [float(m.norm()) for m in w]
+    dist = [float((a - b).norm()) for a, b in zip(w, w0, strict=True)]
+    g2 = float(torch.quantile(output_margins(model, x, y), 0.1)) ** 2
+    log_ps, log_pf = sum(math.log(s ** 2) for s in spec), sum(math.log(f ** 2) for f in fro)
+    approx = pytest.approx
+    assert v["log.sum.of.fro"] == approx(math.log(2) + log_pf / 2)
+    assert v["log.sum.of.spec.over.margin"] == approx(math.log(2) + (log_ps - math.log(g2)) / 2)
+    assert v["log.prod.of.fro.over.margin"] == approx(log_pf - math.log(g2))
+    assert v["log.sum.of.fro.over.margin"] == approx(math.log(2) + (log_pf - math.log(g2)) / 2)
+    assert v["path.norm.over.margin"] == approx(v["path.norm"] / g2)
+    # Bartlett et al.'s bound and its distance-from-init form (App. C.4)
+    ratio = sum(f ** 2 / s ** 2 for f, s in zip(fro, spec, strict=True))
+    assert v["log.spec.orig"] == approx(log_ps - math.log(g2) + math.log(ratio))
+    ratio = sum(e ** 2 / s ** 2 for e, s in zip(dist, spec, strict=True))
+    assert v["log.spec.init"] == approx(log_ps - math.log(g2) + math.log(ratio))
+    # flatness and PAC-Bayes bounds from the searched scales (App. C.5), with m = 500,
+    # delta = 0.1, every parameter (biases included) in w
+    sig, _ = pacbayes_sigma(model, x, y)
+    sig_mag, _ = pacbayes_sigma(model, x, y, magnitude=True)
+    alpha, _ = sharpness_alpha(model, x, y, restarts=2, steps=4, rtol=0.05)
+    alpha_mag, _ = sharpness_alpha(model, x, y, magnitude=True, restarts=2, steps=4, rtol=0.05)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+    theta0 = torch.cat([p.detach().reshape(-1) for p in init.parameters()]).double()
+    omega, tail = theta.numel(), math.log(500 / 0.1) + 10
+
+    def mag(u, s):    # 1/4 sum_i log((eps^2 + (s^2 + 1)||u||^2/omega) / (eps^2 + s^2 u_i^2))
+        num = 1e-6 + (s ** 2 + 1) * float(u.pow(2).sum()) / omega
+        return 0.25 * float(torch.log(num / (1e-6 + s ** 2 * u ** 2)).sum()) + tail
+
+    for origin, u in (("orig", theta), ("init", theta - theta0)):
+        n2 = float(u.pow(2).sum())
+        assert v[f"pacbayes.{origin}"] == approx(n2 / (4 * sig ** 2) + tail)
+        assert v[f"sharpness.{origin}"] == approx(
+            n2 * math.log(2 * omega) / (4 * alpha ** 2) + tail)
+        assert v[f"pacbayes.mag.{origin}"] == approx(mag(u, sig_mag))
+        assert v[f"sharpness.mag.{origin}"] == approx(mag(u, alpha_mag))
+    assert v["pacbayes.flatness"] == approx(1 / sig ** 2)
+    assert v["pacbayes.mag.flatness"] == approx(1 / sig_mag ** 2)
+    assert v["sharpness.flatness"] == approx(1 / alpha ** 2)
+    assert v["sharpness.mag.flatness"] == approx(1 / alpha_mag ** 2)
+
+
 def test_measures_that_do_not_apply_say_why():
     model = mlp(act=nn.Tanh)
     x, y = data()                       # random labels: most margins are negative
@@ -141,51 +193,78 @@ def test_log_bisect_finds_threshold():
     assert s == pytest.approx(0.37, rel=1e-3) and evals < 25
 
 
-def test_perturbed_accuracy_early_exit_is_exact():
-    model = mlp()
-    x, y = data(n=400, model=model)
-    ev = PerturbedAccuracy(model, x, y, chunk=50)
-    g = torch.Generator().manual_seed(0)
-    deltas = {k: torch.randn((3, *v.shape), generator=g) * 0.5 for k, v in ev.params.items()}
-    full = ev.evaluate(deltas)
-    # by hand: three perturbed copies, one at a time
-    manual = []
-    for i in range(3):
-        m = mlp()
+@pytest.mark.parametrize("make, shape", [(mlp, (4,)), (cnn, (1, 6, 6))])
+def test_noise_sampler_matches_copies_evaluated_one_at_a_time(make, shape):
+    model = make()
+    x, y = data(n=90, shape=shape, model=model)
+    sampler = _NoiseSampler(model, x, y, magnitude=True, gen=torch.Generator().manual_seed(4))
+    accs = sampler.sample(0.3, m=3, batch=20)
+    # by hand, replaying the generator: a permutation, then one noise tensor per parameter
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randperm(90, generator=g)[:60].view(3, 20)
+    params = dict(model.named_parameters())
+    noise = {k: torch.randn((3, *v.shape), generator=g) for k, v in params.items()}
+    for j in range(3):
+        copy = make()
         with torch.no_grad():
-            for k, p in m.named_parameters():
-                p.add_(deltas[k][i])
-        manual.append(float((m(x).argmax(1) == y).float().mean()))
-    assert full == pytest.approx(np.mean(manual))
-    for threshold in (0.2, full - 0.01, full + 0.01, 0.99):
-        decided = ev.evaluate(deltas, threshold) >= threshold
-        assert decided == (full >= threshold)
+            for k, p in copy.named_parameters():   # std sqrt(sigma^2 w^2 + eps^2)
+                p.add_(noise[k][j] * torch.sqrt(0.09 * p ** 2 + 1e-6))
+            acc = float((copy(x[idx[j]]).argmax(1) == y[idx[j]]).float().mean())
+        assert accs[j] == pytest.approx(acc)
+    assert sampler.passes == pytest.approx(60 / 90)
+
+
+def test_root_of_the_fitted_accuracy_curve():
+    logs = np.repeat(np.linspace(-0.3, 0.3, 7), 5)
+    exact = 0.8 - 0.5 * logs - 0.3 * logs ** 2         # a known decreasing quadratic
+    root, se = _root(logs + 1.0, exact, target=0.8, center=1.0)
+    assert root == pytest.approx(1.0, abs=1e-9) and se < 1e-6
+    rng = np.random.default_rng(0)
+    noisy = exact + rng.normal(0, 0.05, exact.shape)
+    root, se = _root(logs, noisy, target=0.75, center=0.0)
+    truth = (-0.5 + math.sqrt(0.25 + 4 * 0.3 * 0.05)) / (2 * 0.3)   # 0.8-0.5t-0.3t^2 = 0.75
+    assert abs(root - truth) < 4 * se and 0 < se < 0.1
+    with pytest.raises(NotApplicable, match="does not decrease"):
+        _root(logs, 0.8 + 0.5 * logs, target=0.75, center=0.0)   # accuracy rising with noise
+
+
+def expected_drop(model, x, y, sigma, draws=3000, seed=99):
+    """Brute-force expected accuracy drop under N(0, sigma^2) weight noise, all examples."""
+    g = torch.Generator().manual_seed(seed)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    copies = {k: v + sigma * torch.randn((draws, *v.shape), generator=g)
+              for k, v in params.items()}
+    with torch.no_grad():
+        out = torch.func.vmap(lambda p: torch.func.functional_call(model, p, (x,)))(copies)
+    return 1.0 - float((out.argmax(-1) == y).float().mean())
 
 
 def test_pacbayes_sigma_std_not_variance_and_meets_the_target():
     model = mlp()
-    x, y = data(n=300, model=model)
-    sigma, info = pacbayes_sigma(model, x, y, samples=8, rtol=0.01, seed=3)
+    x, y = data(n=400, model=model)
+    sigma, info = pacbayes_sigma(model, x, y, seed=3)
     assert info["base_accuracy"] == 1.0
-    g = torch.Generator().manual_seed(3)
-    z = {k: torch.randn((8, *v.shape), generator=g) for k, v in model.named_parameters()}
-    ev = PerturbedAccuracy(model, x, y)
-
-    def drop(s):  # noise with standard deviation s (the same draws as the search)
-        return 1.0 - ev.evaluate({k: v * s for k, v in z.items()})
-
-    assert drop(sigma / 1.02) <= 0.1 + 1e-9
-    assert drop(sigma * 1.02) > 0.1
+    se = info["log_sigma_se"]
+    assert 0 < se < 0.1
+    # the expected drop under noise of standard deviation sigma (not variance) crosses 0.1
+    # at sigma, within a few standard errors of the search
+    margin = math.exp(3 * se + 0.02)
+    assert expected_drop(model, x, y, sigma / margin) < 0.1 < expected_drop(model, x, y,
+                                                                           sigma * margin)
+    # the search costs far fewer passes than 15 bisection steps x 10 full-pass draws
+    assert info["passes"] < 15
     # the magnitude-aware search finds a relative scale
-    rel, _ = pacbayes_sigma(model, x, y, magnitude=True, samples=8)
+    rel, _ = pacbayes_sigma(model, x, y, magnitude=True)
     assert 0 < rel < 10
+    with pytest.raises(MeasureError, match="at least 20 examples"):
+        pacbayes_sigma(model, x[:10], y[:10])
 
 
 def test_sharpness_alpha_is_below_the_random_noise_scale():
     model = mlp()
     x, y = data(n=300, model=model)
     alpha, _ = sharpness_alpha(model, x, y, restarts=2, steps=4, rtol=0.05)
-    sigma, _ = pacbayes_sigma(model, x, y, samples=8)
+    sigma, _ = pacbayes_sigma(model, x, y)
     # the worst case in a box of radius alpha hurts as much as random noise of a much larger
     # scale: adversarial perturbations are more damaging than random ones
     assert 0 < alpha < sigma

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -160,14 +161,16 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def batched_forward(model: nn.Module, x: Tensor) -> Callable[[dict[str, Tensor], Tensor],
-                                                                Tensor]:
+def batched_forward(model: nn.Module, x: Tensor, *, split_inputs: bool = False
+                    ) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
     """``f(params, xb) -> (k, batch, classes)``: ``model`` with ``k`` stacked parameter sets.
 
-    ``torch.func.vmap`` over the parameter sets, except for conv networks on the CPU, where a
-    loop over the sets is used: vmap turns k convolutions into one grouped convolution, which
-    measured 3.6x slower per network than k plain ones on a 2-core CPU (the same effect as in
-    the population trainer's CPU path). On a GPU the vmap path is used for every network.
+    ``xb`` is one batch shared by the ``k`` copies, or with ``split_inputs`` a ``(k, batch,
+    ...)`` stack with one batch per copy. ``torch.func.vmap`` over the parameter sets, except
+    for conv networks on the CPU, where a loop over the sets is used: vmap turns k convolutions
+    into one grouped convolution, which measured 3.6x slower per network than k plain ones on a
+    2-core CPU (the same effect as in the population trainer's CPU path). On a GPU the vmap
+    path is used for every network.
     """
 
     def single(params, xb):
@@ -177,47 +180,10 @@ def batched_forward(model: nn.Module, x: Tensor) -> Callable[[dict[str, Tensor],
     if has_conv and not x.is_cuda:
         def looped(params, xb):
             k = next(iter(params.values())).shape[0]
-            return torch.stack([single({n: v[i] for n, v in params.items()}, xb)
-                                for i in range(k)])
+            return torch.stack([single({n: v[i] for n, v in params.items()},
+                                       xb[i] if split_inputs else xb) for i in range(k)])
         return looped
-    return vmap(single, in_dims=(0, None))
-
-
-class PerturbedAccuracy:
-    """Accuracy of ``k`` perturbed copies of a network at once.
-
-    ``evaluate(deltas, threshold)`` returns the mean accuracy over the copies, where
-    ``deltas`` maps each parameter name to a ``(k, *shape)`` perturbation. Examples go through
-    ``chunk`` at a time; with ``threshold`` the pass stops as soon as the outcome of
-    ``mean accuracy >= threshold`` is certain (the remaining examples cannot change it), and the
-    returned value is then a bound on the side that decides. ``passes`` counts the work done,
-    in full passes of one network over the data.
-    """
-
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, chunk: int = 200):
-        self.model, self.x, self.y, self.chunk = model, x, y, chunk
-        self.params = {k: v.detach() for k, v in model.named_parameters()}
-        self.passes = 0.0
-        self._batched = batched_forward(model, x)
-
-    def evaluate(self, deltas: dict[str, Tensor], threshold: float | None = None) -> float:
-        k = next(iter(deltas.values())).shape[0]
-        params = {name: self.params[name] + deltas[name] for name in self.params}
-        n = self.y.shape[0]
-        correct = 0.0
-        with torch.no_grad():
-            for start in range(0, n, self.chunk):
-                out = self._batched(params, self.x[start:start + self.chunk])
-                yb = self.y[start:start + self.chunk]
-                correct += float((out.argmax(-1) == yb).float().sum()) / k
-                done = min(start + self.chunk, n)
-                self.passes += k * (done - start) / n
-                if threshold is not None and done < n:
-                    if correct / n >= threshold:               # already enough correct
-                        return correct / n
-                    if (correct + n - done) / n < threshold:   # cannot reach it any more
-                        return (correct + n - done) / n
-        return correct / n
+    return vmap(single, in_dims=(0, 0 if split_inputs else None))
 
 
 def log_bisect(accept: Callable[[float], bool], start: float, rtol: float,
@@ -261,34 +227,124 @@ def noise_scale(params: dict[str, Tensor], sigma: float, magnitude: bool) -> dic
     return {k: torch.sqrt(sigma ** 2 * v ** 2 + EPSILON ** 2) for k, v in params.items()}
 
 
+class _NoiseSampler:
+    """Accuracy of a network under Gaussian weight noise, one fresh draw per example batch.
+
+    ``sample(sigma, m, batch)`` draws ``m`` perturbed copies and evaluates copy ``j`` on the
+    ``j``-th of ``m`` disjoint random batches of ``batch`` examples, so the mean of the ``m``
+    returned accuracies is an unbiased estimate of the expected accuracy over noise *and*
+    examples for the cost of ``m * batch`` examples through one network. ``passes`` counts
+    the work done in full single-network passes over the data.
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, magnitude: bool,
+                 gen: torch.Generator):
+        self.x, self.y, self.magnitude, self.gen = x, y, magnitude, gen
+        self.params = {k: v.detach() for k, v in model.named_parameters()}
+        self.forward = batched_forward(model, x, split_inputs=True)
+        self.passes = 0.0
+
+    def sample(self, sigma: float, m: int, batch: int) -> np.ndarray:
+        n = self.y.shape[0]
+        idx = torch.randperm(n, generator=self.gen)[: m * batch].view(m, batch)
+        scale = noise_scale(self.params, sigma, self.magnitude)
+        copies = {k: v + torch.randn((m, *v.shape), generator=self.gen) * scale[k]
+                  for k, v in self.params.items()}
+        with torch.no_grad():
+            out = self.forward(copies, self.x[idx])
+        self.passes += idx.numel() / n
+        return (out.argmax(-1) == self.y[idx]).float().mean(dim=1).numpy()
+
+
+def _root(logs: np.ndarray, accs: np.ndarray, target: float, center: float
+          ) -> tuple[float, float]:
+    """Where a quadratic least-squares fit of accuracy on ``log sigma`` crosses ``target``,
+    nearest to ``center``, with its standard error by the delta method. Falls back to a
+    straight line where the quadratic has no decreasing crossing near ``center``."""
+    t = logs - center
+    for degree in (2, 1):
+        design = np.vander(t, degree + 1, increasing=True)          # 1, t, t^2
+        coef, *_ = np.linalg.lstsq(design, accs, rcond=None)
+        resid = accs - design @ coef
+        dof = max(len(accs) - degree - 1, 1)
+        cov = np.linalg.pinv(design.T @ design) * float(resid @ resid) / dof
+        poly = np.polynomial.Polynomial(coef)
+        roots = [r.real for r in (poly - target).roots() if abs(r.imag) < 1e-12]
+        roots = [r for r in roots if poly.deriv()(r) < 0 and abs(r) < 1.5]
+        if not roots:
+            continue
+        r = min(roots, key=abs)
+        grad = np.array([r ** i for i in range(degree + 1)])        # d poly / d coef
+        slope = poly.deriv()(r)
+        se = math.sqrt(max(float(grad @ cov @ grad), 0.0)) / abs(slope)
+        return center + r, se
+    raise NotApplicable("the sigma search could not locate the accuracy drop: the accuracy "
+                        "does not decrease with the noise near the bracket (too few examples?)")
+
+
+_OFFSETS = (-1.0, 1.0, 0.0, -0.5, 0.5, -1.0, 1.0, 0.0, -0.5, 0.5)  # levels around the centre
+
+
 def pacbayes_sigma(model: nn.Module, x: Tensor, y: Tensor, *, magnitude: bool = False,
-                   target_drop: float = 0.1, samples: int = 10, rtol: float = 0.01,
-                   seed: int = 0, chunk: int = 200) -> tuple[float, dict]:
+                   target_drop: float = 0.1, draws: int = 10, points: int = 8,
+                   width: float = 1.3, seed: int = 0) -> tuple[float, dict]:
     """sigma': the largest standard deviation of Gaussian weight noise for which the expected
     accuracy drop on ``(x, y)`` stays within ``target_drop`` (arXiv 1912.02178, App. C.5).
 
     The noise ``u ~ N(0, sigma^2 I)`` (or ``N(0, sigma^2 w_i^2 + eps^2)`` magnitude-aware) has
-    standard deviation sigma: not variance. Vectorized: all ``samples`` perturbations are
-    evaluated in one batched pass, with common random numbers across the search (the same
-    standard-normal draws scaled by each candidate sigma), a bisection in ``log sigma`` to
-    relative precision ``rtol``, and passes that stop as soon as the decision is certain.
-    Returns ``(sigma', info)`` with ``info["passes"]`` (work in full single-network passes) and
-    ``info["evaluations"]``.
+    standard deviation sigma: not variance. The paper's recipe bisects sigma with a fixed number
+    of Monte Carlo draws, each a full pass over the data, at every step; most of those passes
+    only confirm what is already known far from the answer. Here:
+
+    1. *bracket*: a cheap log-scale bisection (each evaluation ``draws // 2`` copies on
+       ``n // draws`` examples each, half a pass) finds sigma within a factor ``width^2``;
+    2. *regress*: ``points`` noise levels at ``c * width^u`` (``u`` cycling through -1, 1, 0,
+       -1/2, 1/2) around a centre ``c`` that starts at the bracket's and, from the fourth level
+       on, follows the current estimate; each level is ``draws`` fresh copies on disjoint
+       example batches (one pass). A quadratic least-squares fit of accuracy on ``log sigma``
+       over all ``points * draws`` draws is solved for the target accuracy: every draw informs
+       the answer, instead of only those of the last bisection steps.
+
+    Each copy sees a fresh noise draw and its own batch, so the fitted curve estimates the
+    expected accuracy over noise and examples, as in the paper. Returns ``(sigma', info)``
+    with ``info["passes"]`` (work in full single-network passes), ``info["log_sigma_se"]``
+    (the standard error of ``log sigma'`` from the fit, i.e. its relative precision) and
+    ``info["base_accuracy"]``.
     """
-    evaluator = PerturbedAccuracy(model, x, y, chunk)
-    base = accuracy(model, x, y)
-    evaluator.passes += 1
+    n = y.shape[0]
+    if n < 2 * draws:
+        raise MeasureError(f"the sigma search needs at least {2 * draws} examples "
+                           f"({draws} draws x 2), got {n}")
+    if not 0 < target_drop < 1:
+        raise MeasureError(f"target_drop must be in (0, 1), got {target_drop}")
     gen = torch.Generator().manual_seed(seed)
-    z = {k: torch.randn((samples, *v.shape), generator=gen) for k, v in evaluator.params.items()}
+    sampler = _NoiseSampler(model, x, y, magnitude, gen)
+    base = accuracy(model, x, y)
+    sampler.passes += 1
+    target = base - target_drop
+    bracket_draws = max(draws // 2, 2)
+    batch = n // draws
 
     def accept(sigma: float) -> bool:
-        scale = noise_scale(evaluator.params, sigma, magnitude)
-        deltas = {k: z[k] * scale[k] for k in z}
-        return evaluator.evaluate(deltas, threshold=base - target_drop) >= base - target_drop
+        return float(sampler.sample(sigma, bracket_draws, batch).mean()) >= target
 
-    start = 0.1 if magnitude else 0.01
-    sigma, evals = log_bisect(accept, start, rtol)
-    return sigma, {"passes": evaluator.passes, "evaluations": evals, "base_accuracy": base}
+    center, evals = log_bisect(accept, 0.1 if magnitude else 0.01, rtol=width ** 2 - 1)
+    center = math.log(center)
+    h = math.log(width)
+    logs, accs = [], []
+    for i in range(points):
+        if i >= 3:  # follow the current estimate, at most a factor `width` a step
+            try:
+                root, _ = _root(np.concatenate(logs), np.concatenate(accs), target, center)
+                center = min(max(root, center - h), center + h)
+            except NotApplicable:
+                pass
+        level = center + _OFFSETS[i % len(_OFFSETS)] * h
+        accs.append(sampler.sample(math.exp(level), draws, batch))
+        logs.append(np.full(draws, level))
+    root, se = _root(np.concatenate(logs), np.concatenate(accs), target, center)
+    return math.exp(root), {"passes": sampler.passes, "evaluations": evals + points,
+                            "base_accuracy": base, "log_sigma_se": se}
 
 
 def sharpness_alpha(model: nn.Module, x: Tensor, y: Tensor, *, magnitude: bool = False,

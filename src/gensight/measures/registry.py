@@ -288,7 +288,7 @@ def _spec_init(d, cache):
 
 # ------------------------------------------------------------- flatness / PAC-Bayes
 
-SEARCH = {"samples": 10, "rtol": 0.01, "target_drop": 0.1, "restarts": 2, "steps": 4}
+SEARCH = {"draws": 10, "points": 8, "rtol": 0.05, "target_drop": 0.1, "restarts": 2, "steps": 4}
 """Settings of the sigma / alpha searches (change before computing to trade cost for
 precision)."""
 
@@ -297,14 +297,14 @@ def _sigma(d: MemberData, cache: dict, magnitude: bool) -> float:
     x, y = d.need_data("pacbayes")
     return _cached(cache, ("sigma", magnitude), lambda: pacbayes_sigma(
         d.model, x, y, magnitude=magnitude, target_drop=SEARCH["target_drop"],
-        samples=SEARCH["samples"], rtol=SEARCH["rtol"])[0])
+        draws=SEARCH["draws"], points=SEARCH["points"])[0])
 
 
 def _alpha_box(d: MemberData, cache: dict, magnitude: bool) -> float:
     x, y = d.need_data("sharpness")
     return _cached(cache, ("alpha", magnitude), lambda: sharpness_alpha(
         d.model, x, y, magnitude=magnitude, target_drop=SEARCH["target_drop"],
-        restarts=SEARCH["restarts"], steps=SEARCH["steps"], rtol=5 * SEARCH["rtol"])[0])
+        restarts=SEARCH["restarts"], steps=SEARCH["steps"], rtol=SEARCH["rtol"])[0])
 
 
 def _w(d: MemberData, origin: str) -> torch.Tensor:

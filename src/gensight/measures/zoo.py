@@ -17,7 +17,7 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
     the member's own training examples."""
     from gensight.data import load_dataset
     from gensight.zoo.spec import ZooSpec
-    from gensight.zoo.train import build_model, member_states
+    from gensight.zoo.train import member_states
 
     spec = ZooSpec.from_dict(zoo.manifest["spec"])
     members = {m.member_id: m for m in spec.members()}
@@ -26,20 +26,14 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
     init_rows = zoo.table[zoo.table["epoch"] == 0].set_index("member_id")
     for start in range(0, len(rows), 64):
         chunk = rows.iloc[start:start + 64]
-        trained = zoo.weights(chunk)
+        trained = zoo.modules(chunk)
         has_init = chunk["member_id"].isin(init_rows.index)
-        inits = zoo.weights(init_rows.loc[chunk.loc[has_init, "member_id"]].reset_index()) \
-            if has_init.any() else None
-        k = 0
+        inits = iter(zoo.modules(init_rows.loc[chunk.loc[has_init, "member_id"]]
+                                 .reset_index())) if has_init.any() else None
         for i, (_, row) in enumerate(chunk.iterrows()):
             mem = members[row["member_id"]]
-            template = build_model(spec.architecture, data.input_shape, data.n_classes,
-                                   mem.hparams["activation"], mem.hparams["dropout"])
-            model = trained[i:i + 1].to_modules(template)[0]
-            init = None
-            if has_init.iloc[i]:
-                init = inits[k:k + 1].to_modules(template)[0]
-                k += 1
+            model = trained[i]
+            init = next(inits) if has_init.iloc[i] else None
             subset = member_states([mem], n_train)[0].subset
             idx = subset if n_examples is None else subset[:n_examples]
             yield row, MemberData(model, data.x_train[idx], data.y_train[idx], init,

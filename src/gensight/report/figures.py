@@ -1,4 +1,5 @@
-"""Figures (matplotlib, Agg backend): the agreement-on-the-line plot and predicted-vs-actual."""
+"""Figures (matplotlib, Agg backend): agreement on the line, predicted vs actual, estimated vs
+true accuracy, and the accuracy histogram of a zoo."""
 
 from __future__ import annotations
 
@@ -82,6 +83,85 @@ def predicted_vs_actual(actual, predicted, path, title: str = "",
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def accuracy_histogram(rows: pd.DataFrame, path) -> Path:
+    """Histogram of the test accuracy of a zoo's members, with train accuracy for reference."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=110)
+    bins = np.linspace(0, 1, 41)
+    ax.hist(rows["train_acc"], bins=bins, alpha=0.5, label="train accuracy", color="tab:gray")
+    ax.hist(rows["test_acc"], bins=bins, alpha=0.7, label="test accuracy", color="tab:blue")
+    ax.set_xlabel("accuracy")
+    ax.set_ylabel("networks")
+    ax.set_title(f"{len(rows)} networks of the zoo", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def predictions_grid(actual, predictions: dict[str, np.ndarray], scores: pd.DataFrame, path,
+                     xlabel: str = "actual test accuracy", ncols: int = 4) -> Path:
+    """Predicted against actual values, one panel per method, titled with its Kendall's tau;
+    the diagonal y = x in each panel."""
+    plt = _pyplot()
+    actual = np.asarray(actual, float)
+    names = list(predictions)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = max(1, -(-len(names) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.8 * nrows), dpi=100,
+                             squeeze=False)
+    tau = dict(zip(scores["method"], scores["tau"], strict=True))
+    for ax, name in zip(axes.flat, names, strict=False):
+        pred = np.asarray(predictions[name], float)
+        ax.scatter(actual, pred, s=8, alpha=0.6)
+        both = np.concatenate([actual, pred[np.isfinite(pred)]])
+        lo, hi = float(both.min()), float(both.max())
+        ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", linewidth=1)
+        ax.set_title(f"{name}\ntau = {tau.get(name, np.nan):.3f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("predicted", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+_ESTIMATORS = ("AC", "DoC", "ATC-MC", "ATC-NE", "ATC-MC+TS", "ATC-NE+TS", "GDE", "ALine-S",
+               "ALine-D")
+
+
+def estimates_scatter(table: pd.DataFrame, path, title: str = "") -> Path:
+    """Each label-free estimator's estimate against the true shifted accuracy, one colour per
+    method, with the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=110)
+    true = table["true_acc"].to_numpy(float)
+    methods = [m for m in _ESTIMATORS if m in table]
+    markers = "o^sv<>Dpx"
+    for i, m in enumerate(methods):
+        ax.scatter(true, table[m].to_numpy(float), s=10, alpha=0.6, label=m,
+                   marker=markers[i % len(markers)])
+    values = np.concatenate([true, *[table[m].to_numpy(float) for m in methods]])
+    values = values[np.isfinite(values)]
+    lo, hi = float(values.min()), float(values.max())
+    ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", label="y = x")
+    ax.set_xlabel("true accuracy on the shifted set")
+    ax.set_ylabel("estimated accuracy (no labels)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

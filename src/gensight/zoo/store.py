@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gensight.errors import GensightError
 from gensight.weightspace import WeightBatch, WeightSpace
@@ -182,6 +182,25 @@ class Zoo:
         state_dicts = [dict(zip(space.state_dict_keys(), vals, strict=True))
                        for vals in zip(*out, strict=True)]
         return WeightBatch.from_state_dicts(space, state_dicts)
+
+    def modules(self, rows: pd.DataFrame) -> list[nn.Module]:
+        """The networks of ``rows`` as ``torch.nn`` modules (eval mode), each built with its
+        own activation and dropout and loaded with its stored weights."""
+        from gensight.data import load_dataset
+        from gensight.zoo.spec import ZooSpec
+        from gensight.zoo.train import build_model
+
+        spec = ZooSpec.from_dict(self.manifest["spec"])
+        members = {m.member_id: m for m in spec.members()}
+        data = load_dataset(spec.dataset)
+        batch = self.weights(rows)
+        out = []
+        for i, member_id in enumerate(rows["member_id"]):
+            hp = members[member_id].hparams
+            template = build_model(spec.architecture, data.input_shape, data.n_classes,
+                                   hp["activation"], hp["dropout"])
+            out.append(batch[i:i + 1].to_modules(template)[0].eval())
+        return out
 
     def logits(self, rows: pd.DataFrame, name: str) -> Tensor:
         """Stored logits ``(rows, N, classes)`` of the evaluation set ``name`` ("test" or
