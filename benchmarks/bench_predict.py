@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gensight.predict import evaluate_predictors, make_predictors, split_zoo
+from gensight.predict import ZooSplit, evaluate_predictors, make_predictors, split_zoo
 from gensight.zoo import Zoo
 
 DEFAULT = ("statnn,statnn-mlp,nfn-hnp,nfn-np,margin-signature,measure:params,"
@@ -35,9 +35,15 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--train-seeds", default=None,
+                        help="fit on these seed indices of the training split only (e.g. 0, "
+                        "for the costly sharpness searches); the test split is unchanged")
     args = parser.parse_args()
     zoo = Zoo.open(args.zoo)
     train, test = split_zoo(zoo)
+    if args.train_seeds is not None:
+        seeds = [int(s) for s in args.train_seeds.split(",")]
+        train = ZooSplit(zoo, train.rows[train.rows["seed_index"].isin(seeds)], train.target)
     print(f"{zoo.manifest['name']}: {len(train)} train / {len(test)} test networks")
     predictors = make_predictors(args.methods.split(","), zoo,
                                  pd.concat([train.rows, test.rows]), epochs=args.epochs,
@@ -49,7 +55,8 @@ def main() -> None:
     for note in dict.fromkeys(notes):
         print("note:", note)
     out = Path(args.out or args.zoo)
-    scores.to_csv(out / "bench-predict.csv", index=False)
+    scores.to_csv(out / f"bench-predict{'-seeds' + args.train_seeds if args.train_seeds else ''}"
+                        ".csv", index=False)
 
 
 if __name__ == "__main__":

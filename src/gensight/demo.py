@@ -78,4 +78,6 @@ def run_demo(directory: str | Path = "gensight-demo", *, quick: bool = False,
                     progress=build_progress)
     return build_report(zoo, directory / ("report-quick" if quick else "report"),
                         methods=DEMO_METHODS, epochs=epochs or (10 if quick else 60),
-                        n_examples=300 if quick else 1000, progress=progress)
+                        n_examples=300 if quick else 1000, progress=progress,
+                        command=f"gensight demo --dir {directory}" + (" --quick" if quick
+                                                                       else ""))

@@ -68,11 +68,29 @@ def test_nfn_learns_on_the_zoo(grid_zoo):
 def test_measure_predictor_is_a_linear_map_of_the_measure(grid_zoo):
     train, test = split_zoo(grid_zoo)
     p = MeasurePredictor("log.prod.of.fro").fit(train)
-    m_train = p._values(train)
+    m_train, m_test = p._values(train), p._values(test)
+    if p.transform_ == "log":
+        m_train, m_test = np.log(m_train), np.log(m_test)
     slope, bias = np.polyfit(m_train, train.y, 1)
-    np.testing.assert_allclose(p.predict(test), slope * p._values(test) + bias)
+    np.testing.assert_allclose(p.predict(test), slope * m_test + bias)
     with pytest.raises(Exception, match="unknown measure"):
         MeasurePredictor("nope")
+
+
+def test_measure_predictor_fits_heavy_tailed_measures_on_a_log_scale(grid_zoo):
+    train, test = split_zoo(grid_zoo)
+    rows = pd.concat([train.rows, test.rows])
+    # a measure exponential in the error (like a path norm): a line in log(measure)
+    heavy = np.exp(12 * (1 - rows["test_acc"].to_numpy()))
+    values = pd.DataFrame({"member_id": rows["member_id"], "params": heavy})
+    p = MeasurePredictor("params", values=values).fit(train)
+    assert p.transform_ == "log"
+    v = p._values(test)
+    np.testing.assert_allclose(p.predict(test), p.slope_ * np.log(v) + p.bias_)
+    np.testing.assert_allclose(p.predict(test), test.y, atol=1e-9)   # exact on this measure
+    # a measure that can be negative stays on its own scale
+    values["params"] = 1 - 2 * rows["test_acc"].to_numpy()
+    assert MeasurePredictor("params", values=values).fit(train).transform_ == "identity"
 
 
 def test_evaluate_predictors_scores_with_the_metrics(grid_zoo):

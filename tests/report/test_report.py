@@ -52,6 +52,9 @@ def test_report_writes_page_tables_and_figures(report, grid_zoo):
     assert {base64.b64decode(e) for e in embedded} == {p.read_bytes() for p in pngs}
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert grid_zoo.manifest["name"] in page
+    # ... and says how to rebuild it, with the options that differ from the defaults
+    assert f"gensight report {grid_zoo.root} --methods {','.join(METHODS)} --examples 200" \
+        in page
 
 
 def test_report_replaces_atomically_and_cleans_up_on_error(report, grid_zoo, monkeypatch,

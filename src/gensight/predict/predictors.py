@@ -248,8 +248,11 @@ class NFNPredictor(Predictor):
 
 class MeasurePredictor(Predictor):
     """One complexity measure mapped to accuracy by a least-squares line fitted on the training
-    split. Values that are NaN (the measure does not apply to that network) are ranked as the
-    most complex (set to the largest finite training value). ``values`` may hold precomputed
+    split, on the measure's own scale or, for a positive measure whose line fits better that
+    way (heavy-tailed ones such as the path norm), on its log (``transform_``). Both maps are
+    monotone, so the ranking scores (tau, granulated tau, CMI) are those of the measure itself.
+    Values that are NaN (the measure does not apply to that network) are ranked as the most
+    complex (set to the largest finite training value). ``values`` may hold precomputed
     measures (``member_id`` + the measure's column); otherwise they are computed."""
 
     def __init__(self, measure: str, values: pd.DataFrame | None = None,
@@ -272,6 +275,10 @@ class MeasurePredictor(Predictor):
         lookup = have.drop_duplicates("member_id").set_index("member_id")[self.measure]
         return lookup.loc[split.rows["member_id"]].to_numpy(np.float64)
 
+    def _mapped(self, v: np.ndarray) -> np.ndarray:
+        v = np.where(np.isfinite(v), v, self.fill_)
+        return np.log(np.maximum(v, 1e-6 * self.floor_)) if self.transform_ == "log" else v
+
     def fit(self, split: ZooSplit) -> MeasurePredictor:
         v = self._values(split)
         finite = np.isfinite(v)
@@ -279,18 +286,27 @@ class MeasurePredictor(Predictor):
             raise PredictError(f"measure {self.measure!r} applies to fewer than 2 training "
                                f"networks")
         self.fill_ = float(v[finite].max())
-        v = np.where(finite, v, self.fill_)
-        if np.ptp(v) == 0:
-            self.slope_, self.bias_ = 0.0, float(split.y.mean())
-        else:
-            self.slope_, self.bias_ = (float(c) for c in np.polyfit(v, split.y, 1))
+        self.floor_ = float(v[finite].min())
+        y = split.y
+        best = None
+        for transform in ("identity", "log"):
+            if transform == "log" and self.floor_ <= 0:
+                continue
+            self.transform_ = transform
+            x = self._mapped(v)
+            if np.ptp(x) == 0:
+                fit = (0.0, float(y.mean()))
+            else:
+                fit = tuple(float(c) for c in np.polyfit(x, y, 1))
+            sse = float(((fit[0] * x + fit[1] - y) ** 2).sum())
+            if best is None or sse < best[0] - 1e-12:
+                best = (sse, transform, fit)
+        _, self.transform_, (self.slope_, self.bias_) = best
         return self
 
     def predict(self, split: ZooSplit) -> np.ndarray:
         self._check_fitted("slope_")
-        v = self._values(split)
-        v = np.where(np.isfinite(v), v, self.fill_)
-        return self.slope_ * v + self.bias_
+        return self.slope_ * self._mapped(self._values(split)) + self.bias_
 
 
 # ----------------------------------------------------------------------- margin signatures

@@ -26,7 +26,7 @@ table.t th { background: #f4f6f8; } table.t td:first-child, table.t th:first-chi
 figure { margin: 0.8rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; max-width: 60rem; }
 .notes li { font-size: 0.85rem; color: #555; } .row { display: flex; flex-wrap: wrap;
-gap: 1.2rem; } code { background: #f4f4f4; padding: 0 0.25rem; }
+gap: 1.2rem; } .row figure { flex: 0 1 34rem; } code { background: #f4f4f4; padding: 0 0.25rem; }
 """
 
 
@@ -44,7 +44,7 @@ def _figure(path: Path, caption: str, alt: str) -> str:
 def render_page(*, zoo, summary: pd.DataFrame, scores: pd.DataFrame, n_train: int,
                 n_test: int, target: str, estimate_mae: pd.DataFrame,
                 estimates: dict[str, pd.DataFrame], figures: dict[str, Path],
-                notes: list[str], seconds: float) -> str:
+                notes: list[str], seconds: float, command: str) -> str:
     """The page's HTML text (see :func:`gensight.report.build_report`)."""
     spec = zoo.manifest["spec"]
     arch = spec.get("architecture", {})
@@ -106,6 +106,6 @@ def render_page(*, zoo, summary: pd.DataFrame, scores: pd.DataFrame, n_train: in
         parts += ["<h2>Notes</h2>", '<ul class="notes">',
                   *[f"<li>{esc(n)}</li>" for n in notes], "</ul>"]
     parts += ["<h2>Reproduce</h2>",
-              f"<p><code>gensight report {esc(str(zoo.root))}</code> rebuilds this page; the "
-              "tables are next to it as CSV files.</p>", "</body></html>"]
+              f"<p><code>{esc(command)}</code> rebuilds this page; the tables are next to it "
+              "as CSV files.</p>", "</body></html>"]
     return "\n".join(parts)

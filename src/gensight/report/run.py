@@ -93,7 +93,7 @@ def _usable_methods(zoo, methods: Sequence[str], notes: list[str]) -> list[str]:
 def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
                  shifts: Sequence[str] | None = None, target: str = "test_acc",
                  split: str = "auto", seed: int = 0, epochs: int = 60,
-                 n_examples: int = 1000,
+                 n_examples: int = 1000, command: str | None = None,
                  progress: Callable[[str], None] | None = None) -> Report:
     """Fit and score the predictors ``methods`` (default :data:`DEFAULT_METHODS`) on a seeded
     split of ``zoo``, run every label-free estimator on ``shifts`` (default
@@ -107,7 +107,8 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
 
     The directory is written in a temporary place and moved into ``out`` at the end, so an
     error leaves no half-written report (an existing ``out`` is replaced only on success).
-    ``progress(message)`` is called before each stage.
+    ``progress(message)`` is called before each stage; ``command`` is the command line the
+    page gives for rebuilding it (default: the ``gensight report`` call with these options).
     """
     from gensight.estimate import zoo_estimates
     from gensight.predict import evaluate_predictors, make_predictor, make_predictors, split_zoo
@@ -140,6 +141,8 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
             raise ReportError(f"the zoo has no stored logits for shifted set(s) "
                               f"{missing or list(shifts)}; it has {all_sets or 'none'}")
 
+    if command is None:
+        command = _command(zoo, methods, shifts, target, split, seed, epochs, n_examples)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -193,7 +196,8 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
         say("writing the page")
         page = render_page(zoo=zoo, summary=summary, scores=scores, n_train=len(train),
                            n_test=len(test), target=target, estimate_mae=estimate_mae,
-                           estimates=estimates, figures=figs, notes=notes, seconds=seconds)
+                           estimates=estimates, figures=figs, notes=notes, seconds=seconds,
+                           command=command)
         (work / "index.html").write_text(page, encoding="utf-8")
         if out.exists():
             if not (out / "index.html").exists() and any(out.iterdir()):
@@ -208,6 +212,23 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
     return Report(out=out, html=out / "index.html", scores=scores, predictions=preds,
                   estimate_mae=estimate_mae, estimates=estimates, notes=notes, files=files,
                   seconds=seconds)
+
+
+def _command(zoo, methods, shifts, target, split, seed, epochs, n_examples) -> str:
+    """The ``gensight report`` command line that rebuilds a report with these options."""
+    import shlex
+
+    args = ["gensight", "report", str(zoo.root)]
+    if list(methods) != list(DEFAULT_METHODS):
+        args += ["--methods", ",".join(methods)]
+    if list(shifts) != default_shifts(zoo):
+        args += ["--shifts", ",".join(shifts)]
+    for flag, value, default in (("--target", target, "test_acc"), ("--split", split, "auto"),
+                                 ("--seed", seed, 0), ("--epochs", epochs, 60),
+                                 ("--examples", n_examples, 1000)):
+        if value != default:
+            args += [flag, str(value)]
+    return shlex.join(args)
 
 
 def summary_tables(report: Report) -> tuple[pd.DataFrame, pd.DataFrame]:
