@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="working directory for the zoo and the report (default: "
                       "%(default)s)")
     demo.add_argument("--quick", action="store_true",
-                      help="16 tiny networks instead of 96 (under a minute; for tests)")
+                      help="16 tiny networks instead of 192 (about 20 s; for tests)")
     demo.add_argument("--epochs", type=int, help="NFN training epochs (default 60; 10 quick)")
     demo.add_argument("--quiet", action="store_true", help="no progress display")
     demo.set_defaults(func=_cmd_demo)

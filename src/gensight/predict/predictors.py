@@ -250,7 +250,8 @@ class MeasurePredictor(Predictor):
     """One complexity measure mapped to accuracy by a least-squares line fitted on the training
     split, on the measure's own scale or, for a positive measure whose line fits better that
     way (heavy-tailed ones such as the path norm), on its log (``transform_``). Both maps are
-    monotone, so the ranking scores (tau, granulated tau, CMI) are those of the measure itself.
+    monotone, so the ranking scores (tau, granulated tau, CMI) are those of the measure
+    itself, in the direction (sign of the slope) learned on the training split.
     Values that are NaN (the measure does not apply to that network) are ranked as the most
     complex (set to the largest finite training value). ``values`` may hold precomputed
     measures (``member_id`` + the measure's column); otherwise they are computed."""
