@@ -182,8 +182,7 @@ def _shift_names(zoo, shift: str) -> list[str]:
     from gensight.estimate import EstimatorError
 
     name, _, severity = shift.partition(":")
-    available = sorted(c[len("shift:"):-len("_acc")] for c in zoo.table.columns
-                       if c.startswith("shift:") and c.endswith("_acc"))
+    available = sorted(zoo.shifted_sets)
     wanted = [f"{name}-{severity}"] if severity else \
         [a for a in available if a.rsplit("-", 1)[0] == name]
     if not wanted or any(w not in available for w in wanted):
@@ -446,6 +445,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """The split and fitting options shared by ``predict`` and ``report``."""
+    parser.add_argument("--target", default="test_acc", help="column to predict")
+    parser.add_argument("--split", default="auto", choices=("auto", "seed", "config"),
+                        help="hold out the last seed of every configuration (complete grid) "
+                        "or a random part of the configurations (default: auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=60, help="NFN training epochs (max)")
+    parser.add_argument("--examples", type=int, default=1000,
+                        help="training examples per member for measures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gensight",
@@ -527,15 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--methods", default="statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec",
                      help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, "
                      "margin-signature, measure:NAME (default: %(default)s)")
-    pre.add_argument("--target", default="test_acc", help="column to predict")
-    pre.add_argument("--split", default="auto", choices=("auto", "seed", "config"),
-                     help="hold out the last seed of every configuration (complete grid) or a "
-                     "random part of the configurations (default: auto)")
+    _add_fit_options(pre)
     pre.add_argument("--test-fraction", type=float, default=0.25)
-    pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--epochs", type=int, default=60, help="NFN training epochs (max)")
-    pre.add_argument("--examples", type=int, default=1000,
-                     help="training examples per member for measures")
     pre.add_argument("--out", help="output directory (default: ZOO/predict)")
     pre.set_defaults(func=_cmd_predict)
 
@@ -551,12 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--shifts", help="comma-separated NAME-SEVERITY shifted sets with stored "
                      "logits (default: the first two kinds at their middle severity; '' for "
                      "none)")
-    rep.add_argument("--target", default="test_acc", help="column to predict")
-    rep.add_argument("--split", default="auto", choices=("auto", "seed", "config"))
-    rep.add_argument("--seed", type=int, default=0)
-    rep.add_argument("--epochs", type=int, default=60, help="NFN training epochs (max)")
-    rep.add_argument("--examples", type=int, default=1000,
-                     help="training examples per member for measures")
+    _add_fit_options(rep)
     rep.add_argument("--quiet", action="store_true", help="no progress display")
     rep.set_defaults(func=_cmd_report)
 

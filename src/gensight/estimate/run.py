@@ -186,8 +186,7 @@ def zoo_estimates(zoo, shift: str, *, methods: Sequence[str] = METHODS,
     from gensight.data import load_dataset
 
     name = shift
-    available = [c[len("shift:"):-len("_acc")] for c in zoo.table.columns
-                 if c.startswith("shift:") and c.endswith("_acc")]
+    available = zoo.shifted_sets
     if name not in available:
         raise EstimatorError(f"the zoo has no shifted test set {name!r}; it has "
                              f"{available or 'none (add shifts to the spec)'}")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from gensight.estimate.base import probit
+from gensight.estimate.run import METHODS
 
 
 def _pyplot():
@@ -139,17 +140,13 @@ def predictions_grid(actual, predictions: dict[str, np.ndarray], scores: pd.Data
     return path
 
 
-_ESTIMATORS = ("AC", "DoC", "ATC-MC", "ATC-NE", "ATC-MC+TS", "ATC-NE+TS", "GDE", "ALine-S",
-               "ALine-D")
-
-
 def estimates_scatter(table: pd.DataFrame, path, title: str = "") -> Path:
     """Each label-free estimator's estimate against the true shifted accuracy, one colour per
     method, with the diagonal."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=110)
     true = table["true_acc"].to_numpy(float)
-    methods = [m for m in _ESTIMATORS if m in table]
+    methods = [m for m in METHODS if m in table]
     markers = "o^sv<>Dpx"
     for i, m in enumerate(methods):
         ax.scatter(true, table[m].to_numpy(float), s=10, alpha=0.6, label=m,

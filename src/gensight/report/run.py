@@ -67,10 +67,9 @@ def default_shifts(zoo, limit: int = 2) -> list[str]:
     if not zoo.manifest["spec"].get("store_logits"):
         return []
     by_kind: dict[str, list[int]] = {}
-    for c in zoo.table.columns:
-        if c.startswith("shift:") and c.endswith("_acc"):
-            kind, _, sev = c[len("shift:"):-len("_acc")].rpartition("-")
-            by_kind.setdefault(kind, []).append(int(sev))
+    for name in zoo.shifted_sets:
+        kind, _, sev = name.rpartition("-")
+        by_kind.setdefault(kind, []).append(int(sev))
     return [f"{kind}-{sorted(sevs)[(len(sevs) - 1) // 2]}"
             for kind, sevs in list(by_kind.items())[:limit]]
 
@@ -132,14 +131,11 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
             notes.append("no label-free estimates: this zoo stores no logits of shifted test "
                          "sets (set shifts and store_logits = true in the spec)")
     else:
-        all_sets = [c[len("shift:"):-len("_acc")] for c in zoo.table.columns
-                    if c.startswith("shift:") and c.endswith("_acc")]
-        missing = [s for s in shifts if s not in all_sets]
-        if shifts and not zoo.manifest["spec"].get("store_logits"):
-            missing = list(shifts)
+        with_logits = zoo.shifted_sets if zoo.manifest["spec"].get("store_logits") else []
+        missing = [s for s in shifts if s not in with_logits]
         if missing:
-            raise ReportError(f"the zoo has no stored logits for shifted set(s) "
-                              f"{missing or list(shifts)}; it has {all_sets or 'none'}")
+            raise ReportError(f"the zoo has no stored logits for shifted set(s) {missing}; it "
+                              f"has {with_logits or 'none'}")
 
     if command is None:
         command = _command(zoo, methods, shifts, target, split, seed, epochs, n_examples)

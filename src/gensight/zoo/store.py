@@ -223,6 +223,13 @@ class Zoo:
                 cache[int(shard)] = load_shard_tensors(self.root, int(shard))
             yield cache[int(shard)], int(pos), int(epoch)
 
+    @property
+    def shifted_sets(self) -> list[str]:
+        """Names (``"{shift}-{severity}"``) of the shifted test sets the members were
+        evaluated on, in the table's column order (columns ``shift:NAME_acc``)."""
+        return [c[len("shift:"):-len("_acc")] for c in self.table.columns
+                if c.startswith("shift:") and c.endswith("_acc")]
+
     def summary(self, epoch: int | None = None) -> pd.DataFrame:
         """Test accuracy per (optimizer, activation) at the final checkpoint (or ``epoch``):
         members, mean, std, min, median, max, and the mean generalization gap."""
