@@ -32,7 +32,8 @@ def test_zoo_build_bad_spec_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     spec.write_text('dataset = "digits"\n[architecture]\nfamily = "mlp"\n[hparams]\nlr = [-1.0]\n')
     assert main(["zoo", "build", str(spec), "--out", str(tmp_path / "z")]) == 2
     err = capsys.readouterr().err
-    assert "gensight: error: hparams.lr: value -1.0 is invalid" in err
+    assert err.startswith("gensight: error: spec file ")
+    assert "hparams.lr: value -1.0 is invalid" in err
     assert not (tmp_path / "z").exists()  # nothing written for a bad spec
 
 

@@ -4,7 +4,8 @@ Subcommands:
   example     build a tiny set of networks, check their symmetries and run HNP/NP neural
               functionals on them (a one-minute tour of gensight.weightspace and gensight.nf)
   zoo build   train the members of a zoo spec into a resumable zoo directory
-  zoo info    summarize a zoo directory
+  zoo info    summarize a zoo directory (and verify its shards)
+  zoo verify  check every shard, the index and the manifest; --repair
   estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
   measures    complexity measures of every member of a zoo, as a table
   predict     fit and score predictors of generalization on a seeded split of a zoo
@@ -15,6 +16,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -83,96 +85,36 @@ def _cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_zoo_build(args: argparse.Namespace) -> int:
-    import time
+def escape(text: str) -> str:
+    """``text`` with rich markup escaped (zoo names, paths and methods are user strings)."""
+    from rich.markup import escape as rich_escape
 
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from gensight.zoo import ZooSpec, build_zoo, plan_shards
-
-    console = Console(stderr=True)
-    spec = ZooSpec.from_toml(args.spec)
-    plans = plan_shards(spec)
-    console.print(f"zoo [bold]{spec.name}[/]: {len(spec.members())} members in {len(plans)} "
-                  f"shard(s) -> {args.out}")
-    start = time.perf_counter()
-    with Progress(TextColumn("members"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, disable=args.quiet) as bar:
-        task = bar.add_task("build", total=len(spec.members()), rate="")
-        first_done: list[int] = []
-
-        def progress(done: int, total: int, steps: int) -> None:
-            if not first_done:
-                first_done.append(done)
-            elapsed = time.perf_counter() - start
-            new = done - first_done[0]
-            rate = f"{new / elapsed:.1f} members/s" if new and elapsed > 0 else ""
-            bar.update(task, completed=done, rate=rate)
-
-        zoo = build_zoo(spec, args.out, progress=progress, backend=args.backend,
-                        ray_address=args.ray_address)
-    console.print(f"done in {time.perf_counter() - start:.1f}s: {len(zoo.table)} rows "
-                  f"(members x checkpoints) in {args.out}")
-    return 0
+    return rich_escape(text)
 
 
-def _cmd_zoo_info(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+def _open_zoo(path: str):
+    """Open a zoo and say on stderr what opening it worked around (a rebuilt index, damaged
+    shards left out)."""
     from gensight.zoo import Zoo
 
-    zoo = Zoo.open(args.zoo)
-    m = zoo.manifest
-    console = Console()
-    built = zoo.table["member_id"].nunique() if len(zoo.table) else 0
-    state = "complete" if zoo.complete else "incomplete (resume with zoo build)"
-    console.print(f"[bold]{m['name']}[/] ({args.zoo}): dataset {m['spec']['dataset']}, "
-                  f"{m['n_members']} members, {built} built, {state}")
-    console.print(f"weight space: {zoo.space!r}", markup=False)
-    if zoo.table.empty:
-        return 0
-    table = Table(title="test accuracy at the final checkpoint")
-    for col in ("optimizer", "activation", "members", "mean", "std", "min", "median", "max",
-                "mean gap"):
-        table.add_column(col, justify="left" if col in ("optimizer", "activation") else "right")
-    for (opt, act), row in zoo.summary().iterrows():
-        table.add_row(str(opt), str(act), str(int(row["members"])),
-                      *(f"{row[c]:.3f}" for c in ("mean", "std", "min", "median", "max",
-                                                  "mean_gap")))
-    console.print(table)
-    final = zoo.table[zoo.table["is_final"]]
-    shift_cols = [c for c in final.columns if c.startswith("shift:") and c.endswith("_acc")]
-    if shift_cols:
-        shifted = Table(title="mean accuracy on shifted test sets (final checkpoint)")
-        shifted.add_column("set")
-        shifted.add_column("mean acc", justify="right")
-        for c in shift_cols:
-            shifted.add_row(c[len("shift:"):-len("_acc")], f"{final[c].mean():.3f}")
-        console.print(shifted)
-    return 0
+    zoo = Zoo.open(path)
+    for note in zoo.notes:
+        print(f"gensight: note: {note}", file=sys.stderr)
+    return zoo
 
 
 def _print_frame(console, frame, title: str, digits: int = 3, max_rows: int | None = None):
     import pandas as pd
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in frame.columns:
-        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(
+        table.add_column(escape(str(col)), justify="right" if pd.api.types.is_numeric_dtype(
             frame[col]) else "left")
     shown = frame if max_rows is None else frame.head(max_rows)
     for _, row in shown.iterrows():
-        table.add_row(*(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v))
+                        for v in row))
     if max_rows is not None and len(frame) > max_rows:
         table.caption = f"first {max_rows} of {len(frame)} rows (all rows are in the CSV)"
     console.print(table)
@@ -215,9 +157,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             raise EstimatorError("give either a ZOO or --source-logits/--target-logits, not both")
         if not args.shift:
             raise EstimatorError("--shift NAME[:SEVERITY] is required with a ZOO")
-        from gensight.zoo import Zoo
-
-        zoo = Zoo.open(args.zoo)
+        zoo = _open_zoo(args.zoo)
         out = Path(args.out) if args.out else Path(args.zoo) / "estimates"
         for name in _shift_names(zoo, args.shift):
             runs.append((name, zoo_estimates(zoo, name, **kwargs)))
@@ -262,8 +202,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         if res.line is not None:
             fig = aline_figure(res.table, res.pairs, res.line, out / f"aline-{name}.png",
                                title=f"agreement on the line: {name}")
-            console.print(f"figure: {fig}")
-    console.print(f"tables: {out}/estimates-*.csv")
+            console.print(f"figure: {fig}", markup=False)
+    console.print(f"tables: {out}/estimates-*.csv", markup=False)
     return 0
 
 
@@ -288,7 +228,6 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from gensight.measures import MEASURES, available_measures, zoo_measures
-    from gensight.zoo import Zoo
 
     console = Console(stderr=True)
     if args.list:
@@ -299,7 +238,7 @@ def _cmd_measures(args: argparse.Namespace) -> int:
         return 0
     if args.zoo is None:
         raise GensightError("give a ZOO directory (or --list)")
-    zoo = Zoo.open(args.zoo)
+    zoo = _open_zoo(args.zoo)
     names = available_measures(cheap_only=True) if args.measures in (None, "cheap") else \
         list(MEASURES) if args.measures == "all" else args.measures.split(",")
     rows = zoo.table.query("is_final and finite")
@@ -312,16 +251,16 @@ def _cmd_measures(args: argparse.Namespace) -> int:
                                                                              completed=done))
     out = Path(args.out) if args.out else Path(args.zoo) / "measures.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".csv":
-        table.to_csv(out, index=False)
-    else:
-        table.to_parquet(out, index=False)
+    from gensight.zoo.store import atomic_write_bytes, parquet_bytes
+
+    atomic_write_bytes(out, table.to_csv(index=False).encode() if out.suffix == ".csv"
+                       else parquet_bytes(table))
     for name, why in notes.items():
         console.print(f"{name} does not apply: {why}", markup=False)
     summary = table[names].describe().T[["count", "mean", "min", "max"]]
     _print_frame(Console(), summary.reset_index().rename(columns={"index": "measure"}),
                  f"measures of {len(rows)} networks")
-    console.print(f"table: {out}")
+    console.print(f"table: {out}", markup=False)
     return 0
 
 
@@ -333,10 +272,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from gensight.predict import evaluate_predictors, make_predictor, make_predictors, split_zoo
     from gensight.report.figures import predicted_vs_actual
-    from gensight.zoo import Zoo
 
     console = Console()
-    zoo = Zoo.open(args.zoo)
+    zoo = _open_zoo(args.zoo)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:  # unknown names fail before any work
         make_predictor(m, seed=args.seed, epochs=args.epochs)
@@ -345,10 +283,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictors = make_predictors(methods, zoo, pd.concat([train.rows, test.rows]),
                                  seed=args.seed, epochs=args.epochs, n_examples=args.examples)
     console.print(f"zoo {zoo.manifest['name']}: {len(train)} training and {len(test)} test "
-                  f"networks; predicting {args.target}")
+                  f"networks; predicting {args.target}", markup=False)
     with console.status("") as status:
         scores, predictions, notes = evaluate_predictors(
-            train, test, predictors, progress=lambda name: status.update(f"fitting {name}"))
+            train, test, predictors, progress=lambda name: status.update(f"fitting {escape(name)}"))
     out = Path(args.out) if args.out else Path(args.zoo) / "predict"
     out.mkdir(parents=True, exist_ok=True)
     _print_frame(console, scores, f"predicting {args.target} on {len(test)} held-out networks")
@@ -363,7 +301,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         predicted_vs_actual(test.y, values, out / f"predicted-{safe}.png", title=name,
                             xlabel=f"actual {args.target}")
     preds.to_csv(out / "predictions.csv", index=False)
-    console.print(f"scores, predictions and figures: {out}")
+    console.print(f"scores, predictions and figures: {out}", markup=False)
     return 0
 
 
@@ -378,14 +316,15 @@ def _print_report_summary(console, report) -> None:
     top = best(report.scores, "tau")
     if top is not None:
         console.print(f"best ranking: {top} (Kendall's tau "
-                      f"{report.scores.set_index('method').loc[top, 'tau']:.3f})")
+                      f"{report.scores.set_index('method').loc[top, 'tau']:.3f})", markup=False)
     if len(report.estimate_mae):
         mean = report.estimate_mae.mean(axis=1)
         console.print(f"best label-free estimator: {mean.idxmin()} (mean absolute error "
                       f"{100 * mean.min():.2f} accuracy points)")
     for note in report.notes:
         console.print(f"note: {note}", markup=False, style="dim")
-    console.print(f"report: [bold]{report.html}[/] (tables: {report.out}/*.csv), "
+    console.print(f"report: [bold]{escape(str(report.html))}[/] (tables: "
+                  f"{escape(str(report.out))}/*.csv), "
                   f"{report.seconds:.0f} s")
 
 
@@ -403,10 +342,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from gensight.report import build_report
-    from gensight.zoo import Zoo
 
     console = Console()
-    zoo = Zoo.open(args.zoo)
+    zoo = _open_zoo(args.zoo)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
         else None
     shifts = [s.strip().replace(":", "-") for s in args.shifts.split(",") if s.strip()] \
@@ -416,7 +354,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         report = build_report(
             zoo, out, methods=methods, shifts=shifts, target=args.target, split=args.split,
             seed=args.seed, epochs=args.epochs, n_examples=args.examples,
-            progress=(lambda m: status.update(m)) if status is not None else None)
+            progress=(lambda m: status.update(escape(m))) if status is not None else None)
     _print_report_summary(console, report)
     return 0
 
@@ -437,9 +375,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         report = run_demo(args.dir, quick=args.quick, epochs=args.epochs,
                           build_progress=build_progress,
-                          progress=(lambda m: status.update(m)) if status is not None else None)
+                          progress=(lambda m: status.update(escape(m))) if status is not None
+                          else None)
     console.print(f"demo zoo: {report.out.parent / ('zoo-quick' if args.quick else 'zoo')} "
-                  f"(reused by the next run; `gensight report` works on it too)")
+                  f"(reused by the next run; `gensight report` works on it too)", markup=False)
     _print_report_summary(console, report)
     console.print(f"demo done in {time.perf_counter() - start:.0f} s")
     return 0
@@ -475,25 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="random seed")
     ex.set_defaults(func=_cmd_example)
 
-    zoo = sub.add_parser("zoo", help="build and inspect model zoos",
-                         description="Build and inspect model zoos.")
-    zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
-    build = zoo_sub.add_parser(
-        "build", help="train a zoo spec's members into a directory (resumable)",
-        description="Train the members of SPEC (a TOML zoo spec) into OUT. Rerunning the same "
-        "command after an interruption resumes it without losing or duplicating members.")
-    build.add_argument("spec", help="zoo spec (TOML)")
-    build.add_argument("--out", required=True, help="zoo directory")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
-    build.add_argument("--backend", choices=("local", "ray"), default="local",
-                       help="local (default): this process; ray: shards as Ray tasks")
-    build.add_argument("--ray-address", default=None,
-                       help="Ray cluster address (default: start a local Ray instance); the "
-                       "--out directory must be on a filesystem every worker sees")
-    build.set_defaults(func=_cmd_zoo_build)
-    info = zoo_sub.add_parser("info", help="summarize a zoo directory")
-    info.add_argument("zoo", help="zoo directory")
-    info.set_defaults(func=_cmd_zoo_info)
+    from gensight.zoo.cli import register as register_zoo
+
+    register_zoo(sub)
 
     est = sub.add_parser(
         "estimate", help="label-free accuracy estimates under distribution shift",
@@ -584,8 +507,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except GensightError as exc:
-        print(f"gensight: error: {exc}", file=sys.stderr)
+        print(f"gensight: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("gensight: interrupted; rerun the same command to resume (finished work is kept)",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:  # a file the user named: missing, unreadable, disk full, ...
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"gensight: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("GENSIGHT_DEBUG"):
+            raise
+        print(f"gensight: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with "
+              "GENSIGHT_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -248,3 +248,124 @@ def test_load_logits_files(tmp_path):
     with pytest.raises(EstimatorError, match=".npy or .safetensors"):
         load_logits(tmp_path / "l.npy").__class__ and load_logits(tmp_path / "x.txt") \
             if (tmp_path / "x.txt").write_text("1") else None
+
+
+TGT3 = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+
+
+@pytest.mark.parametrize("make", [
+    AverageConfidence, DifferenceOfConfidences, lambda: ATC("maxconf"), lambda: ATC("entropy"),
+])
+def test_confidence_estimators_refuse_another_number_of_classes(make):
+    est = make().fit(SRC, SRC_Y)
+    with pytest.raises(EstimatorError, match="fitted on probabilities of 2 classes; "
+                                             "target_probs has 3 classes"):
+        est.estimate(TGT3)
+
+
+def test_temperature_scaling_and_aline_refuse_another_number_of_classes():
+    ts = TemperatureScaling().fit(SRC, SRC_Y)
+    with pytest.raises(EstimatorError, match="2 classes; probs has 3"):
+        ts.transform(TGT3)
+    with pytest.raises(EstimatorError, match="2 classes; target_probs has 3"):
+        ATC(temperature_scaling=True).fit(SRC, SRC_Y).estimate(TGT3)
+    rng = np.random.default_rng(5)
+    y, src = _models(rng, m=4)
+    wide = [np.hstack([p, np.zeros((len(p), 1))]) for p in src]
+    for est in (ALineS(), ALineD()):
+        with pytest.raises(EstimatorError, match=r"fitted on probabilities of \d+ classes"):
+            est.fit(src, y).estimate(wide)
+    with pytest.raises(EstimatorError, match="same examples"):
+        GDE().estimate(TGT3, TGT)
+    with pytest.raises(EstimatorError, match="source_probs have .* classes but target_probs"):
+        estimate_accuracies(src, y, wide)
+
+
+@pytest.mark.parametrize("probs, labels, match", [
+    ([["a", "b"]], [0], "rectangular array of real numbers"),
+    ([[0.5, 0.5], [1.0]], [0, 1], "rectangular array of real numbers"),
+    (np.array([[0.5 + 0j, 0.5]]), [0], "real numbers, got an array of dtype complex"),
+    ([[0.7, -0.2, 0.5]], [0], "outside .* first row 0"),
+    ([[0.5, 0.5]], ["cat"], "integer class indices, got dtype <U3"),
+    ([[0.5, 0.5]], [np.nan], "integer class indices; 1 value"),
+    ([[0.5, 0.5]], [0.5], "first 0.5 at position 0"),
+    ([[0.5, 0.5], [0.5, 0.5]], [[1, 0], [0, 1]], "one-hot"),
+    ([[0.5, 0.5], [0.5, 0.5]], [0, -1], r"lie in \[0, 1\].*position 1"),
+])
+def test_malformed_inputs_are_one_line_errors(probs, labels, match):
+    with pytest.raises(EstimatorError, match=match) as info:
+        AverageConfidence().fit(probs, labels)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_model_lists_and_partners_are_named():
+    rng = np.random.default_rng(6)
+    y, src = _models(rng, m=4)
+    with pytest.raises(EstimatorError, match="one .* array per model .* shape"):
+        ALineS().fit(np.stack(src)[0], y)
+    with pytest.raises(EstimatorError, match="got float"):
+        estimate_accuracies(0.5, y, src)
+    for partners, match in (([1, 0, 3], "3 entries for 4 models"),
+                            ([1, 0, 3, 9], r"partners\[3\] .* got 9"),
+                            ([0, 0, 3, 2], r"partners\[0\] .* got 0"),
+                            ([1, 0, 3, 2.5], r"partners\[3\]")):
+        with pytest.raises(EstimatorError, match=match):
+            estimate_accuracies(src, y, src, partners=partners, methods=["GDE"])
+    res = estimate_accuracies(src, y, src, partners=[1, 0, np.nan, None], methods=["GDE"])
+    assert res.table["GDE"].isna().tolist() == [False, False, True, True]
+    with pytest.raises(EstimatorError, match="no estimators named"):
+        estimate_accuracies(src, y, src, methods=[])
+    assert list(estimate_accuracies(src, y, src, methods="AC").table.columns) == \
+        ["model", "source_acc", "AC"]
+
+
+def test_load_logits_and_labels_refuse_malformed_files(tmp_path):
+    from gensight.estimate import load_labels
+
+    def npy(name, arr):
+        np.save(tmp_path / name, arr, allow_pickle=True)
+        return tmp_path / name
+
+    cases = [
+        (npy("obj.npy", np.array([{"a": 1}], dtype=object)), "cannot read logits .*pickle"),
+        (npy("str.npy", np.array([["a", "b"]])), "real numbers .* dtype <U1"),
+        (npy("cplx.npy", np.ones((2, 3), complex)), "real numbers .* dtype complex"),
+        (npy("flat.npy", np.ones(5)), r"got shape \(5,\)"),
+        (npy("4d.npy", np.ones((1, 2, 3, 4))), r"got shape \(1, 2, 3, 4\)"),
+        (npy("one.npy", np.ones((4, 1))), "at least 2 classes"),
+        (npy("empty.npy", np.ones((0, 3))), r"got shape \(1, 0, 3\)"),
+    ]
+    nan = np.zeros((3, 4, 2))
+    nan[1, 2, 0] = np.nan
+    cases.append((npy("nan.npy", nan), r"1 of 3 model\(s\) contain NaN .*\[model-1\]"))
+    (tmp_path / "dir.npy").mkdir()
+    cases.append((tmp_path / "dir.npy", "cannot read logits"))
+    for path, match in cases:
+        with pytest.raises(EstimatorError, match=match) as info:
+            load_logits(path)
+        assert str(path.name) in str(info.value) and "\n" not in str(info.value)
+
+    assert load_labels(npy("y.npy", np.array([0, 2, 1]))).tolist() == [0, 2, 1]
+    assert load_labels(npy("yf.npy", np.array([[0.0], [2.0]]))).dtype == np.int64
+    for path, match in [
+        (tmp_path / "none.npy", "does not exist"),
+        (npy("yobj.npy", np.array([None, 1], dtype=object)), "cannot read labels .*pickle"),
+        (npy("ystr.npy", np.array(["cat", "dog"])), "integer class indices, got dtype <U3"),
+        (npy("y2d.npy", np.zeros((3, 2))), r"1-D .* got shape \(3, 2\)"),
+        (npy("yneg.npy", np.array([0, -1])), r"lie in \[0, n_classes\)"),
+        (npy("yfrac.npy", np.array([0.5, 1.0])), "integer class indices"),
+    ]:
+        with pytest.raises(EstimatorError, match=match) as info:
+            load_labels(path)
+        assert path.name in str(info.value)
+    (tmp_path / "y.txt").write_text("0 1")
+    with pytest.raises(EstimatorError, match="must be a .npy file"):
+        load_labels(tmp_path / "y.txt")
+
+
+def test_aline_from_rates_refuses_values_that_are_not_rates():
+    agr = np.full((3, 3), 0.8)
+    with pytest.raises(EstimatorError, match=r"acc_id must hold rates in \[0, 1\]; 1 value"):
+        aline_from_rates([0.5, np.nan, 0.7], agr, agr)
+    with pytest.raises(EstimatorError, match="agr_ood must hold rates"):
+        aline_from_rates([0.5, 0.6, 0.7], agr, agr * 2)

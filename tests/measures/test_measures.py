@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from torch import nn
 
 from gensight.measures import (
     MEASURES,
+    ConvergenceWarning,
     MeasureError,
     MemberData,
     NotApplicable,
@@ -14,6 +16,7 @@ from gensight.measures import (
     operator_norm,
     output_margins,
     pacbayes_sigma,
+    power_iteration_norm,
     power_law_alpha,
     sharpness_alpha,
 )
@@ -40,21 +43,74 @@ def data(n=60, shape=(4,), seed=0, model=None):
     return x, y
 
 
-@pytest.mark.parametrize("layer, shape", [
-    (nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 7, 7)),
-    (nn.Conv2d(1, 4, 3, padding=1), (1, 5, 5)),
-    (nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 9)),
-])
-def test_conv_operator_norm_equals_the_explicit_matrix_norm(layer, shape):
-    torch.manual_seed(1)
-    fwd, _ = conv_operator(layer, shape)
+def seeded(make, seed):
+    """A layer built with torch's global RNG seeded (layers are created inside tests, so
+    their weights do not depend on test order or on what ran at import time)."""
+    torch.manual_seed(seed)
+    return make()
+
+
+CONV_CASES = [
+    (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 7, 7)),
+    (lambda: nn.Conv2d(1, 4, 3, padding=1), (1, 5, 5)),
+    (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 9)),
+    (lambda: nn.Conv2d(3, 2, 3, stride=1, padding=1), (3, 3, 3)),
+]
+
+
+def explicit_norm(fwd, shape) -> float:
     n = math.prod(shape)
     matrix = fwd(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, -1).T
-    exact = float(torch.linalg.matrix_norm(matrix, ord=2))
-    assert operator_norm(layer, shape, tol=1e-12) == pytest.approx(exact, rel=1e-6)
+    return float(np.linalg.norm(matrix.numpy(), ord=2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("make, shape", CONV_CASES)
+def test_conv_operator_norm_equals_the_explicit_matrix_norm(make, shape, seed):
+    layer = seeded(make, seed)
+    fwd, _ = conv_operator(layer, shape)
+    exact = explicit_norm(fwd, shape)
+    tol = 1e-10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)   # it must converge here
+        got = operator_norm(layer, shape, tol=tol, max_iter=100_000)
+    # the residual bounds the relative error of the squared norm by tol
+    assert abs(got - exact) <= tol * exact
     # ... and differs from the norm of the reshaped kernel, which is not the operator norm
     kernel = layer.weight.detach().double().reshape(layer.out_channels, -1)
     assert abs(float(torch.linalg.matrix_norm(kernel, ord=2)) - exact) > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_power_iteration_matches_the_svd_of_random_matrices(seed):
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(2, 40, size=2)
+    a = torch.from_numpy(rng.standard_normal((rows, cols)))
+    exact = float(np.linalg.svd(a.numpy(), compute_uv=False)[0])
+    for tol in (1e-4, 1e-8, 1e-11):
+        res = power_iteration_norm(lambda v: v @ a.T, lambda u: u @ a, (int(cols),), tol=tol,
+                                   max_iter=200_000)
+        assert res.converged and res.residual <= tol
+        assert res.norm <= exact * (1 + 1e-12)          # a Rayleigh quotient: never above
+        assert abs(res.norm - exact) <= tol * exact
+
+
+def test_operator_norm_reports_non_convergence():
+    layer = seeded(CONV_CASES[0][0], 0)
+    shape = CONV_CASES[0][1]
+    with pytest.warns(ConvergenceWarning, match=r"max_iter=2 .*relative residual"):
+        got = operator_norm(layer, shape, tol=1e-12, max_iter=2)
+    exact = explicit_norm(conv_operator(layer, shape)[0], shape)
+    assert 0 < got <= exact * (1 + 1e-12)                # what it returns is a lower bound
+    res = power_iteration_norm(*conv_operator(layer, shape), shape, tol=1e-12, max_iter=2)
+    assert not res.converged and res.iterations == 2 and res.residual > 1e-12
+    with pytest.raises(MeasureError, match="max_iter >= 1"):
+        power_iteration_norm(*conv_operator(layer, shape), shape, max_iter=0)
+    # a zero operator has norm 0, converged
+    zero = seeded(CONV_CASES[1][0], 0)
+    with torch.no_grad():
+        zero.weight.zero_()
+    assert operator_norm(zero, CONV_CASES[1][1]) == 0.0
 
 
 def test_conv_adjoint_is_the_transpose():
@@ -292,3 +348,48 @@ def test_margin_signatures():
     assert signature(margins, "moment").shape == (8,)
     with pytest.raises(NotApplicable):
         normalized_margins(model, x[:3], y[:3])
+
+
+def test_zoo_measures_refuses_bad_names_and_example_counts_by_name():
+    import pandas as pd
+
+    from gensight.measures import get_measure, zoo_measures
+
+    zoo = type("FakeZoo", (), {"table": pd.DataFrame({"epoch": [3], "member_id": ["m0"]}),
+                               "manifest": {"name": "fake"}})()
+    with pytest.raises(MeasureError, match=r"unknown measure 'path_norm'; did you mean "
+                                           r"'path.norm'\?"):
+        zoo_measures(zoo, ["path_norm"])
+    with pytest.raises(MeasureError, match="unknown measure 3"):
+        get_measure(3)
+    with pytest.raises(MeasureError, match="no measures named"):
+        zoo_measures(zoo, [])
+    for bad in (0, -5, 2.5, "10"):
+        with pytest.raises(MeasureError, match=f"n_examples must be a positive.*{bad!r}"):
+            zoo_measures(zoo, ["log.prod.of.fro"], n_examples=bad)
+    with pytest.raises(MeasureError, match="needs the initialization checkpoint"):
+        zoo_measures(zoo, ["fro.dist"])
+
+
+def test_zoo_measures_names_members_with_nonfinite_weights_and_unknown_rows(grid_zoo):
+    from gensight.errors import NonFiniteWeightsError
+    from gensight.measures import zoo_measures
+
+    final = grid_zoo.table.query("is_final and finite")
+
+    class Diverged:   # a zoo whose table says finite but whose second member's weights are NaN
+        table, manifest = grid_zoo.table, grid_zoo.manifest
+
+        def modules(self, rows):
+            err = NonFiniteWeightsError("state dict 1: key '0.weight' contains NaN")
+            err.members = [1]
+            raise err
+
+    with pytest.raises(MeasureError, match=r"1 network\(s\) have NaN/inf weights: \['"
+                                           + final["member_id"].iloc[1]):
+        zoo_measures(Diverged(), ["params"], final)
+    with pytest.raises(MeasureError, match=r"1 row\(s\) name members that are not in the zoo"):
+        zoo_measures(grid_zoo, ["params"], final.head(2).assign(
+            member_id=["c99999-s0", final["member_id"].iloc[0]]))
+    table, _ = zoo_measures(grid_zoo, ["params", "params"], final.head(2), n_examples=10)
+    assert list(table.columns) == ["member_id", "params"]

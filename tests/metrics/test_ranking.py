@@ -166,3 +166,16 @@ def test_regression_metrics_golden_and_errors():
         r2_score([1, 2], [1, 1])
     with pytest.raises(MetricError, match="non-finite"):
         mean_absolute_error([0.1, float("inf")], [0.2, 0.3])
+
+
+def test_non_numeric_values_and_missing_hyperparameters_are_metric_errors():
+    with pytest.raises(MetricError, match="measure must be numbers"):
+        kendall_tau(["a", "b", "c"], [1, 2, 3])
+    with pytest.raises(MetricError, match="target must be numbers"):
+        kendall_tau([1, 2, 3], [[1], [2, 3], 4])
+    df = pd.DataFrame({"lr": [1, 2, 1, None], "m": [1.0, 2.0, 3.0, 4.0],
+                       "acc": [1.0, 2.0, 4.0, 3.0], "opt": ["a", "b", "c", "d"]})
+    with pytest.raises(MetricError, match="hyperparameter 'lr' is missing .* 1 of 4"):
+        granulated_kendall_tau(df, "m", "acc", ["lr"])
+    with pytest.raises(MetricError, match="opt must be numbers"):
+        granulated_kendall_tau(df, "opt", "acc", ["lr"])

@@ -144,3 +144,111 @@ def test_measures_cli(grid_zoo, tmp_path, capsys):
     assert "pacbayes.mag.flatness" in capsys.readouterr().out
     assert main(["measures", str(grid_zoo.root), "--measures", "nope"]) == 2
     assert "unknown measure 'nope'" in capsys.readouterr().err
+
+
+class EditedZoo:
+    """``zoo`` with an edited table, and NaN written into the weights of ``nan_members``
+    (as a zoo whose ``finite`` column is wrong would give them)."""
+
+    def __init__(self, zoo, table, nan_members=()):
+        self._zoo, self.table, self._nan = zoo, table, set(nan_members)
+
+    def __getattr__(self, name):
+        return getattr(self._zoo, name)
+
+    def weights(self, rows):
+        from gensight.weightspace import WeightBatch
+
+        batch = self._zoo.weights(rows)
+        weights = [w.clone() for w in batch.weights]
+        for i, member in enumerate(rows["member_id"]):
+            if member in self._nan:
+                weights[0][i].view(-1)[0] = float("nan")
+        return WeightBatch(batch.space, weights, batch.biases, check_finite=False)
+
+
+def test_target_must_be_a_numeric_column_named_with_the_candidates(grid_zoo, capsys):
+    with pytest.raises(PredictError, match=r"no column 'nope' to predict; numeric columns: "
+                                           r".*test_acc"):
+        split_zoo(grid_zoo, target="nope")
+    with pytest.raises(PredictError, match=r"target column 'optimizer' is not numeric "
+                                           r"\(dtype .*e\.g\. '(sgd|adam)'\); numeric "
+                                           r"columns: lr, .*test_acc") as info:
+        split_zoo(grid_zoo, target="optimizer")
+    assert "member_id" not in str(info.value) and "shard_pos" not in str(info.value)
+    with pytest.raises(PredictError, match="'finite' is not numeric"):
+        split_zoo(grid_zoo, target="finite")
+    with pytest.raises(PredictError, match="'activation' is not numeric"):
+        ZooSplit(grid_zoo, grid_zoo.table.head(4), "activation")
+    rc = main(["predict", str(grid_zoo.root), "--methods", "statnn", "--target", "optimizer"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'optimizer' is not numeric" in err and err.count("\n") == 1
+
+
+def test_nan_targets_are_left_out_by_split_zoo_with_a_note_and_refused_by_zoosplit(grid_zoo):
+    table = grid_zoo.table.copy()
+    final = table.query("is_final and finite")
+    dropped = list(final["member_id"].iloc[[0, 5]])
+    table.loc[table["member_id"].isin(dropped) & table["is_final"], "test_acc"] = np.nan
+    zoo = EditedZoo(grid_zoo, table)
+    train, test = split_zoo(zoo, by="config", seed=0)
+    assert len(train) + len(test) == len(final) - 2
+    assert not set(dropped) & set(pd.concat([train.rows, test.rows])["member_id"])
+    note = f"split: left out 2 of {len(final)} networks whose 'test_acc' is NaN or infinite"
+    assert train.notes[0].startswith(note) and all(d in train.notes[0] for d in dropped)
+    _, _, notes = evaluate_predictors(train, test, [StatNN("gbt")])
+    assert notes[0] == train.notes[0]
+    with pytest.raises(PredictError, match=r"'test_acc' is NaN or infinite for 2 of the .*"
+                                           + dropped[0]):
+        ZooSplit(zoo, table.query("is_final and finite"))
+    # too few finite targets left
+    table.loc[table["is_final"], "test_acc"] = np.nan
+    table.loc[table.index[table["is_final"]][:3], "test_acc"] = 0.5
+    with pytest.raises(PredictError, match="3 networks with a finite 'test_acc' are too few"):
+        split_zoo(EditedZoo(grid_zoo, table))
+
+
+def test_predictors_name_networks_with_nonfinite_weights(grid_zoo):
+    final = grid_zoo.table.query("is_final and finite")
+    table = grid_zoo.table.copy()
+    bad_id = final["member_id"].iloc[2]
+    table.loc[table["member_id"].eq(bad_id), "finite"] = False
+    with pytest.raises(PredictError, match=f"1 of the 16 networks have NaN/inf weights "
+                                           rf"\(training diverged\): \[{bad_id}\]"):
+        split_zoo(EditedZoo(grid_zoo, table), rows=table.query("is_final"))
+    with pytest.raises(PredictError, match=bad_id):
+        ZooSplit(grid_zoo, table.query("is_final"))
+    # weights that are NaN although the table says finite
+    zoo = EditedZoo(grid_zoo, grid_zoo.table, nan_members=[bad_id])
+    train, test = split_zoo(zoo, by="config", seed=0)
+    split = train if bad_id in set(train.rows["member_id"]) else test
+    for predictor in (StatNN("gbt"), StatNN("mlp"), NFNPredictor(epochs=1)):
+        with pytest.raises(PredictError, match=rf"NaN/inf weights: \[{bad_id}\]"):
+            predictor.fit(split)
+
+
+def test_predictors_that_need_more_networks_say_how_many(grid_zoo):
+    train, test = split_zoo(grid_zoo)            # 8 training networks
+    with pytest.raises(PredictError, match="statnn-mlp needs at least 11 training networks "
+                                           r".*the training split has 8"):
+        StatNN("mlp").fit(train)
+    with pytest.raises(PredictError, match="statnn-mlp needs at least 11"):
+        evaluate_predictors(train, test, [StatNN("gbt"), StatNN("mlp")])  # before any fit
+    big, _ = split_zoo(grid_zoo, by="config", test_fraction=0.2, seed=0)   # 12 of 16
+    assert len(big) >= 11
+    StatNN("mlp").fit(big)
+    one = ZooSplit(grid_zoo, train.rows.head(1))
+    with pytest.raises(PredictError, match="nfn-hnp needs at least 2 training networks"):
+        NFNPredictor(epochs=1).fit(one)
+    with pytest.raises(PredictError, match=r"nfn-np predicts values in \[0, 1\].*'test_loss' "
+                                           r"ranges over"):
+        NFNPredictor("np", epochs=1).fit(ZooSplit(grid_zoo, train.rows, "test_loss"))
+    # StatNN predicts any numeric target, unclipped when it is not an accuracy
+    loss_train, loss_test = split_zoo(grid_zoo, target="test_loss")
+    pred = StatNN("gbt").fit(loss_train).predict(loss_test)
+    assert (pred > 1).any()
+    with pytest.raises(PredictError, match="by='config' needs at least 2 configurations"):
+        split_zoo(grid_zoo, by="config", rows=grid_zoo.table.query("is_final").assign(
+            config_id=0))
+    with pytest.raises(PredictError, match="leaves no training networks"):
+        split_zoo(grid_zoo, by="seed", test_fraction=0.75)

@@ -88,6 +88,66 @@ def test_report_errors_name_the_problem(grid_zoo, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_shift_names_are_validated_against_the_zoo_and_files_named_safely(grid_zoo, tmp_path,
+                                                                         capsys):
+    from gensight.report.run import check_shifts, safe_file_stem, unique_file_stems
+
+    for bad in ("../x-1", "a/b-2", "gaussian_noise-2/../../x", "C:\\evil-1"):
+        with pytest.raises(ReportError, match=r"no stored logits for shifted set\(s\) .*; it "
+                                              r"has: gaussian_noise-2, gaussian_noise-4 "):
+            build_report(grid_zoo, tmp_path / "r", shifts=[bad])
+    assert not (tmp_path / "r").exists() and list(tmp_path.iterdir()) == []
+    assert check_shifts(grid_zoo, ["gaussian_noise:4", " gaussian_noise-4", "gaussian_noise-2"]
+                        ) == ["gaussian_noise-4", "gaussian_noise-2"]
+    assert check_shifts(grid_zoo, "gaussian_noise-2") == ["gaussian_noise-2"]
+    with pytest.raises(ReportError, match="must be strings"):
+        check_shifts(grid_zoo, [3])
+    rc = main(["report", str(grid_zoo.root), "--out", str(tmp_path / "x"), "--shifts", "../x-1",
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'../x-1'" in err and "gaussian_noise-2" in err and err.count("\n") == 1
+    # file names built from names stay in their directory, one per name
+    for name in ("../x-1", "a/b-2", "..", "", "a\\b", "x:y", "<img>"):
+        stem = safe_file_stem(name)
+        assert stem and "/" not in stem and "\\" not in stem and not stem.startswith(".")
+        assert (tmp_path / f"estimates-{stem}.csv").parent == tmp_path
+    assert unique_file_stems(["a/b-2", "a:b-2", "A_b-2", "ok-1"]) == {
+        "a/b-2": "a_b-2", "a:b-2": "a_b-2-2", "A_b-2": "A_b-2-3", "ok-1": "ok-1"}
+
+
+def test_report_writes_shift_files_under_safe_names(grid_zoo, tmp_path):
+    class OddNames:   # the grid zoo, with its shifted set renamed to one with a path in it
+        def __getattr__(self, name):
+            return getattr(grid_zoo, name)
+
+        shifted_sets = ["../gaussian/noise-2"]
+
+        def logits(self, rows, name):
+            return grid_zoo.logits(rows, "gaussian_noise-2" if name == self.shifted_sets[0]
+                                   else name)
+
+    out = tmp_path / "deep" / "rep"
+    report = build_report(OddNames(), out, methods=["measure:log.sum.of.fro"],
+                          shifts=["../gaussian/noise-2"], n_examples=50)
+    assert (out / "estimates-_.._gaussian_noise-2.csv").exists()
+    assert (out / "figures" / "estimates-_.._gaussian_noise-2.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["rep"]
+    assert "estimates-_.._gaussian_noise-2.csv" in report.html.read_text()
+
+
+def test_report_refuses_a_bad_target_before_any_work(grid_zoo, tmp_path):
+    from gensight.predict import PredictError
+
+    with pytest.raises(PredictError, match="'optimizer' is not numeric.*numeric columns"):
+        build_report(grid_zoo, tmp_path / "r", target="optimizer", shifts=[])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ReportError, match="exists and is not a directory"):
+        build_report(grid_zoo, tmp_path / "file", shifts=[],
+                     methods=["measure:log.sum.of.fro"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_cli_report(grid_zoo, tmp_path, capsys):
     out = tmp_path / "cli-report"
     rc = main(["report", str(grid_zoo.root), "--out", str(out), "--methods",

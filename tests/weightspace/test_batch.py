@@ -114,3 +114,43 @@ def test_to_state_dicts_needs_one_channel_and_template_space():
         (batch.map(lambda t: t.repeat(1, 2, *([1] * (t.dim() - 2))))).to_state_dicts()
     with pytest.raises(IncompatibleSpaceError):
         batch.to_modules(make_mlp([3, 5, 2]))
+
+
+def test_constructor_and_unflatten_reject_nonfinite_weights_by_key_and_member():
+    batch = WeightBatch.from_modules([make_mlp([4, 5, 3]) for _ in range(3)])
+    weights = [w.clone() for w in batch.weights]
+    weights[1][2, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteWeightsError, match=r"weight '2.weight'.* 1 of 3 members \[2\]"):
+        WeightBatch(batch.space, weights, batch.biases)
+    biases = [b.clone() for b in batch.biases]
+    biases[0][0, 0, 1] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match=r"bias '0.bias'.*\[0\]"):
+        WeightBatch(batch.space, batch.weights, biases)
+    allowed = WeightBatch(batch.space, weights, batch.biases, check_finite=False)
+    assert torch.isinf(allowed.weights[1]).any()
+    flat = batch.flatten()
+    flat[1, 0] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match=r"weight '0.weight'.*\[1\]"):
+        WeightBatch.unflatten(batch.space, flat)
+    assert torch.isnan(WeightBatch.unflatten(batch.space, flat, check_finite=False)
+                       .weights[0]).any()
+    # derived batches (arithmetic, map, indexing, cat) are not rescanned
+    assert torch.isinf((allowed * 2.0).weights[1]).any()
+    assert len(WeightBatch.cat([allowed[0], allowed[2]])) == 2
+
+
+def test_from_state_dicts_names_every_nonfinite_state_dict():
+    net = make_mlp([4, 5, 3])
+    space = WeightSpace.from_module(net)
+    sds = [{k: v.clone() for k, v in net.state_dict().items()} for _ in range(4)]
+    sds[1]["0.bias"][0] = float("nan")
+    sds[3]["2.weight"][0, 0] = float("-inf")
+    with pytest.raises(NonFiniteWeightsError) as info:
+        WeightBatch.from_state_dicts(space, sds)
+    assert "state dict 1: key '0.bias'" in str(info.value) and "[1, 3]" in str(info.value)
+    assert info.value.members == [1, 3]
+    # a float64 value that overflows float32 is caught too
+    big = [{k: v.double().clone() for k, v in net.state_dict().items()}]
+    big[0]["0.weight"][0, 0] = 1e300
+    with pytest.raises(NonFiniteWeightsError, match="after conversion to torch.float32"):
+        WeightBatch.from_state_dicts(space, big)

@@ -13,6 +13,7 @@ from gensight.estimate.base import (
     EstimatorError,
     NotFittedError,
     check_labels,
+    check_n_classes,
     check_prob_list,
     check_probs,
     probit,
@@ -109,9 +110,17 @@ def aline_from_rates(acc_id, agr_id, agr_ood, n_id: int | None = None,
     if m < 3:
         raise EstimatorError(f"agreement-on-the-line needs at least 3 models (2 pairs to fit "
                              f"the line), got {m}")
+    if acc_id.ndim != 1:
+        raise EstimatorError(f"acc_id must be 1-D (one accuracy per model), got shape "
+                             f"{acc_id.shape}")
     if agr_id.shape != (m, m) or agr_ood.shape != (m, m):
         raise EstimatorError(f"agreement matrices must be ({m}, {m}); got {agr_id.shape} and "
                              f"{agr_ood.shape}")
+    for label, rates in (("acc_id", acc_id), ("agr_id", agr_id), ("agr_ood", agr_ood)):
+        bad = ~(np.isfinite(rates) & (rates >= 0) & (rates <= 1))
+        if bad.any():
+            raise EstimatorError(f"{label} must hold rates in [0, 1]; {int(bad.sum())} "
+                                 f"value(s) are not (e.g. {float(rates[bad][0]):.6g})")
     iu = np.triu_indices(m, k=1)
     x, y = probit(agr_id[iu], n_id), probit(agr_ood[iu], n_ood)
     line = fit_probit_line(x, y)
@@ -162,9 +171,7 @@ class _ALine:
         if len(probs) != m:
             raise EstimatorError(f"fitted on {m} models but given target probabilities of "
                                  f"{len(probs)}")
-        if probs[0].shape[1] != self.n_classes_:
-            raise EstimatorError(f"fitted with {self.n_classes_} classes, target has "
-                                 f"{probs[0].shape[1]}")
+        check_n_classes(self.n_classes_, probs[0], type(self).__name__, "target_probs")
         predictions = np.stack([p.argmax(axis=1) for p in probs])
         result = aline_from_rates(self.source_accuracy_, self.source_agreement_,
                                   agreement_matrix(predictions, self.n_classes_),

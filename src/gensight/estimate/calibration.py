@@ -10,6 +10,7 @@ from gensight.estimate.base import (
     EstimatorError,
     NotFittedError,
     check_labels,
+    check_n_classes,
     check_probs,
 )
 
@@ -70,6 +71,7 @@ class TemperatureScaling:
                 if at_zero else "infinity (the predictions carry no signal)"
             raise EstimatorError(f"temperature scaling is degenerate: the NLL keeps falling as "
                                  f"T -> {side}; fit it on held-out data with some errors")
+        self.n_classes_ = p.shape[1]
         self.temperature_ = float(np.exp(log_t))
         self.nll_before_ = self._nll(logp, y, 0.0)
         self.nll_after_ = nll
@@ -80,6 +82,7 @@ class TemperatureScaling:
         if not hasattr(self, "temperature_"):
             raise NotFittedError("TemperatureScaling is not fitted; call fit(probs, labels)")
         p = check_probs(probs, "probs")
+        check_n_classes(self.n_classes_, p, "TemperatureScaling", "probs")
         return np.exp(log_softmax(np.log(np.maximum(p, _TINY)) / self.temperature_, axis=1))
 
     def __repr__(self) -> str:

@@ -3,15 +3,23 @@
 Each is configured in ``__init__``, fitted on labeled source (in-distribution, held-out) data
 with ``fit(source_probs, source_labels)``, and answers ``estimate(target_probs) -> float``, an
 accuracy in [0, 1], for unlabeled target data. Arrays are ``(n_examples, n_classes)``
-probabilities. With ``temperature_scaling=True`` a :class:`TemperatureScaling` is fitted on the
-source data and applied to the source *and* target probabilities before anything else.
+probabilities; the target must have the number of classes the estimator was fitted on (else
+:class:`EstimatorError` gives both numbers). With ``temperature_scaling=True`` a
+:class:`TemperatureScaling` is fitted on the source data and applied to the source *and*
+target probabilities before anything else.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gensight.estimate.base import EstimatorError, NotFittedError, check_labels, check_probs
+from gensight.estimate.base import (
+    EstimatorError,
+    NotFittedError,
+    check_labels,
+    check_n_classes,
+    check_probs,
+)
 from gensight.estimate.calibration import TemperatureScaling
 
 
@@ -25,11 +33,13 @@ class ConfidenceEstimator:
 
     def _calibrated(self, probs, name: str) -> np.ndarray:
         p = check_probs(probs, name)
+        check_n_classes(self.n_classes_, p, type(self).__name__, name)
         return self.calibrator_.transform(p) if self.calibrator_ is not None else p
 
     def fit(self, source_probs, source_labels):
         p = check_probs(source_probs, "source_probs")
         y = check_labels(source_labels, p, "source_labels")
+        self.n_classes_ = p.shape[1]
         self.calibrator_ = TemperatureScaling().fit(p, y) if self.temperature_scaling else None
         p = self.calibrator_.transform(p) if self.calibrator_ is not None else p
         self.source_accuracy_ = float(np.mean(p.argmax(axis=1) == y))

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from gensight.estimate.agreement import GDE, AgreementLine, AgreementWarning, ALineD, ALineS
-from gensight.estimate.base import EstimatorError, check_labels, check_prob_list, softmax
+from gensight.estimate.base import (
+    EstimatorError,
+    as_class_indices,
+    check_labels,
+    check_prob_list,
+    softmax,
+)
 from gensight.estimate.confidence import ATC, AverageConfidence, DifferenceOfConfidences
 
 METHODS = ("AC", "DoC", "ATC-MC", "ATC-NE", "ATC-MC+TS", "ATC-NE+TS", "GDE", "ALine-S",
@@ -44,6 +50,9 @@ class EstimateResult:
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods:
+        raise EstimatorError(f"no estimators named; known: {', '.join(METHODS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise EstimatorError(f"unknown estimator(s) {unknown}; known: {', '.join(METHODS)}")
@@ -68,11 +77,16 @@ def estimate_accuracies(source_probs, source_labels, target_probs, *,
     if len(src) != len(tgt):
         raise EstimatorError(f"source_probs has {len(src)} models but target_probs has "
                              f"{len(tgt)}")
+    if src[0].shape[1] != tgt[0].shape[1]:
+        raise EstimatorError(f"source_probs have {src[0].shape[1]} classes but target_probs "
+                             f"have {tgt[0].shape[1]}: the models must score the same classes")
     labels = check_labels(source_labels, src[0], "source_labels")
     n = len(src)
     ids = list(model_ids) if model_ids is not None else [f"model-{i}" for i in range(n)]
     if len(ids) != n:
         raise EstimatorError(f"{len(ids)} model ids for {n} models")
+    if partners is not None:
+        partners = _check_partners(partners, n)
     table = pd.DataFrame({"model": ids})
     table["source_acc"] = [float(np.mean(p.argmax(1) == labels)) for p in src]
     notes: list[str] = []
@@ -126,6 +140,23 @@ def estimate_accuracies(source_probs, source_labels, target_probs, *,
     return EstimateResult(table, mae, line, pairs, notes)
 
 
+def _check_partners(partners, n: int) -> list[int | None]:
+    partners = list(partners)
+    if len(partners) != n:
+        raise EstimatorError(f"partners has {len(partners)} entries for {n} models")
+    out: list[int | None] = []
+    for i, j in enumerate(partners):
+        if j is None or (isinstance(j, float) and np.isnan(j)):
+            out.append(None)
+            continue
+        if isinstance(j, (bool, np.bool_)) or not float(j).is_integer() \
+                or not 0 <= int(j) < n or int(j) == i:
+            raise EstimatorError(f"partners[{i}] must be the index of another model in "
+                                 f"[0, {n - 1}] or None, got {j!r}")
+        out.append(int(j))
+    return out
+
+
 def load_logits(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Read logits for one or many models: ``.npy`` of shape ``(n_examples, n_classes)`` or
     ``(models, n_examples, n_classes)``, or ``.safetensors`` with one ``(n_examples,
@@ -154,23 +185,51 @@ def load_logits(path: str | Path) -> tuple[list[str], np.ndarray]:
             raise EstimatorError(f"{str(path)!r}: logits must be .npy or .safetensors")
     except EstimatorError:
         raise
-    except Exception as exc:  # corrupt file
-        raise EstimatorError(f"cannot read logits from {str(path)!r}: {exc}") from None
-    if arr.ndim != 3:
+    except Exception as exc:  # corrupt file, object array (needs pickle), directory, ...
+        raise EstimatorError(f"cannot read logits from {str(path)!r}: "
+                             f"{' '.join(str(exc).split())}") from None
+    if arr.dtype.kind not in "iuf":
+        raise EstimatorError(f"{str(path)!r}: logits must be real numbers (float or int), got "
+                             f"dtype {arr.dtype}")
+    if arr.ndim != 3 or 0 in arr.shape:
         raise EstimatorError(f"{str(path)!r}: logits must be (n_examples, n_classes) or "
                              f"(models, n_examples, n_classes), got shape {arr.shape}")
-    return names, arr.astype(np.float64)
+    if arr.shape[2] < 2:
+        raise EstimatorError(f"{str(path)!r}: logits need at least 2 classes, got shape "
+                             f"{arr.shape}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
+    if bad.any():
+        which = [names[i] for i in np.flatnonzero(bad)]
+        raise EstimatorError(f"{str(path)!r}: the logits of {len(which)} of {arr.shape[0]} "
+                             f"model(s) contain NaN or infinity: {_few(which)}")
+    return names, arr
+
+
+def _few(items: Sequence, limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
 
 
 def load_labels(path: str | Path) -> np.ndarray:
+    """Read class labels from a ``.npy`` file: a 1-D array of non-negative integers (or
+    integer-valued floats), one per example. Nothing is unpickled. Returns int64."""
     path = Path(path)
     if not path.exists():
         raise EstimatorError(f"labels file {str(path)!r} does not exist")
+    if path.suffix != ".npy":
+        raise EstimatorError(f"{str(path)!r}: labels must be a .npy file")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise EstimatorError(f"cannot read labels from {str(path)!r}: {exc}") from None
-    return arr
+        raise EstimatorError(f"cannot read labels from {str(path)!r}: "
+                             f"{' '.join(str(exc).split())}") from None
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise EstimatorError(f"{str(path)!r}: labels must be 1-D (one class index per "
+                             f"example), got shape {arr.shape}")
+    return as_class_indices(arr, f"labels in {str(path)!r}")
 
 
 def probs_from_logits(logits: np.ndarray) -> list[np.ndarray]:

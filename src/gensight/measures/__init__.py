@@ -3,7 +3,8 @@
 - :data:`MEASURES`: name -> :class:`Measure` (its function, what it needs, what it cites).
 - :func:`compute`: measures of one network given as :class:`MemberData`.
 - :func:`zoo_measures`: measures of a zoo's members, as a DataFrame.
-- Building blocks: exact conv operator norms (:func:`operator_norm`), output margins, the
+- Building blocks: exact conv operator norms (:func:`operator_norm`, to a stated tolerance;
+  :class:`ConvergenceWarning` when it is not reached), output margins, the
   vectorized sigma search of the PAC-Bayes measures (:func:`pacbayes_sigma`) and the box
   search of the sharpness measures (:func:`sharpness_alpha`).
 - Margin-distribution signatures (arXiv 1810.00113): :mod:`gensight.measures.margins`.
@@ -14,12 +15,15 @@ gives NaN and says why, instead of a number.
 """
 
 from gensight.measures.core import (
+    ConvergenceWarning,
     MeasureError,
     MemberData,
     NotApplicable,
+    PowerIteration,
     operator_norm,
     output_margins,
     pacbayes_sigma,
+    power_iteration_norm,
     sharpness_alpha,
 )
 from gensight.measures.registry import (
@@ -34,7 +38,8 @@ from gensight.measures.registry import (
 from gensight.measures.zoo import zoo_measures
 
 __all__ = [
-    "MEASURES", "SEARCH", "Measure", "MeasureError", "MemberData", "NotApplicable",
-    "available_measures", "compute", "get_measure", "operator_norm", "output_margins",
-    "pacbayes_sigma", "power_law_alpha", "sharpness_alpha", "zoo_measures",
+    "MEASURES", "SEARCH", "ConvergenceWarning", "Measure", "MeasureError", "MemberData",
+    "NotApplicable", "PowerIteration", "available_measures", "compute", "get_measure",
+    "operator_norm", "output_margins", "pacbayes_sigma", "power_iteration_norm",
+    "power_law_alpha", "sharpness_alpha", "zoo_measures",
 ]

@@ -62,8 +62,13 @@ def available_measures(cheap_only: bool = False) -> list[str]:
 
 
 def get_measure(name: str) -> Measure:
-    if name not in MEASURES:
-        raise MeasureError(f"unknown measure {name!r}; known: {', '.join(MEASURES)}")
+    if not isinstance(name, str) or name not in MEASURES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(MEASURES), n=1) \
+            if isinstance(name, str) else []
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MeasureError(f"unknown measure {name!r}; {hint}known: {', '.join(MEASURES)}")
     return MEASURES[name]
 
 

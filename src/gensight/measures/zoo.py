@@ -7,8 +7,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from gensight.errors import NonFiniteWeightsError
 from gensight.measures.core import MeasureError, MemberData
-from gensight.measures.registry import compute, get_measure
+from gensight.measures.registry import MEASURES, compute, get_measure
+
+
+def _check_n_examples(n_examples) -> None:
+    if n_examples is not None and (isinstance(n_examples, bool)
+                                   or not isinstance(n_examples, (int, np.integer))
+                                   or n_examples < 1):
+        raise MeasureError(f"n_examples must be a positive number of examples or None (all), "
+                           f"got {n_examples!r}")
 
 
 def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
@@ -19,14 +28,29 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
     from gensight.zoo.spec import ZooSpec
     from gensight.zoo.train import member_states
 
+    _check_n_examples(n_examples)
     spec = ZooSpec.from_dict(zoo.manifest["spec"])
     members = {m.member_id: m for m in spec.members()}
+    if "member_id" not in rows.columns:
+        raise MeasureError("rows lack the member_id column of a zoo table")
+    unknown = [m for m in rows["member_id"] if m not in members]
+    if unknown:
+        raise MeasureError(f"{len(unknown)} row(s) name members that are not in the zoo "
+                           f"{zoo.manifest.get('name', '')!r}: {unknown[:5]}")
     data = load_dataset(spec.dataset)
     n_train = len(data.y_train)
     init_rows = zoo.table[zoo.table["epoch"] == 0].set_index("member_id")
     for start in range(0, len(rows), 64):
         chunk = rows.iloc[start:start + 64]
-        trained = zoo.modules(chunk)
+        try:
+            trained = zoo.modules(chunk)
+        except NonFiniteWeightsError as exc:
+            members = getattr(exc, "members", None)
+            if not members:
+                raise
+            bad = [chunk["member_id"].iloc[m] for m in members]
+            raise MeasureError(f"{len(bad)} network(s) have NaN/inf weights: {bad[:5]}; leave "
+                               "them out (rows = table.query('finite'))") from None
         has_init = chunk["member_id"].isin(init_rows.index)
         inits = iter(zoo.modules(init_rows.loc[chunk.loc[has_init, "member_id"]]
                                  .reset_index())) if has_init.any() else None
@@ -46,10 +70,19 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
                  ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Measures ``names`` for every row (default: finite members at their final checkpoint).
 
-    Returns a table (``member_id`` plus one column per measure; NaN where a measure does not
-    apply) and, per measure that did not apply somewhere, the reason and how often.
+    Returns a table (``member_id`` plus one column per measure, a name given twice counted
+    once; NaN where a measure does not apply) and, per measure that did not apply somewhere,
+    the reason and how often.
+
+    Raises:
+        MeasureError: an unknown measure name (with the closest known one), no names, a
+            measure that needs the initialization checkpoint the zoo lacks, ``n_examples``
+            not a positive integer, rows naming members not in the zoo.
     """
-    names = list(names)
+    names = [names] if isinstance(names, str) else list(dict.fromkeys(names))
+    if not names:
+        raise MeasureError(f"no measures named; known: {', '.join(MEASURES)}")
+    _check_n_examples(n_examples)
     for n in names:
         m = get_measure(n)
         if m.needs_init and not (zoo.table["epoch"] == 0).any():

@@ -27,7 +27,10 @@ class GranulatedTau(NamedTuple):
 
 
 def _vector(values, name: str, min_len: int = 2) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetricError(f"{name} must be numbers: {' '.join(str(exc).split())}") from None
     if arr.ndim != 1:
         raise MetricError(f"{name} must be one-dimensional, got shape {arr.shape}")
     if arr.shape[0] < min_len:
@@ -120,6 +123,11 @@ def _plain(value):
 
 def check_grid(table: pd.DataFrame, hparams: Sequence[str]) -> None:
     """Raise `MetricError` unless every combination of the hparams' values has a model."""
+    for h in hparams:
+        missing = table[h].isna()
+        if missing.any():
+            raise MetricError(f"hyperparameter {h!r} is missing (NaN) for {int(missing.sum())} "
+                              f"of {len(table)} models")
     values = [pd.unique(table[h]) for h in hparams]
     for h, vals in zip(hparams, values, strict=True):
         if len(vals) < 2:

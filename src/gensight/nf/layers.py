@@ -262,7 +262,7 @@ class NPLinear(_EquivariantLinear):
         weights[0] = weights[0] + self.in_embed
         weights[-1] = weights[-1] + self.out_embed
         biases[-1] = biases[-1] + self.out_bias_embed
-        return WeightBatch(batch.space, weights, biases)
+        return WeightBatch(batch.space, weights, biases, check_finite=False)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", io_embed={self.io_embed}"

@@ -196,4 +196,4 @@ class Layout:
         biases: list[Tensor] = []
         for block, y in zip(self.blocks, canon, strict=True):
             (biases if block.is_bias else weights).append(block.from_canonical(y, channels))
-        return WeightBatch(self.space, weights, biases)
+        return WeightBatch(self.space, weights, biases, check_finite=False)

@@ -65,7 +65,7 @@ class WeightSpaceNorm(nn.Module):
                 y = y * self.weight[k].view(shape) + self.bias[k].view(shape)
             out.append(y)
         n = self.space.n_layers
-        return WeightBatch(batch.space, out[:n], out[n:])
+        return WeightBatch(batch.space, out[:n], out[n:], check_finite=False)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, eps={self.eps}, affine={self.weight is not None}"

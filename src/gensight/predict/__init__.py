@@ -12,8 +12,10 @@ accuracy, where ``split`` is a :class:`ZooSplit` (a zoo and a subset of its tabl
 - :class:`MarginSignature` (arXiv 1810.00113): margin-distribution signatures -> linear
   regression to the gap.
 
-:func:`split_zoo` makes a seeded train/test split; :func:`evaluate_predictors` fits and scores
-predictors side by side (tau, granulated tau, CMI, R^2, MAE, time).
+:func:`split_zoo` makes a seeded train/test split (networks whose target is NaN are left
+out, with a note; a missing or non-numeric target column, and networks with NaN/inf weights,
+are refused by name); :func:`evaluate_predictors` fits and scores predictors side by side
+(tau, granulated tau, CMI, R^2, MAE, time).
 """
 
 from gensight.predict.predictors import (
@@ -24,6 +26,7 @@ from gensight.predict.predictors import (
     Predictor,
     StatNN,
     ZooSplit,
+    check_target,
     make_predictor,
     make_predictors,
     split_zoo,
@@ -33,6 +36,6 @@ from gensight.predict.scoring import evaluate_predictors, score_predictions
 
 __all__ = [
     "MarginSignature", "MeasurePredictor", "NFNPredictor", "PredictError", "Predictor",
-    "StatNN", "ZooSplit", "evaluate_predictors", "make_predictor", "make_predictors",
-    "score_predictions", "split_zoo", "statnn_features",
+    "StatNN", "ZooSplit", "check_target", "evaluate_predictors", "make_predictor",
+    "make_predictors", "score_predictions", "split_zoo", "statnn_features",
 ]

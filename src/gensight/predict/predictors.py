@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -11,37 +12,105 @@ import pandas as pd
 import torch
 from torch import nn
 
-from gensight.errors import GensightError
-from gensight.weightspace import WeightBatch
+from gensight.errors import GensightError, NonFiniteWeightsError
+from gensight.weightspace import WeightBatch, nonfinite_members
 
 
 class PredictError(GensightError, ValueError):
     """A split or predictor that cannot be used as asked."""
 
 
+BOOKKEEPING = ("config_id", "seed_index", "seed", "epoch", "shard", "shard_pos")
+"""Numeric columns of a zoo table that identify a network rather than describe it."""
+
+
+def numeric_columns(table: pd.DataFrame) -> list[str]:
+    """Columns of ``table`` that can be a target: numeric, not boolean, not bookkeeping."""
+    return [c for c in table.columns
+            if pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(
+                table[c]) and c not in BOOKKEEPING]
+
+
+def check_target(table: pd.DataFrame, target: str) -> None:
+    """Raise :class:`PredictError` unless ``target`` is a numeric column of ``table``; the
+    message lists the numeric columns."""
+    candidates = ", ".join(numeric_columns(table)) or "none"
+    if not isinstance(target, str) or target not in table.columns:
+        raise PredictError(f"the zoo table has no column {target!r} to predict; numeric "
+                           f"columns: {candidates}")
+    column = table[target]
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        example = next((v for v in column if v is not None), None)
+        raise PredictError(f"the target column {target!r} is not numeric (dtype "
+                           f"{column.dtype}, e.g. {example!r}); numeric columns: "
+                           f"{candidates}")
+
+
+def _ids(rows: pd.DataFrame, mask) -> list:
+    ids = rows.loc[mask, "member_id"] if "member_id" in rows.columns else rows.index[mask]
+    return list(ids)
+
+
+def _few(items, limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
+
+
 @dataclass
 class ZooSplit:
     """A zoo and a subset of its table's rows (one row per network); ``target`` names the
-    column predicted (default ``test_acc``)."""
+    column predicted (default ``test_acc``).
+
+    The rows must be networks with finite weights and a finite target: a non-numeric or
+    missing target column, NaN/inf target values or NaN/inf weights raise
+    :class:`PredictError` naming the column and the member ids (:func:`split_zoo` leaves
+    out rows with a NaN/inf target instead, with a note). ``notes`` says what was left out.
+    """
 
     zoo: object
     rows: pd.DataFrame
     target: str = "test_acc"
+    notes: list[str] = field(default_factory=list)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.rows) == 0:
             raise PredictError("an empty split")
-        if self.target not in self.rows.columns:
-            raise PredictError(f"the zoo table has no column {self.target!r}")
+        check_target(self.rows, self.target)
         self.rows = self.rows.reset_index(drop=True)
+        if "finite" in self.rows.columns and not self.rows["finite"].all():
+            bad = _ids(self.rows, ~self.rows["finite"].astype(bool))
+            raise PredictError(f"{len(bad)} of the {len(self.rows)} networks have NaN/inf "
+                               f"weights (training diverged): {_few(bad)}; leave them out "
+                               f"(rows = table.query('finite'))")
+        y = self.rows[self.target].to_numpy(np.float64)
+        bad_y = ~np.isfinite(y)
+        if bad_y.any():
+            bad = _ids(self.rows, bad_y)
+            raise PredictError(f"the target column {self.target!r} is NaN or infinite for "
+                               f"{len(bad)} of the {len(self.rows)} networks: {_few(bad)}; "
+                               f"leave them out (split_zoo does)")
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @cached_property
     def weights(self) -> WeightBatch:
-        return self.zoo.weights(self.rows)
+        try:
+            batch = self.zoo.weights(self.rows)
+        except NonFiniteWeightsError as exc:
+            members = getattr(exc, "members", None)
+            if not members:
+                raise
+            bad = [self.rows["member_id"].iloc[m] for m in members]
+            raise PredictError(f"{len(bad)} of the {len(self.rows)} networks have NaN/inf "
+                               f"weights: {_few(bad)} ({exc})") from None
+        bad = nonfinite_members(batch)
+        if bad:
+            ids = [self.rows["member_id"].iloc[m] for m in bad]
+            raise PredictError(f"{len(ids)} of the {len(self.rows)} networks have NaN/inf "
+                               f"weights: {_few(ids)}; leave them out")
+        return batch
 
     @property
     def y(self) -> np.ndarray:
@@ -64,30 +133,66 @@ def split_zoo(zoo, *, by: str = "auto", test_fraction: float = 0.25, seed: int =
     complete hyperparameter grid (granulated tau and CMI need one) and no configuration is in
     both; ``by="config"`` holds out a random ``test_fraction`` of configurations. ``"auto"``
     picks ``"seed"`` when every configuration has at least 2 seeds.
+
+    ``target`` must be a numeric column of the table (a missing or non-numeric one raises
+    :class:`PredictError` listing the numeric columns). Networks whose target is NaN or
+    infinite are left out of both splits, and both splits' ``notes`` say how many and which
+    (:func:`evaluate_predictors` passes the note on). Networks with NaN/inf weights
+    (``finite`` false) in explicitly given ``rows`` are refused by member id.
     """
     if not 0 < test_fraction < 1:
         raise PredictError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rows = zoo.table.query("is_final and finite") if rows is None else rows
+    if by not in ("auto", "seed", "config"):
+        raise PredictError(f"by must be 'auto', 'seed' or 'config', got {by!r}")
+    table = zoo.table
+    check_target(table, target)
+    rows = table.query("is_final and finite") if rows is None else rows
+    missing = [c for c in ("member_id", "config_id", "seed_index", target)
+               if c not in rows.columns]
+    if missing:
+        raise PredictError(f"rows lack the column(s) {missing} of a zoo table")
+    check_target(rows, target)
+    if "finite" in rows.columns and not rows["finite"].all():
+        bad = _ids(rows, ~rows["finite"].astype(bool))
+        raise PredictError(f"{len(bad)} of the {len(rows)} networks have NaN/inf weights "
+                           f"(training diverged): {_few(bad)}; leave them out "
+                           f"(rows = table.query('is_final and finite'))")
+    notes = []
+    y = rows[target].to_numpy(np.float64)
+    if not np.isfinite(y).all():
+        bad = _ids(rows, ~np.isfinite(y))
+        notes.append(f"split: left out {len(bad)} of {len(rows)} networks whose {target!r} is "
+                     f"NaN or infinite: {_few(bad)}")
+        rows = rows[np.isfinite(y)]
     if len(rows) < 4:
-        raise PredictError(f"{len(rows)} networks are too few to split (need at least 4)")
+        why = f" with a finite {target!r}" if notes else ""
+        raise PredictError(f"{len(rows)} networks{why} are too few to split (need at least 4)")
     seeds = rows.groupby("config_id")["seed_index"].nunique()
     if by == "auto":
         by = "seed" if seeds.min() >= 2 else "config"
     if by == "seed":
+        if seeds.min() < 2:
+            single = list(seeds.index[seeds < 2])
+            raise PredictError(f"by='seed' needs at least 2 seeds per configuration; "
+                               f"{len(single)} configuration(s) have 1: {_few(single)} (use "
+                               f"by='config')")
         n_seeds = int(rows["seed_index"].max()) + 1
         held = max(1, int(round(n_seeds * test_fraction)))
-        if seeds.min() < 2:
-            raise PredictError("by='seed' needs at least 2 seeds per configuration")
         test_mask = rows["seed_index"] >= n_seeds - held
-    elif by == "config":
-        configs = np.sort(rows["config_id"].unique())
-        rng = np.random.default_rng(seed)
-        test_configs = rng.choice(configs, max(1, int(round(len(configs) * test_fraction))),
-                                  replace=False)
-        test_mask = rows["config_id"].isin(test_configs)
     else:
-        raise PredictError(f"by must be 'auto', 'seed' or 'config', got {by!r}")
-    return (ZooSplit(zoo, rows[~test_mask], target), ZooSplit(zoo, rows[test_mask], target))
+        configs = np.sort(rows["config_id"].unique())
+        if len(configs) < 2:
+            raise PredictError(f"by='config' needs at least 2 configurations; the "
+                               f"{len(rows)} networks share 1 (use by='seed')")
+        rng = np.random.default_rng(seed)
+        n_test = min(len(configs) - 1, max(1, int(round(len(configs) * test_fraction))))
+        test_configs = rng.choice(configs, n_test, replace=False)
+        test_mask = rows["config_id"].isin(test_configs)
+    if test_mask.all() or not test_mask.any():
+        raise PredictError(f"by={by!r} with test_fraction={test_fraction} leaves "
+                           f"{'no training' if test_mask.all() else 'no test'} networks")
+    return (ZooSplit(zoo, rows[~test_mask], target, list(notes)),
+            ZooSplit(zoo, rows[test_mask], target, list(notes)))
 
 
 class Predictor:
@@ -97,6 +202,10 @@ class Predictor:
 
     def fit(self, split: ZooSplit) -> Predictor:
         raise NotImplementedError
+
+    def check_split(self, split: ZooSplit) -> None:
+        """Raise :class:`PredictError` if ``fit(split)`` cannot work (e.g. too few networks),
+        before any time is spent; :func:`evaluate_predictors` checks every predictor first."""
 
     def predict(self, split: ZooSplit) -> np.ndarray:
         raise NotImplementedError
@@ -122,6 +231,18 @@ def statnn_features(batch: WeightBatch) -> np.ndarray:
     return torch.cat(feats, 1).numpy()
 
 
+MLP_VALIDATION_FRACTION = 0.1
+
+
+def _min_for_holdout(fraction: float, held: int) -> int:
+    """The fewest networks ``n`` for which scikit-learn's ``ceil(fraction * n)`` hold-out
+    has at least ``held`` networks and at least one is left to train on."""
+    n = 1
+    while math.ceil(fraction * n) < held or n - math.ceil(fraction * n) < 1:
+        n += 1
+    return n
+
+
 class StatNN(Predictor):
     """Weight statistics -> ``"gbt"`` (scikit-learn gradient boosting) or ``"mlp"`` head."""
 
@@ -144,15 +265,32 @@ class StatNN(Predictor):
                                                  random_state=self.seed)
         return make_pipeline(StandardScaler(), MLPRegressor(
             hidden_layer_sizes=(256, 256), alpha=1e-3, max_iter=500, early_stopping=True,
-            random_state=self.seed))
+            validation_fraction=MLP_VALIDATION_FRACTION, random_state=self.seed))
+
+    def min_networks(self) -> int:
+        """Training networks ``fit`` needs: 1 for ``"gbt"``; for ``"mlp"``, enough that its
+        early-stopping hold-out (``ceil(0.1 n)``) has the 2 networks scikit-learn needs."""
+        return 1 if self.regressor == "gbt" else _min_for_holdout(MLP_VALIDATION_FRACTION, 2)
+
+    def check_split(self, split: ZooSplit) -> None:
+        need = self.min_networks()
+        if len(split) < need:
+            raise PredictError(
+                f"{self.name} needs at least {need} training networks (its MLP holds out "
+                f"{MLP_VALIDATION_FRACTION:.0%} of them, at least 2, for early stopping); the "
+                f"training split has {len(split)}: use a larger zoo or statnn")
 
     def fit(self, split: ZooSplit) -> StatNN:
-        self.model_ = self._model(len(split)).fit(statnn_features(split.weights), split.y)
+        self.check_split(split)
+        y = split.y
+        self.clip_ = bool(y.min() >= 0.0 and y.max() <= 1.0)   # an accuracy-like target
+        self.model_ = self._model(len(split)).fit(statnn_features(split.weights), y)
         return self
 
     def predict(self, split: ZooSplit) -> np.ndarray:
         self._check_fitted("model_")
-        return np.clip(self.model_.predict(statnn_features(split.weights)), 0.0, 1.0)
+        pred = self.model_.predict(statnn_features(split.weights))
+        return np.clip(pred, 0.0, 1.0) if self.clip_ else pred
 
 
 # -------------------------------------------------------------------------- NFN (HNP/NP)
@@ -183,11 +321,26 @@ class NFNPredictor(Predictor):
         return WeightBatch(batch.space, [w / s for w, s in zip(batch.weights, self.w_scale_,
                                                                strict=True)],
                            [None if b is None else b / s for b, s in
-                            zip(batch.biases, self.b_scale_, strict=True)])
+                            zip(batch.biases, self.b_scale_, strict=True)],
+                           check_finite=False)
+
+    def check_split(self, split: ZooSplit) -> None:
+        if len(split) < 2:
+            raise PredictError(f"{self.name} needs at least 2 training networks (one to train "
+                               f"on, one to stop early on); the training split has "
+                               f"{len(split)}")
+        y = split.y
+        if y.min() < 0 or y.max() > 1:
+            raise PredictError(f"{self.name} predicts values in [0, 1] (a sigmoid trained "
+                               f"with cross-entropy on accuracies); the target "
+                               f"{split.target!r} ranges over [{y.min():.4g}, {y.max():.4g}]: "
+                               f"predict an accuracy column, or use statnn")
 
     def fit(self, split: ZooSplit) -> NFNPredictor:
         from gensight.nf import InvariantNFN
         from gensight.weightspace import permute, random_permutation
+
+        self.check_split(split)
 
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
@@ -195,7 +348,7 @@ class NFNPredictor(Predictor):
         self.w_scale_ = [w.std().clamp_min(1e-8) for w in batch.weights]
         self.b_scale_ = [None if b is None else b.std().clamp_min(1e-8) for b in batch.biases]
         batch = self._scaled(batch)
-        y = torch.tensor(split.y, dtype=torch.float32).clamp(0, 1)
+        y = torch.tensor(split.y, dtype=torch.float32)
         n = len(y)
         order = torch.randperm(n, generator=gen)
         n_val = max(1, int(round(n * self.val_fraction)))
@@ -224,7 +377,7 @@ class NFNPredictor(Predictor):
             self.history_.append(val)
             if self.verbose:
                 print(f"{self.name} epoch {epoch + 1}: val BCE {val:.4f}")
-            if val < best - 1e-5:
+            if best_state is None or val < best - 1e-5:
                 best, best_state, bad = val, copy.deepcopy(model.state_dict()), 0
             else:
                 bad += 1
@@ -343,11 +496,19 @@ class MarginSignature(Predictor):
     def fit(self, split: ZooSplit) -> MarginSignature:
         from sklearn.linear_model import LinearRegression
 
+        if "train_acc" not in split.rows.columns:
+            raise PredictError("margin-signature predicts train_acc minus the gap; the rows "
+                               "have no train_acc column")
         x = self._features(split)
-        gap = split.rows["train_acc"].to_numpy() - split.y
-        ok = np.isfinite(x).all(axis=1)
+        gap = split.rows["train_acc"].to_numpy(np.float64) - split.y
+        ok = np.isfinite(x).all(axis=1) & np.isfinite(gap)
         if ok.sum() < x.shape[1] + 2:
-            raise PredictError("too few networks with margin signatures to fit the regression")
+            raise PredictError(f"margin-signature needs at least {x.shape[1] + 2} training "
+                               f"networks with margin signatures (one more than its "
+                               f"{x.shape[1]} features and the intercept); "
+                               f"{int(ok.sum())} of {len(split)} have one")
+        y = split.y
+        self.clip_ = bool(y.min() >= 0.0 and y.max() <= 1.0)
         self.fill_ = x[ok].mean(axis=0)
         self.model_ = LinearRegression().fit(x[ok], gap[ok])
         return self
@@ -356,7 +517,8 @@ class MarginSignature(Predictor):
         self._check_fitted("model_")
         x = self._features(split)
         x = np.where(np.isfinite(x), x, self.fill_)
-        return np.clip(split.rows["train_acc"].to_numpy() - self.model_.predict(x), 0, 1)
+        pred = split.rows["train_acc"].to_numpy(np.float64) - self.model_.predict(x)
+        return np.clip(pred, 0, 1) if self.clip_ else pred
 
 
 METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, margin-signature, "

@@ -16,7 +16,7 @@ from gensight.metrics import (
     mean_absolute_error,
     r2_score,
 )
-from gensight.predict.predictors import Predictor, ZooSplit, grid_hparams
+from gensight.predict.predictors import PredictError, Predictor, ZooSplit, grid_hparams
 
 COLUMNS = ["method", "tau", "granulated_tau", "cmi", "r2", "mae", "seconds"]
 
@@ -37,12 +37,20 @@ def score_predictions(rows: pd.DataFrame, predicted, target: str, hparams: Seque
             out[name] = np.nan
             notes.append(f"{name}: {exc}")
 
-    table = rows.assign(_pred=pred, _neg=-pred,
-                        _gap=rows["train_acc"].to_numpy() - rows["test_acc"].to_numpy())
+    if pred.shape != actual.shape:
+        raise PredictError(f"{pred.size} predictions for {actual.size} networks")
+    have_gap = {"train_acc", "test_acc"} <= set(rows.columns)
+    table = rows.assign(_pred=pred, _neg=-pred, _gap=(
+        rows["train_acc"].to_numpy(np.float64) - rows["test_acc"].to_numpy(np.float64)
+        if have_gap else np.nan))
     attempt("tau", lambda: kendall_tau(pred, actual))
     attempt("granulated_tau", lambda: granulated_kendall_tau(table, "_pred", target,
                                                              hparams).psi)
-    attempt("cmi", lambda: conditional_mutual_information(table, "_neg", "_gap", hparams))
+    if have_gap:
+        attempt("cmi", lambda: conditional_mutual_information(table, "_neg", "_gap", hparams))
+    else:
+        out["cmi"] = np.nan
+        notes.append("cmi: the rows have no train_acc and test_acc to take the gap from")
     attempt("r2", lambda: r2_score(pred, actual))
     attempt("mae", lambda: mean_absolute_error(pred, actual))
     return out, notes
@@ -53,9 +61,19 @@ def evaluate_predictors(train: ZooSplit, test: ZooSplit, predictors: Sequence[Pr
                         ) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
     """Fit every predictor on ``train`` and score it on ``test``. Returns the score table
     (one row per method: tau, granulated tau, CMI, R^2, MAE, seconds of fit + predict), the
-    predictions per method, and notes (e.g. a metric undefined on this split)."""
+    predictions per method, and notes (e.g. networks the split left out, a metric undefined
+    on this split), each ``"who: what"``. Every predictor's ``check_split(train)`` runs
+    before any is fitted, so a predictor that cannot work fails fast."""
+    if train.target != test.target:
+        raise PredictError(f"the training split predicts {train.target!r} but the test split "
+                           f"{test.target!r}")
+    for p in predictors:  # e.g. too few networks: fail before any time is spent
+        check = getattr(p, "check_split", None)   # duck-typed predictors may lack it
+        if check is not None:
+            check(train)
     hparams = grid_hparams(test.zoo)
-    records, predictions, notes = [], {}, []
+    records, predictions = [], {}
+    notes = list(dict.fromkeys([*train.notes, *test.notes]))
     for p in predictors:
         if progress is not None:
             progress(p.name)

@@ -90,10 +90,13 @@ def render_page(*, zoo, summary: pd.DataFrame, scores: pd.DataFrame, n_train: in
             "absolute error, in accuracy points (<code>estimate_mae.csv</code>):</p>",
             _table((estimate_mae * 100).reset_index(), digits=2),
         ]
+        from gensight.report.run import unique_file_stems
+
+        stems = unique_file_stems(list(estimates))   # the CSV names build_report wrote
         for name in estimates:
             row = [_figure(figures[f"estimates-{name}"],
                            f"{name}: every estimator's estimate against the true accuracy "
-                           f"(estimates-{name}.csv).", f"estimates on {name}")]
+                           f"(estimates-{stems[name]}.csv).", f"estimates on {name}")]
             if f"aline-{name}" in figures:
                 row.append(_figure(figures[f"aline-{name}"],
                                    f"{name}: agreement (pairs of networks) and accuracy "

@@ -14,6 +14,7 @@ accuracy estimates side by side, written as a self-contained HTML page plus CSV 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -74,6 +75,59 @@ def default_shifts(zoo, limit: int = 2) -> list[str]:
             for kind, sevs in list(by_kind.items())[:limit]]
 
 
+def check_shifts(zoo, shifts: Sequence[str] | str) -> list[str]:
+    """``shifts`` as shifted-set names of ``zoo`` with stored logits (``NAME-SEVERITY``;
+    ``NAME:SEVERITY`` is accepted too), each once, in the order given. Anything else -- a
+    name the zoo does not have, a path such as ``../x-1`` -- raises :class:`ReportError`
+    listing the sets the zoo has."""
+    names = [shifts] if isinstance(shifts, str) else list(shifts)
+    wanted = []
+    for s in names:
+        if not isinstance(s, str):
+            raise ReportError(f"shifted set names must be strings, got {s!r}")
+        s = s.strip().replace(":", "-")
+        if s and s not in wanted:
+            wanted.append(s)
+    with_logits = list(zoo.shifted_sets) if zoo.manifest["spec"].get("store_logits") else []
+    missing = [s for s in wanted if s not in with_logits]
+    if missing:
+        has = ", ".join(with_logits) if with_logits else \
+            "none (build it with shifts and store_logits = true in the spec)"
+        raise ReportError(f"the zoo has no stored logits for shifted set(s) "
+                          f"{', '.join(map(repr, missing))}; it has: {has} (use NAME-SEVERITY)")
+    return wanted
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_file_stem(name: str) -> str:
+    """``name`` as a file-name stem that stays in its directory on every OS: characters other
+    than letters, digits, ``. _ + -`` become ``_`` (``/``, ``\\``, ``:`` included), and it
+    never starts with a dot (no ``..``, no hidden files).
+
+    >>> safe_file_stem("../x-1"), safe_file_stem("a/b-2"), safe_file_stem("measure:fro.dist")
+    ('_.._x-1', 'a_b-2', 'measure_fro.dist')
+    """
+    stem = _UNSAFE.sub("_", str(name))[:120]
+    return "_" + stem if not stem or stem.startswith(".") else stem
+
+
+def unique_file_stems(names: Sequence[str]) -> dict[str, str]:
+    """:func:`safe_file_stem` of each name, made unique (``-2``, ``-3``, ... appended) when
+    two names map to one stem."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        stem = base = safe_file_stem(name)
+        k = 2
+        while stem.lower() in used:   # case-insensitive file systems
+            stem, k = f"{base}-{k}", k + 1
+        used.add(stem.lower())
+        out[name] = stem
+    return out
+
+
 def _usable_methods(zoo, methods: Sequence[str], notes: list[str]) -> list[str]:
     from gensight.measures import get_measure
 
@@ -101,7 +155,7 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
     - ``index.html``: one page with every table and figure (figures embedded as PNG data, so
       the page can be mailed or moved alone);
     - ``scores.csv``, ``predictions.csv``, ``estimate_mae.csv``, ``estimates-SHIFT.csv``,
-      ``zoo_summary.csv``;
+      ``zoo_summary.csv`` (file names built from a name go through :func:`safe_file_stem`);
     - ``figures/*.png``: the same figures as files.
 
     The directory is written in a temporary place and moved into ``out`` at the end, so an
@@ -110,7 +164,13 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
     page gives for rebuilding it (default: the ``gensight report`` call with these options).
     """
     from gensight.estimate import zoo_estimates
-    from gensight.predict import evaluate_predictors, make_predictor, make_predictors, split_zoo
+    from gensight.predict import (
+        check_target,
+        evaluate_predictors,
+        make_predictor,
+        make_predictors,
+        split_zoo,
+    )
     from gensight.report import figures
     from gensight.report.html import render_page
 
@@ -131,15 +191,14 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
             notes.append("no label-free estimates: this zoo stores no logits of shifted test "
                          "sets (set shifts and store_logits = true in the spec)")
     else:
-        with_logits = zoo.shifted_sets if zoo.manifest["spec"].get("store_logits") else []
-        missing = [s for s in shifts if s not in with_logits]
-        if missing:
-            raise ReportError(f"the zoo has no stored logits for shifted set(s) {missing}; it "
-                              f"has {with_logits or 'none'}")
+        shifts = check_shifts(zoo, shifts)
+    check_target(zoo.table, target)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out} exists and is not a directory; choose another --out")
 
     if command is None:
         command = _command(zoo, methods, shifts, target, split, seed, epochs, n_examples)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -171,18 +230,20 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
         # --- label-free estimation
         estimates: dict[str, pd.DataFrame] = {}
         maes = {}
+        safe_names = unique_file_stems(shifts)
         for name in shifts:
             say(f"label-free estimates on {name}")
             res = zoo_estimates(zoo, name)
             estimates[name] = res.table
             maes[name] = res.mae
             notes += [f"{name}: {n}" for n in res.notes]
-            res.table.to_csv(work / f"estimates-{name}.csv", index=False)
+            safe = safe_names[name]
+            res.table.to_csv(work / f"estimates-{safe}.csv", index=False)
             figs[f"estimates-{name}"] = figures.estimates_scatter(
-                res.table, figdir / f"estimates-{name}.png", title=f"estimated vs true: {name}")
+                res.table, figdir / f"estimates-{safe}.png", title=f"estimated vs true: {name}")
             if res.line is not None:
                 figs[f"aline-{name}"] = figures.aline_figure(
-                    res.table, res.pairs, res.line, figdir / f"aline-{name}.png",
+                    res.table, res.pairs, res.line, figdir / f"aline-{safe}.png",
                     title=f"agreement on the line: {name}")
         estimate_mae = pd.DataFrame(maes)
         estimate_mae.index.name = "method"

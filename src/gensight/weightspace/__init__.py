@@ -7,7 +7,7 @@
   permutations.
 """
 
-from gensight.weightspace.batch import WeightBatch
+from gensight.weightspace.batch import WeightBatch, nonfinite_members
 from gensight.weightspace.permutation import (
     NeuronPermutation,
     identity_permutation,
@@ -25,6 +25,7 @@ __all__ = [
     "WeightBatch",
     "WeightSpace",
     "identity_permutation",
+    "nonfinite_members",
     "permute",
     "permute_module",
     "permuted_copy",

@@ -31,11 +31,17 @@ class WeightBatch:
     Immutable in structure; operations return new batches. Build one with
     :meth:`from_modules` or :meth:`from_state_dicts`, go back with :meth:`to_state_dicts`
     or :meth:`to_modules`.
+
+    The constructor checks shapes and, unless ``check_finite=False``, that every value is
+    finite (:class:`~gensight.errors.NonFiniteWeightsError` names the key and the members).
+    Batches derived from checked ones (:meth:`map`, arithmetic, indexing, the layers of
+    :mod:`gensight.nf`) skip the finiteness scan.
     """
 
     __slots__ = ("space", "weights", "biases")
 
-    def __init__(self, space: WeightSpace, weights: Sequence[Tensor], biases: Sequence[Tensor]):
+    def __init__(self, space: WeightSpace, weights: Sequence[Tensor], biases: Sequence[Tensor],
+                 *, check_finite: bool = True):
         weights, biases = tuple(weights), tuple(biases)
         if len(weights) != space.n_layers or len(biases) != space.n_layers:
             raise ShapeMismatchError(
@@ -60,6 +66,8 @@ class WeightBatch:
                     f"bias {bias_name!r} has shape {tuple(b.shape)}; expected "
                     f"{(*lead, *layer.bias_shape)} (B, C, n_out)"
                 )
+        if check_finite:
+            _check_finite(space, weights, biases)
         self.space = space
         self.weights = weights
         self.biases = biases
@@ -96,9 +104,10 @@ class WeightBatch:
 
     # --- functional helpers ---------------------------------------------------------------
     def map(self, fn: Callable[[Tensor], Tensor]) -> WeightBatch:
-        """Apply ``fn`` to every weight and bias tensor."""
+        """Apply ``fn`` to every weight and bias tensor (no finiteness check of the result)."""
         return WeightBatch(
-            self.space, [fn(w) for w in self.weights], [fn(b) for b in self.biases]
+            self.space, [fn(w) for w in self.weights], [fn(b) for b in self.biases],
+            check_finite=False,
         )
 
     def zip_map(self, other: WeightBatch, fn: Callable[[Tensor, Tensor], Tensor]) -> WeightBatch:
@@ -107,6 +116,7 @@ class WeightBatch:
             self.space,
             [fn(a, b) for a, b in zip(self.weights, other.weights, strict=True)],
             [fn(a, b) for a, b in zip(self.biases, other.biases, strict=True)],
+            check_finite=False,
         )
 
     def __add__(self, other: WeightBatch) -> WeightBatch:
@@ -146,6 +156,7 @@ class WeightBatch:
             first.space,
             [torch.cat(ts, 0) for ts in zip(*(b.weights for b in batches), strict=True)],
             [torch.cat(ts, 0) for ts in zip(*(b.biases for b in batches), strict=True)],
+            check_finite=False,
         )
 
     def flatten(self) -> Tensor:
@@ -154,8 +165,15 @@ class WeightBatch:
         return torch.cat([t.flatten(1) for t in self.tensors()], dim=1)
 
     @classmethod
-    def unflatten(cls, space: WeightSpace, flat: Tensor, channels: int = 1) -> WeightBatch:
-        """Inverse of :meth:`flatten`: ``(B, channels * P)`` -> batch."""
+    def unflatten(cls, space: WeightSpace, flat: Tensor, channels: int = 1, *,
+                  check_finite: bool = True) -> WeightBatch:
+        """Inverse of :meth:`flatten`: ``(B, channels * P)`` -> batch.
+
+        Raises:
+            ShapeMismatchError: ``flat`` is not ``(B, channels * P)``.
+            NonFiniteWeightsError: NaN or infinite values (unless ``check_finite=False``);
+                names the key and the members.
+        """
         shapes = [(channels, *layer.weight_shape) for layer in space.layers]
         shapes += [(channels, *layer.bias_shape) for layer in space.layers]
         sizes = [math.prod(s) for s in shapes]
@@ -167,7 +185,7 @@ class WeightBatch:
         parts = [p.reshape(flat.shape[0], *s)
                  for p, s in zip(flat.split(sizes, dim=1), shapes, strict=True)]
         n = space.n_layers
-        return cls(space, parts[:n], parts[n:])
+        return cls(space, parts[:n], parts[n:], check_finite=check_finite)
 
     def allclose(self, other: WeightBatch, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
         self._check_same_space(other)
@@ -206,6 +224,7 @@ class WeightBatch:
         expected = set(space.state_dict_keys())
         weights: list[list[Tensor]] = [[] for _ in space.layers]
         biases: list[list[Tensor]] = [[] for _ in space.layers]
+        bad: dict[int, str] = {}  # member -> its first non-finite key
         for m, sd in enumerate(state_dicts):
             got = set(sd.keys())
             if got != expected:
@@ -217,19 +236,34 @@ class WeightBatch:
                     parts.append(f"unexpected keys {extra}")
                 raise KeyMismatchError(f"state dict {m}: " + "; ".join(parts))
             for i, layer in enumerate(space.layers):
-                w = _checked(sd, layer.weight_key, layer.weight_shape, m, check_finite)
+                w = _checked(sd, layer.weight_key, layer.weight_shape, m)
                 weights[i].append(w)
+                if check_finite and m not in bad and not _all_finite(w):
+                    bad[m] = layer.weight_key
                 if layer.bias_key is None:
                     biases[i].append(torch.zeros(layer.n_out, dtype=w.dtype, device=w.device))
                 else:
-                    biases[i].append(_checked(sd, layer.bias_key, layer.bias_shape, m,
-                                              check_finite))
+                    b = _checked(sd, layer.bias_key, layer.bias_shape, m)
+                    biases[i].append(b)
+                    if check_finite and m not in bad and not _all_finite(b):
+                        bad[m] = layer.bias_key
+        if bad:
+            _raise_nonfinite_state_dicts(bad, len(state_dicts), "")
         convert = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
-        return cls(
-            space,
-            [convert(torch.stack(ws).unsqueeze(1)) for ws in weights],
-            [convert(torch.stack(bs).unsqueeze(1)) for bs in biases],
-        )
+        stacked_w = [torch.stack(ws).unsqueeze(1) for ws in weights]
+        stacked_b = [torch.stack(bs).unsqueeze(1) for bs in biases]
+        batch = cls(space, [convert(w) for w in stacked_w], [convert(b) for b in stacked_b],
+                    check_finite=False)  # checked above, per state dict
+        narrowed = dtype is not None and dtype.is_floating_point and any(
+            t.is_floating_point() and torch.finfo(t.dtype).max > torch.finfo(dtype).max
+            for t in (*stacked_w, *stacked_b))
+        if check_finite and narrowed:  # e.g. 1e39 in float64 is inf in float32
+            overflow = nonfinite_members(batch)
+            if overflow:
+                keys = {m: "a weight" for m in overflow}
+                _raise_nonfinite_state_dicts(keys, len(state_dicts),
+                                             f" after conversion to {dtype}")
+        return batch
 
     @classmethod
     def from_modules(
@@ -283,9 +317,54 @@ def _param_state_dict(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach() for k, v in module.named_parameters()}
 
 
-def _checked(
-    sd: Mapping[str, Tensor], key: str, shape: tuple[int, ...], member: int, check_finite: bool
-) -> Tensor:
+def _all_finite(t: Tensor) -> bool:
+    return not t.is_floating_point() or bool(torch.isfinite(t).all())
+
+
+def _few(items: Sequence, limit: int = 5) -> str:
+    """``[a, b, c]`` or ``[a, b, c, ...]`` (the first ``limit`` items)."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
+
+
+def nonfinite_members(batch: WeightBatch) -> list[int]:
+    """Indices (batch axis) of the members with a NaN or infinite weight or bias."""
+    ok = None
+    for t in batch.tensors():
+        if t.is_floating_point():
+            f = torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+            ok = f if ok is None else ok & f
+    return [] if ok is None else torch.nonzero(~ok).flatten().tolist()
+
+
+def _raise_nonfinite_state_dicts(bad: dict[int, str], total: int, how: str) -> None:
+    members = sorted(bad)
+    first = members[0]
+    key = bad[first] if bad[first].startswith("a ") else f"key {bad[first]!r}"
+    err = NonFiniteWeightsError(
+        f"state dict {first}: {key} contains NaN or infinite values{how} ({len(members)} of "
+        f"{total} state dicts do: {_few(members)})")
+    err.members = members  # indices into the state dicts, for callers that name them
+    raise err
+
+
+def _check_finite(space: WeightSpace, weights: tuple[Tensor, ...],
+                  biases: tuple[Tensor, ...]) -> None:
+    for layer, w, b in zip(space.layers, weights, biases, strict=True):
+        for t, name in ((w, f"weight {layer.weight_key!r}"),
+                        (b, f"bias {layer.bias_key or layer.weight_key + ' (bias)'!r}")):
+            if not _all_finite(t):
+                members = torch.nonzero(
+                    ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)).flatten().tolist()
+                err = NonFiniteWeightsError(
+                    f"{name} contains NaN or infinite values in {len(members)} of "
+                    f"{t.shape[0]} members {_few(members)} (pass check_finite=False to "
+                    "allow them)")
+                err.members = members
+                raise err
+
+
+def _checked(sd: Mapping[str, Tensor], key: str, shape: tuple[int, ...], member: int) -> Tensor:
     value = sd[key]
     if not isinstance(value, Tensor):
         value = torch.as_tensor(value)
@@ -293,9 +372,5 @@ def _checked(
         raise ShapeMismatchError(
             f"state dict {member}: key {key!r} has shape {tuple(value.shape)}; the weight "
             f"space expects {shape}"
-        )
-    if check_finite and value.is_floating_point() and not torch.isfinite(value).all():
-        raise NonFiniteWeightsError(
-            f"state dict {member}: key {key!r} contains NaN or infinite values"
         )
     return value

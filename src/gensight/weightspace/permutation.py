@@ -119,7 +119,7 @@ def permute(batch: WeightBatch, perm: NeuronPermutation) -> WeightBatch:
             b = b[:, :, rows]
         weights.append(w)
         biases.append(b)
-    return WeightBatch(batch.space, weights, biases)
+    return WeightBatch(batch.space, weights, biases, check_finite=False)
 
 
 def permute_module(module: nn.Module, perm: NeuronPermutation) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,15 +21,22 @@ from gensight.zoo.spec import STRUCTURAL, Member, ZooSpec
 from gensight.zoo.store import (
     FORMAT,
     FORMAT_VERSION,
+    Index,
+    ShardRows,
     Zoo,
     ZooStoreError,
     atomic_write_bytes,
-    atomic_write_parquet,
-    collect_index,
+    check_shard,
+    complete_shards,
+    is_leftover,
+    quarantine_shard,
+    read_index,
     read_manifest,
+    read_shard_rows,
     remove_temporaries,
-    shard_complete,
+    write_index,
     write_shard,
+    zoo_lock,
 )
 from gensight.zoo.train import (
     Population,
@@ -83,56 +91,130 @@ def build_zoo(
     max_shards: int | None = None,
     backend: str = "local",
     ray_address: str | None = None,
+    allow_large: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Zoo:
     """Build (or resume building) the zoo of ``spec`` in ``out``.
 
     ``progress(members_done, members_total, steps_done_in_shard)`` is called after every
     optimizer step (local backend) and after every shard. ``max_shards`` stops after that
-    many new shards (for tests and incremental builds). Completed shards are kept; a resumed
-    build gives the same zoo as an uninterrupted one.
+    many new shards (for tests and incremental builds). ``log`` receives one line per thing a
+    resume repaired (a stale index rebuilt, a damaged shard moved to ``ZOO/damaged/``).
+
+    Everything is checked before anything is written: the spec (and its size, unless
+    ``allow_large``), the architecture on the dataset, and ``out`` (new, empty, or a zoo of
+    this spec). The build holds the zoo's lock; completed shards are verified against their
+    content hashes and kept, damaged ones are moved aside and trained again, and the index is
+    rewritten from the shards whenever it is stale. A resumed build gives the same zoo, byte
+    for byte, as an uninterrupted one.
 
     ``backend="ray"`` trains the shards as Ray tasks (a local Ray instance, or the cluster at
     ``ray_address``); they write the same store, so ``out`` must be on a filesystem that
     every Ray worker sees.
 
     Raises:
+        SpecError: the spec is too large (pass ``allow_large``).
         ZooStoreError: ``out`` exists and is not a zoo, or is a zoo of another spec.
+        ZooLockedError: another process is building into ``out``.
         GensightError: an unknown backend, or Ray is not installed.
     """
     if backend not in BACKENDS:
         raise GensightError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    spec.check_size(allow_large)
     root = Path(out)
     dataset = load_dataset(spec.dataset)
     template = init_member(spec.members()[0], spec.architecture, dataset)
     space = WeightSpace.from_module(template)
     plans = plan_shards(spec)
-    _prepare_root(root, spec, space, len(plans))
-    total = sum(len(p.members) for p in plans)
-    pending = [p for p in plans if not shard_complete(root, p.index)]
-    done = total - sum(len(p.members) for p in pending)
-    todo = pending if max_shards is None else pending[:max_shards]
-    if backend == "ray":
-        _build_with_ray(root, spec, todo, len(plans), done, total, progress, ray_address)
-        return Zoo.open(root)
-    sets = eval_sets(spec, dataset)
-    for plan in todo:
-        steps = [0]
+    _check_root(root, spec)
+    root.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda line: None)
+    with zoo_lock(root):
+        _check_root(root, spec)  # again: another build may have started meanwhile
+        if not (root / "manifest.json").exists():
+            remove_temporaries(root)
+            _write_manifest(root, spec, space, len(plans))
+        remove_temporaries(root)
+        shards = _resume(root, spec, space, plans, say)
+        total = sum(len(p.members) for p in plans)
+        pending = [p for p in plans if p.index not in shards]
+        done = total - sum(len(p.members) for p in pending)
+        todo = pending if max_shards is None else pending[:max_shards]
+        if backend == "ray":
+            _build_with_ray(root, spec, todo, shards, done, total, progress, ray_address)
+        else:
+            sets = eval_sets(spec, dataset)
+            for plan in todo:
+                steps = [0]
 
-        def on_step(steps=steps, done=done):
-            steps[0] += 1
-            if progress is not None:
-                progress(done, total, steps[0])
+                def on_step(steps=steps, done=done):
+                    steps[0] += 1
+                    if progress is not None:
+                        progress(done, total, steps[0])
 
-        _build_shard(root, spec, plan, dataset, sets, on_step)
-        done += len(plan.members)
-        if progress is not None:
-            progress(done, total, 0)
-        atomic_write_parquet(root / "index.parquet", collect_index(root, range(len(plans))))
+                shards[plan.index] = _build_shard(root, spec, plan, dataset, sets, on_step)
+                done += len(plan.members)
+                _write_index(root, shards)
+                if progress is not None:
+                    progress(done, total, 0)
     return Zoo.open(root)
 
 
-def _build_with_ray(root: Path, spec: ZooSpec, todo: list[ShardPlan], n_shards: int,
-                    done: int, total: int, progress: Callable[[int, int, int], None] | None,
+def _check_root(root: Path, spec: ZooSpec) -> None:
+    """Refuse ``root`` unless it is absent, empty (but for what a killed build leaves) or a
+    zoo of ``spec``; writes nothing."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ZooStoreError(f"{str(root)!r} exists and is not a directory")
+    names = sorted(n for n in os.listdir(root) if not is_leftover(n))
+    if "manifest.json" in names:
+        existing = read_manifest(root)
+        if existing["spec_hash"] != spec.content_hash():
+            raise ZooStoreError(
+                f"{str(root)!r} holds a zoo of another spec (hash {existing['spec_hash']} vs "
+                f"{spec.content_hash()}); choose another --out directory or delete it")
+    elif names:
+        raise ZooStoreError(f"{str(root)!r} is not a gensight zoo: it has no manifest.json and "
+                            f"holds {len(names)} other file(s), e.g. {names[0]!r}; choose a new "
+                            "or empty --out directory")
+
+
+def _resume(root: Path, spec: ZooSpec, space: WeightSpace, plans: list[ShardPlan],
+            say: Callable[[str], None]) -> dict[int, ShardRows]:
+    """Verify the completed shards (moving damaged ones aside) and bring the index up to
+    date with them. Returns the intact shards."""
+    shards: dict[int, ShardRows] = {}
+    on_disk = set(complete_shards(root, len(plans)))
+    for plan in plans:
+        if plan.index not in on_disk:
+            continue
+        checkpoints = spec.checkpoint_epochs(plan.members[0].hparams["epochs"])
+        try:
+            shards[plan.index] = check_shard(root, plan.index,
+                                             [m.member_id for m in plan.members], space,
+                                             checkpoints)
+        except ZooStoreError as exc:
+            moved = quarantine_shard(root, plan.index)
+            say(f"{exc}; moved to {moved[0].parent if moved else '?'} and training it again")
+    index = read_index(root, len(plans))
+    if index.rebuilt is not None or index.shard_hashes != {
+            i: s.rows_sha256 for i, s in shards.items()}:
+        if index.rebuilt is not None and shards:
+            say(f"{index.rebuilt}: rebuilt from the {len(shards)} complete shard(s)")
+        _write_index(root, shards)
+    return shards
+
+
+def _write_index(root: Path, shards: dict[int, ShardRows]) -> None:
+    tables = [shards[i].rows for i in sorted(shards)]
+    write_index(root, Index(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
+                            {i: shards[i].rows_sha256 for i in sorted(shards)}))
+
+
+def _build_with_ray(root: Path, spec: ZooSpec, todo: list[ShardPlan],
+                    shards: dict[int, ShardRows], done: int, total: int,
+                    progress: Callable[[int, int, int], None] | None,
                     address: str | None) -> None:
     try:
         import ray
@@ -143,15 +225,15 @@ def _build_with_ray(root: Path, spec: ZooSpec, todo: list[ShardPlan], n_shards: 
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1)(_ray_shard_task)
-        source = json.loads(spec.to_json())
+        source = spec.to_dict()
         pending = {task.remote(str(root), source, plan.index): plan for plan in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                ray.get(ref)  # re-raises a task's error here
+                index = ray.get(ref)  # re-raises a task's error here
                 done += len(pending.pop(ref).members)
-                atomic_write_parquet(root / "index.parquet",
-                                     collect_index(root, range(n_shards)))
+                shards[index] = read_shard_rows(root, index)
+                _write_index(root, shards)
                 if progress is not None:
                     progress(done, total, 0)
     finally:
@@ -169,37 +251,25 @@ def _ray_shard_task(root: str, source: dict, index: int) -> int:
     return index
 
 
-def _prepare_root(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int) -> None:
+def _write_manifest(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int) -> None:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": spec.name,
-        "spec": json.loads(spec.to_json()),
+        "spec": spec.to_dict(),
         "spec_hash": spec.content_hash(),
         "space": space.to_dict(),
         "n_shards": n_shards,
-        "n_members": len(spec.members()),
+        "n_members": spec.n_members,
         "versions": {"gensight": gensight.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
-    if root.exists():
-        if not root.is_dir():
-            raise ZooStoreError(f"{str(root)!r} exists and is not a directory")
-        if any(root.iterdir()):
-            existing = read_manifest(root)  # raises if this is not a zoo
-            if existing.get("spec_hash") != manifest["spec_hash"]:
-                raise ZooStoreError(
-                    f"{str(root)!r} holds a zoo of another spec (hash "
-                    f"{existing.get('spec_hash')} vs {manifest['spec_hash']}); choose another "
-                    "--out directory or delete it")
-            remove_temporaries(root)
-            return
-    root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / "manifest.json", json.dumps(manifest, indent=2).encode())
 
 
 def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
-                 sets: dict[str, tuple[Tensor, Tensor]], on_step: Callable[[], None]) -> None:
+                 sets: dict[str, tuple[Tensor, Tensor]], on_step: Callable[[], None]
+                 ) -> ShardRows:
     members = plan.members
     epochs = members[0].hparams["epochs"]
     checkpoints = spec.checkpoint_epochs(epochs)
@@ -241,10 +311,10 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
             rows.append(row)
 
     train_population(members, spec.architecture, dataset, checkpoints, on_checkpoint, on_step)
-    metadata = {"member_ids": json.dumps([m.member_id for m in members]),
-                "checkpoints": json.dumps(list(checkpoints)),
-                "structural": json.dumps({k: members[0].hparams[k] for k in STRUCTURAL})}
-    write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
+    metadata = {"member_ids": [m.member_id for m in members],
+                "checkpoints": list(checkpoints),
+                "structural": {k: members[0].hparams[k] for k in STRUCTURAL}}
+    return write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
 
 
 def _state_tensors(batch) -> list[Tensor]:

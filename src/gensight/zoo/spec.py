@@ -2,16 +2,17 @@
 
 Example TOML::
 
-    name = "digits-mlp"
-    dataset = "digits"
+    name = "digits-mlp"       # default: "{dataset}-{family}"; renaming keeps the hash
+    dataset = "digits"        # "digits", "mnist5k" or "mnist1d"
     seed = 0
-    configs = 32              # sampled configurations (mode = "random")
+    configs = 32              # sampled configurations (mode = "random"); in mode "grid" it
+                              # is the number of combinations and may be left out
     seeds_per_config = 2      # independent runs of each configuration
     mode = "random"           # or "grid": every combination of the listed values
     shard_size = 64           # members trained together and written as one shard
-    checkpoints = [0, "final"]
-    shifts = ["gaussian_noise", "rotation"]
-    severities = [1, 3, 5]
+    checkpoints = [0, "final"]  # epochs whose weights are stored (0 = initialization)
+    shifts = ["gaussian_noise", "rotation"]  # shifted test sets, in this order
+    severities = [1, 3, 5]    # of every shift, in this order
     store_logits = false
 
     [architecture]
@@ -30,12 +31,32 @@ Example TOML::
     epochs = [10]
     activation = ["relu", "tanh"]
 
-Every error names the field at fault and what was expected, and is raised before any
-training.
+Rules, all checked by :meth:`ZooSpec.from_dict` before anything is trained or written:
+
+- every field has its type: ``name`` a non-empty one-line string; ``dataset`` and ``mode``
+  strings; ``seed``, ``configs``, ``seeds_per_config``, ``shard_size``, severities, widths,
+  ``kernel_size``, ``stride``, ``batch_size`` and ``epochs`` integers (not booleans, not
+  floats, at most 2**63 - 1); lists are lists (``shifts = "fog"`` is an error, write
+  ``["fog"]``); numbers are finite.
+- no list of choices (hparams, shifts, severities, checkpoints) names a value twice.
+- the spec fits its dataset: a shift must apply to the dataset's inputs (``rotation`` needs
+  images; ``fog`` and ``shot_noise`` need a known value range, which ``mnist1d`` lacks); a CNN's
+  ``kernel_size`` and ``stride`` are at most the input's side; ``batch_size`` is at most the
+  number of training examples; every member stores at least one checkpoint, and every listed
+  checkpoint epoch is reached by some member.
+
+Every error is one line that names the field (or file) at fault, the value and what was
+expected.
+
+:meth:`ZooSpec.to_dict` is the normalized spec (every default filled in, checkpoints sorted,
+integer hyperparameters as ints, float ones as floats); :meth:`ZooSpec.content_hash` hashes it
+without the name. :meth:`ZooSpec.size_estimate` and :meth:`ZooSpec.check_size` judge the cost
+of a spec without listing its members.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -59,7 +80,7 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "elu", "leaky_relu", "silu")
 FAMILIES = ("mlp", "cnn")
 
-# name -> (type, default choices, validator)
+# name -> (type, default choices). The order is the sampling order of ``members()``: keep it.
 HPARAMS: dict[str, tuple[type, list[Any]]] = {
     "lr": (float, [0.05]),
     "optimizer": (str, ["sgd"]),
@@ -78,8 +99,70 @@ STRUCTURAL = ("optimizer", "activation", "batch_size", "epochs", "train_fraction
 
 _TOP_KEYS = {"name", "dataset", "seed", "configs", "seeds_per_config", "mode", "shard_size",
              "checkpoints", "shifts", "severities", "store_logits", "architecture", "hparams"}
+_DEFAULTS: dict[str, Any] = {"seed": 0, "configs": 16, "seeds_per_config": 1,
+                             "mode": "random", "shard_size": 64,
+                             "checkpoints": [0, "final"], "shifts": [],
+                             "severities": [1, 3, 5], "store_logits": False}
+
+INT_MAX = 2**63 - 1  # what TOML can write; larger ints overflow NumPy and PyTorch
+MAX_NAME = 200
+MAX_EXPANDED = 10_000_000  # members() refuses specs with more members than this
+
+# check_size: a spec is "very large" beyond any of these.
+LARGE_MEMBERS = 100_000
+LARGE_EPOCHS = 10_000
+LARGE_WIDTH = 100_000
+LARGE_SECONDS = 30 * 86_400
+LARGE_DISK_BYTES = 10**12
+ASSUMED_FLOPS = 2e10  # FLOP/s of population training on a 2-core CPU (benchmarks/README.md)
 
 
+# --- datasets, without loading them -----------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetShape:
+    """What validation and size estimates need to know of a dataset."""
+
+    input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8)
+    n_classes: int
+    n_train: int
+    n_val: int
+    n_test: int
+    bounded: bool  # inputs have a known value range (images in [0, 1])
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return self.input_shape[1:]
+
+    def describe(self) -> str:
+        """The input's spatial size, e.g. "8x8" or "length-40"."""
+        if len(self.spatial) == 1:
+            return f"length-{self.spatial[0]}"
+        return "x".join(map(str, self.spatial))
+
+
+# The fixed splits of gensight.data (tests/zoo/test_spec.py checks them against
+# load_dataset), so that a spec is validated without loading its data.
+_DATASET_SHAPES = {
+    "digits": DatasetShape((1, 8, 8), 10, 1078, 359, 360, True),
+    "mnist5k": DatasetShape((1, 28, 28), 10, 3000, 1000, 1000, True),
+    "mnist1d": DatasetShape((1, 40), 10, 3000, 1000, 1000, False),
+}
+
+
+@functools.cache
+def dataset_shape(name: str) -> DatasetShape:
+    """Input shape, classes and split sizes of dataset ``name``, from a table (a dataset not
+    in it is loaded once)."""
+    if name in _DATASET_SHAPES:
+        return _DATASET_SHAPES[name]
+    from gensight.data import load_dataset
+
+    ds = load_dataset(name)
+    return DatasetShape(ds.input_shape, ds.n_classes, len(ds.y_train), len(ds.y_val),
+                        len(ds.y_test), ds.value_range is not None)
+
+
+# --- the spec -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Range:
     low: float
@@ -93,6 +176,17 @@ class Range:
         else:
             value = rng.uniform(self.low, self.high)
         return int(round(value)) if self.integer else float(value)
+
+    def mean(self) -> float:
+        """Expected value of a sample (ignoring the rounding of integer ranges)."""
+        if self.log and self.high > self.low:
+            return (self.high - self.low) / math.log(self.high / self.low)
+        return (self.low + self.high) / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.integer:
+            return {"low": int(self.low), "high": int(self.high), "log": self.log}
+        return {"low": self.low, "high": self.high, "log": self.log}
 
 
 @dataclass(frozen=True)
@@ -108,6 +202,11 @@ class Architecture:
         """cnn: zero padding of every conv ('same' size at stride 1)."""
         return self.kernel_size // 2
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Hidden widths (mlp) or channel counts (cnn)."""
+        return self.hidden if self.family == "mlp" else self.channels
+
     def conv_output_sizes(self, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
         """cnn: spatial size after each conv layer, for inputs of size ``spatial``."""
         k, s, p = self.kernel_size, self.stride, self.padding
@@ -116,6 +215,34 @@ class Architecture:
             spatial = tuple((n + 2 * p - k) // s + 1 for n in spatial)
             sizes.append(spatial)
         return sizes
+
+    def n_params(self, input_shape: tuple[int, ...], n_classes: int) -> int:
+        """Parameters (weights and biases) of the network ``build_model`` makes."""
+        if self.family == "mlp":
+            widths = [math.prod(input_shape), *self.hidden, n_classes]
+            return sum(a * b + b for a, b in itertools.pairwise(widths))
+        k = self.kernel_size ** (len(input_shape) - 1)
+        chans = [input_shape[0], *self.channels]
+        conv = sum(a * b * k + b for a, b in itertools.pairwise(chans))
+        return conv + chans[-1] * n_classes + n_classes
+
+    def forward_macs(self, input_shape: tuple[int, ...], n_classes: int) -> int:
+        """Multiply-accumulates of one example's forward pass."""
+        if self.family == "mlp":
+            widths = [math.prod(input_shape), *self.hidden, n_classes]
+            return sum(a * b for a, b in itertools.pairwise(widths))
+        k = self.kernel_size ** (len(input_shape) - 1)
+        chans = [input_shape[0], *self.channels]
+        sizes = self.conv_output_sizes(tuple(input_shape[1:]))
+        conv = sum(a * b * k * math.prod(sp)
+                   for (a, b), sp in zip(itertools.pairwise(chans), sizes, strict=True))
+        return conv + chans[-1] * n_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.family == "mlp":
+            return {"family": "mlp", "hidden": list(self.hidden)}
+        return {"family": "cnn", "channels": list(self.channels),
+                "kernel_size": self.kernel_size, "stride": self.stride}
 
 
 @dataclass(frozen=True)
@@ -133,102 +260,237 @@ class Member:
 
 
 @dataclass(frozen=True)
+class SizeEstimate:
+    """A rough cost of building a zoo, computed without listing its members.
+
+    - ``members``: exact.
+    - ``epochs_total``: training epochs summed over members (exact for lists in mode grid;
+      the expected value for random sampling).
+    - ``seconds``: CPU time at :data:`ASSUMED_FLOPS` = 2e10 FLOP/s (what population training
+      reaches on the 2-core dev CPU, ``benchmarks/README.md``). Training costs
+      6 x forward multiply-accumulates (MACs) per example (forward + backward, 2 FLOPs per
+      MAC) x training examples x train_fraction x epochs; every checkpoint evaluates its
+      member (2 x MACs per example) on its training subset, val, test and each shifted test
+      set. For an MLP the MACs are about its parameter count.
+    - ``disk_bytes``: float32 weights at every checkpoint, plus, with ``store_logits``,
+      float16 logits (examples x classes x 2 bytes) of val, test and every shifted set at
+      every checkpoint. Checkpoints per member are counted as listed (an upper bound).
+    """
+
+    members: int
+    epochs_total: int
+    seconds: float
+    disk_bytes: int
+
+    def __str__(self) -> str:
+        return (f"{self.members:,} members, ~{_duration(self.seconds)} of CPU time, "
+                f"~{_size(self.disk_bytes)} on disk")
+
+
+@dataclass(frozen=True)
 class ZooSpec:
     name: str
     dataset: str
     architecture: Architecture
     hparams: dict[str, list[Any] | Range] = field(hash=False)
     seed: int = 0
-    configs: int = 16
+    configs: int = 16  # mode "grid": the number of combinations
     seeds_per_config: int = 1
     mode: str = "random"
     shard_size: int = 64
-    checkpoints: tuple[int | str, ...] = (0, "final")
+    checkpoints: tuple[int | str, ...] = (0, "final")  # sorted: epochs, then "final"
     shifts: tuple[str, ...] = ()
     severities: tuple[int, ...] = (1, 3, 5)
     store_logits: bool = False
-    source: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_toml(cls, path: str | Path) -> ZooSpec:
+        """Read and validate a TOML spec; every error names the file."""
         path = Path(path)
+        where = f"spec file {str(path)!r}"
+        if path.is_dir():
+            raise SpecError(f"{where} is a directory, not a TOML file")
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
-            raise SpecError(f"spec file {str(path)!r} does not exist") from None
+            raise SpecError(f"{where} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                            f"offset {exc.start})") from None
+        except OSError as exc:
+            raise SpecError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        except ValueError as exc:  # e.g. a NUL byte in the path
+            raise SpecError(f"{where} cannot be read: {exc}") from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"spec file {str(path)!r} is not valid TOML: {exc}") from None
-        return cls.from_dict(data)
+            raise SpecError(f"{where} is not valid TOML: {_line(str(exc))}") from None
+        try:
+            return cls.from_dict(data)
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> ZooSpec:
-        """Validate ``data`` (as read from TOML) and build the spec."""
-        from gensight.data import DATASETS, SHIFTS
+        """Validate ``data`` (as read from TOML, or :meth:`to_dict`) fully and build the spec.
+
+        Cheap whatever the spec's size: members are never listed here.
+        """
+        from gensight.data import DATASETS
 
         if not isinstance(data, dict):
-            raise SpecError("a zoo spec must be a table (dict)")
-        unknown = sorted(set(data) - _TOP_KEYS)
+            raise SpecError(f"a zoo spec must be a table (dict), got {type(data).__name__}")
+        unknown = sorted((k for k in data if k not in _TOP_KEYS), key=str)
         if unknown:
             raise SpecError(f"unknown field(s) {unknown}; known fields: {sorted(_TOP_KEYS)}")
         for required in ("dataset", "architecture"):
             if required not in data:
                 raise SpecError(f"missing required field {required!r}")
         dataset = data["dataset"]
-        if dataset not in DATASETS:
-            raise SpecError(f"dataset: unknown dataset {dataset!r}; known: {list(DATASETS)}")
-        arch = _architecture(data["architecture"], dataset)
-        hparams = _hparams(data.get("hparams", {}))
-        mode = _choice("mode", data.get("mode", "random"), ("random", "grid"))
+        if not isinstance(dataset, str) or dataset not in DATASETS:
+            raise SpecError(f"dataset: unknown dataset {_show(dataset)}; known: "
+                            f"{list(DATASETS)}")
+        info = dataset_shape(dataset)
+        arch = _architecture(data["architecture"], dataset, info)
+        name = _name(data.get("name", f"{dataset}-{arch.family}"))
+        get = functools.partial(_get, data)
+        mode = _choice("mode", get("mode"), ("random", "grid"))
+        hparams = _hparams(data.get("hparams", {}), mode)
+        _check_batch_size(hparams["batch_size"], dataset, info)
         if mode == "grid":
-            ranged = [k for k, v in hparams.items() if isinstance(v, Range)]
-            if ranged:
-                raise SpecError(f"hparams.{ranged[0]}: mode 'grid' needs a list of values, "
-                                "not a range")
-        shifts = tuple(data.get("shifts", ()))
-        for s in shifts:
-            if s not in SHIFTS:
-                raise SpecError(f"shifts: unknown shift {s!r}; known: {list(SHIFTS)}")
-        severities = tuple(data.get("severities", (1, 3, 5)))
-        if not severities or any(s not in (1, 2, 3, 4, 5) for s in severities):
-            raise SpecError(f"severities: expected values in 1..5, got {list(severities)}")
-        checkpoints = tuple(data.get("checkpoints", (0, "final")))
-        if not checkpoints or any(
-            not (c == "final" or (isinstance(c, int) and not isinstance(c, bool) and c >= 0))
-            for c in checkpoints
-        ):
-            raise SpecError(f"checkpoints: expected epochs >= 0 or 'final', got "
-                            f"{list(checkpoints)}")
-        spec = cls(
-            name=str(data.get("name", f"{dataset}-{arch.family}")),
+            configs = math.prod(len(v) for v in hparams.values())  # type: ignore[arg-type]
+            given = data.get("configs", configs)
+            if isinstance(given, bool) or not isinstance(given, int) or given != configs:
+                raise SpecError(f"configs: mode 'grid' makes {configs:,} configuration(s) (every "
+                                f"combination of the hparams lists), got {_show(given)}; "
+                                "leave configs out")
+        else:
+            configs = _int("configs", get("configs"), 1)
+        return cls(
+            name=name,
             dataset=dataset,
             architecture=arch,
             hparams=hparams,
-            seed=_int("seed", data.get("seed", 0), 0),
-            configs=_int("configs", data.get("configs", 16), 1),
-            seeds_per_config=_int("seeds_per_config", data.get("seeds_per_config", 1), 1),
+            seed=_int("seed", get("seed"), 0),
+            configs=configs,
+            seeds_per_config=_int("seeds_per_config", get("seeds_per_config"), 1),
             mode=mode,
-            shard_size=_int("shard_size", data.get("shard_size", 64), 1),
-            checkpoints=checkpoints,
-            shifts=shifts,
-            severities=severities,
-            store_logits=_bool("store_logits", data.get("store_logits", False)),
-            source=data,
+            shard_size=_int("shard_size", get("shard_size"), 1),
+            checkpoints=_checkpoints(get("checkpoints"), hparams["epochs"]),
+            shifts=_shifts(get("shifts"), dataset, info),
+            severities=_severities(get("severities")),
+            store_logits=_bool("store_logits", get("store_logits")),
         )
-        spec.members()  # validates that sampling works
-        return spec
 
-    # --- derived --------------------------------------------------------------------------
+    # --- normalized form and hash ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized spec: every field with its default filled in, the architecture's
+        fields for its family, every hyperparameter (a list, or ``{low, high, log}``), and
+        in mode "grid" ``configs`` = the number of combinations. ``from_dict`` of it gives
+        this spec back."""
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "configs": self._n_configs(),
+            "seeds_per_config": self.seeds_per_config,
+            "mode": self.mode,
+            "shard_size": self.shard_size,
+            "checkpoints": list(self.checkpoints),
+            "shifts": list(self.shifts),
+            "severities": list(self.severities),
+            "store_logits": self.store_logits,
+            "architecture": self.architecture.to_dict(),
+            "hparams": {name: v.to_dict() if isinstance(v, Range) else list(v)
+                        for name, v in self.hparams.items()},
+        }
+
     def to_json(self) -> str:
-        """Canonical JSON of the spec (the zoo manifest stores it)."""
-        return json.dumps(self.source, sort_keys=True, default=str)
+        """Canonical JSON of :meth:`to_dict` (sorted keys; the zoo manifest stores it)."""
+        return _canonical(self.to_dict())
 
     def content_hash(self) -> str:
-        """Hash of everything that determines the zoo's members and their training."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """Hash of everything that determines the zoo's members and their training: the
+        normalized spec without its name (16 hex digits of a SHA-256)."""
+        data = self.to_dict()
+        del data["name"]
+        return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
 
+    # --- size -----------------------------------------------------------------------------
+    def _n_configs(self) -> int:
+        if self.mode == "grid":
+            return math.prod(len(v) for v in self.hparams.values())  # type: ignore[arg-type]
+        return self.configs
+
+    @property
+    def n_members(self) -> int:
+        """Number of members (configurations x seeds), without listing them."""
+        return self._n_configs() * self.seeds_per_config
+
+    def _hparam(self, name: str) -> list[Any] | Range:
+        return self.hparams.get(name, HPARAMS[name][1])
+
+    def size_estimate(self) -> SizeEstimate:
+        """Rough cost of building this zoo (see :class:`SizeEstimate` for how it is
+        counted); takes microseconds whatever the number of members."""
+        info = dataset_shape(self.dataset)
+        n = self.n_members
+        epochs, fraction = self._hparam("epochs"), self._hparam("train_fraction")
+        if isinstance(epochs, Range):
+            mean_epochs = epochs.mean()
+            epochs_total = int(_float(n) * mean_epochs)
+        else:
+            mean_epochs = sum(epochs) / len(epochs)
+            epochs_total = n * sum(epochs) // len(epochs)
+        mean_fraction = (fraction.mean() if isinstance(fraction, Range)
+                         else sum(fraction) / len(fraction))
+        macs = _float(self.architecture.forward_macs(info.input_shape, info.n_classes))
+        params = self.architecture.n_params(info.input_shape, info.n_classes)
+        n_ckpt = len(self.checkpoints)
+        shifted = len(self.shifts) * len(self.severities)
+        train_examples = info.n_train * mean_fraction
+        train = 6 * macs * train_examples * mean_epochs
+        evals = n_ckpt * 2 * macs * (train_examples + info.n_val + info.n_test * (1 + shifted))
+        seconds = _float(n) * (train + evals) / ASSUMED_FLOPS
+        logits = info.n_classes * 2 * (info.n_val + info.n_test * (1 + shifted))
+        disk = n * n_ckpt * (params * 4 + (logits if self.store_logits else 0))
+        return SizeEstimate(n, epochs_total, seconds, disk)
+
+    def check_size(self, allow_large: bool = False) -> SizeEstimate:
+        """The size estimate; raises :class:`SpecError` if the spec is very large (more than
+        100,000 members, an epochs value above 10,000, a layer wider than 100,000, more than
+        30 days of CPU time or more than 1 TB on disk), unless ``allow_large``."""
+        est = self.size_estimate()
+        epochs = self._hparam("epochs")
+        max_epochs = int(epochs.high) if isinstance(epochs, Range) else max(epochs)
+        width = max(self.architecture.widths, default=0)
+        reasons = []
+        if est.members > LARGE_MEMBERS:
+            reasons.append(f"more than {LARGE_MEMBERS:,} members")
+        if max_epochs > LARGE_EPOCHS:
+            reasons.append(f"epochs up to {max_epochs:,}, more than {LARGE_EPOCHS:,}")
+        if width > LARGE_WIDTH:
+            reasons.append(f"a layer of width {width:,}, more than {LARGE_WIDTH:,}")
+        if est.seconds > LARGE_SECONDS:
+            reasons.append("more than 30 days of CPU time")
+        if est.disk_bytes > LARGE_DISK_BYTES:
+            reasons.append("more than 1 TB on disk")
+        if reasons and not allow_large:
+            raise SpecError(f"spec {self.name!r} is very large ({', '.join(reasons)}): {est}; "
+                            "pass --allow-large to build it anyway")
+        return est
+
+    # --- members --------------------------------------------------------------------------
     def members(self) -> list[Member]:
-        """All members, in a fixed order (the same for the same spec and seed)."""
+        """All members, in a fixed order (the same for the same spec and seed).
+
+        Raises:
+            SpecError: the spec has more than 10,000,000 members (use :attr:`n_members`).
+        """
+        if self.n_members > MAX_EXPANDED:
+            raise SpecError(f"spec {self.name!r} has {self.n_members:,} members; at most "
+                            f"{MAX_EXPANDED:,} can be listed")
         rng = np.random.default_rng([self.seed, 0x5EED])
         if self.mode == "grid":
             names = list(self.hparams)
@@ -255,37 +517,118 @@ class ZooSpec:
         return tuple(out)
 
 
-def _architecture(data: Any, dataset: str) -> Architecture:
+# --- validation helpers -----------------------------------------------------------------------
+def _get(data: dict, key: str) -> Any:
+    return data.get(key, _DEFAULTS[key])
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened to one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _scalar_hint(value: Any) -> str:
+    return f" (write [{_show(value)}] for a single value)" if not _is_list(value) and \
+        isinstance(value, int | float | str) else ""
+
+
+def _duplicate(where: str, values: list[Any]) -> None:
+    seen: set[Any] = set()  # values are validated str/int/float: hashable
+    for v in values:
+        if v in seen:
+            raise SpecError(f"{where}: {_show(v)} is listed twice")
+        seen.add(v)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"name: expected a non-empty string, got {_show(value)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > MAX_NAME:
+        raise SpecError(f"name: expected one line of at most {MAX_NAME} printable "
+                        f"characters, got {_show(value)}")
+    return value
+
+
+def _positive_ints(where: str, value: Any, *, non_empty: bool) -> tuple[int, ...]:
+    if not _is_list(value) or (non_empty and not value) or any(
+            not _is_int(v) or not 1 <= v <= INT_MAX for v in value):
+        what = "a non-empty list" if non_empty else "a list"
+        raise SpecError(f"{where}: expected {what} of positive ints, got {_show(value)}"
+                        f"{_scalar_hint(value)}")
+    return tuple(value)
+
+
+def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
     if not isinstance(data, dict):
-        raise SpecError("architecture: expected a table with 'family'")
+        raise SpecError(f"architecture: expected a table with 'family', got {_show(data)}")
     family = _choice("architecture.family", data.get("family"), FAMILIES)
     allowed = {"family", "hidden"} if family == "mlp" else {
         "family", "channels", "kernel_size", "stride"}
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted((k for k in data if k not in allowed), key=str)
     if unknown:
         raise SpecError(f"architecture: unknown field(s) {unknown} for family {family!r}; "
                         f"allowed: {sorted(allowed)}")
     if family == "mlp":
-        hidden = data.get("hidden", [32])
-        if not isinstance(hidden, list) or any(
-                not isinstance(h, int) or h < 1 for h in hidden):
-            raise SpecError(f"architecture.hidden: expected a list of positive ints, got "
-                            f"{hidden!r}")
-        return Architecture("mlp", hidden=tuple(hidden))
-    channels = data.get("channels", [16, 16, 16])
-    if not isinstance(channels, list) or not channels or any(
-            not isinstance(c, int) or c < 1 for c in channels):
-        raise SpecError(f"architecture.channels: expected a non-empty list of positive ints, "
-                        f"got {channels!r}")
+        hidden = _positive_ints("architecture.hidden", data.get("hidden", [32]),
+                                non_empty=False)
+        return Architecture("mlp", hidden=hidden)
+    channels = _positive_ints("architecture.channels", data.get("channels", [16, 16, 16]),
+                              non_empty=True)
     kernel = _int("architecture.kernel_size", data.get("kernel_size", 3), 1)
     stride = _int("architecture.stride", data.get("stride", 2), 1)
-    return Architecture("cnn", channels=tuple(channels), kernel_size=kernel, stride=stride)
+    arch = Architecture("cnn", channels=channels, kernel_size=kernel, stride=stride)
+    if len(info.spatial) not in (1, 2):
+        raise SpecError(f"architecture.family: 'cnn' needs 1-D or 2-D inputs; {dataset!r} has "
+                        f"{len(info.spatial)}-D inputs")
+    side = min(info.spatial)
+    for key, value in (("kernel_size", kernel), ("stride", stride)):
+        if value > side:
+            raise SpecError(f"architecture.{key}: {value} is larger than the "
+                            f"{info.describe()} input of {dataset!r}")
+    for i, size in enumerate(arch.conv_output_sizes(info.spatial)):
+        if min(size) < 1:  # cannot happen with 'same' padding; kept as a guard
+            raise SpecError(f"architecture: conv layer {i + 1} would output "
+                            f"{'x'.join(map(str, size))} positions on the {info.describe()} "
+                            f"input of {dataset!r}")
+    return arch
 
 
-def _hparams(data: Any) -> dict[str, list[Any] | Range]:
+def _number(where: str, v: Any, typ: type) -> Any:
+    """``v`` as a value of hyperparameter type ``typ`` (int or float), or a SpecError."""
+    if typ is int:
+        if not _is_int(v):
+            raise SpecError(f"{where}: expected integers, got {_show(v)}")
+        if abs(v) > INT_MAX:
+            raise SpecError(f"{where}: {v} is too large (at most {INT_MAX})")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SpecError(f"{where}: expected numbers, got {_show(v)}")
+    try:
+        out = float(v)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise SpecError(f"{where}: expected finite numbers, got {_show(v)}")
+    return out
+
+
+def _hparams(data: Any, mode: str) -> dict[str, list[Any] | Range]:
     if not isinstance(data, dict):
-        raise SpecError("hparams: expected a table")
-    unknown = sorted(set(data) - set(HPARAMS))
+        raise SpecError(f"hparams: expected a table, got {_show(data)}")
+    unknown = sorted((k for k in data if k not in HPARAMS), key=str)
     if unknown:
         raise SpecError(f"hparams: unknown hyperparameter(s) {unknown}; known: "
                         f"{sorted(HPARAMS)}")
@@ -294,36 +637,97 @@ def _hparams(data: Any) -> dict[str, list[Any] | Range]:
         value = data.get(name, default)
         where = f"hparams.{name}"
         if isinstance(value, dict):
+            if mode == "grid":
+                raise SpecError(f"{where}: mode 'grid' needs a list of values, not a range")
             if typ is str:
                 raise SpecError(f"{where}: expected a list of choices, not a range")
-            extra = sorted(set(value) - {"low", "high", "log"})
+            extra = sorted((k for k in value if k not in ("low", "high", "log")), key=str)
             if extra or "low" not in value or "high" not in value:
-                raise SpecError(f"{where}: a range needs 'low' and 'high' (and optional 'log')")
-            low, high = value["low"], value["high"]
-            if not all(isinstance(v, int | float) and not isinstance(v, bool)
-                       for v in (low, high)) or low > high:
-                raise SpecError(f"{where}: expected numbers with low <= high, got {value!r}")
-            if value.get("log") and low <= 0:
+                raise SpecError(f"{where}: a range needs 'low' and 'high' (and optional 'log'), "
+                                f"got {_show(value)}")
+            log = value.get("log", False)
+            if not isinstance(log, bool):
+                raise SpecError(f"{where}: 'log' must be true or false, got {_show(log)}")
+            low, high = (_number(where, value[k], typ) for k in ("low", "high"))
+            if low > high:
+                raise SpecError(f"{where}: expected numbers with low <= high, got "
+                                f"{_show(value)}")
+            if log and low <= 0:
                 raise SpecError(f"{where}: a log range needs low > 0, got {low!r}")
-            rng = Range(float(low), float(high), bool(value.get("log", False)), typ is int)
             for v in (low, high):
-                _check_value(name, typ(v))
-            out[name] = rng
+                _check_value(name, v)
+            out[name] = Range(float(low), float(high), log, typ is int)
             continue
-        if not isinstance(value, list) or not value:
+        if not _is_list(value) or not value:
             raise SpecError(f"{where}: expected a non-empty list of values or a range table, "
-                            f"got {value!r}")
+                            f"got {_show(value)}{_scalar_hint(value)}")
         values = []
         for v in value:
-            if typ in (int, float) and (isinstance(v, bool) or not isinstance(v, int | float)):
-                raise SpecError(f"{where}: expected numbers, got {v!r}")
-            if typ is int and float(v) != int(v):
-                raise SpecError(f"{where}: expected integers, got {v!r}")
-            if typ is str and not isinstance(v, str):
-                raise SpecError(f"{where}: expected strings, got {v!r}")
-            values.append(_check_value(name, typ(v)))
+            if typ is str:
+                if not isinstance(v, str):
+                    raise SpecError(f"{where}: expected strings, got {_show(v)}")
+            else:
+                v = _number(where, v, typ)
+            values.append(_check_value(name, v))
+        _duplicate(where, values)
         out[name] = values
     return out
+
+
+def _check_batch_size(value: list[int] | Range, dataset: str, info: DatasetShape) -> None:
+    largest = int(value.high) if isinstance(value, Range) else max(value)
+    if largest > info.n_train:
+        raise SpecError(f"hparams.batch_size: {largest:,} is more than the {info.n_train:,} "
+                        f"training examples of {dataset!r}")
+
+
+def _shifts(value: Any, dataset: str, info: DatasetShape) -> tuple[str, ...]:
+    from gensight.data import SHIFTS
+
+    if not _is_list(value):
+        raise SpecError(f"shifts: expected a list of shift names, got {_show(value)}"
+                        f"{_scalar_hint(value)}")
+    dims = len(info.spatial)
+    for s in value:
+        if not isinstance(s, str) or s not in SHIFTS:
+            raise SpecError(f"shifts: unknown shift {_show(s)}; known: {list(SHIFTS)}")
+        shift = SHIFTS[s]
+        if dims not in shift.dims:
+            raise SpecError(f"shifts: {s!r} applies to {'/'.join(map(str, sorted(shift.dims)))}"
+                            f"-D inputs; {dataset!r} has {dims}-D inputs")
+        if shift.bounded_only and not info.bounded:
+            raise SpecError(f"shifts: {s!r} needs inputs with a known value range; "
+                            f"{dataset!r} has none (it is standardized)")
+    _duplicate("shifts", list(value))
+    return tuple(value)
+
+
+def _severities(value: Any) -> tuple[int, ...]:
+    if not _is_list(value) or not value or not all(_is_int(v) for v in value):
+        raise SpecError(f"severities: expected a non-empty list of integers in 1..5, got "
+                        f"{_show(value)}{_scalar_hint(value)}")
+    if any(not 1 <= v <= 5 for v in value):
+        raise SpecError(f"severities: expected values in 1..5, got {_show(list(value))}")
+    _duplicate("severities", list(value))
+    return tuple(value)
+
+
+def _checkpoints(value: Any, epochs: list[int] | Range) -> tuple[int | str, ...]:
+    if not _is_list(value) or not value or any(
+            not (c == "final" or (_is_int(c) and 0 <= c <= INT_MAX)) for c in value):
+        raise SpecError(f"checkpoints: expected epochs >= 0 or 'final', got {_show(value)}"
+                        f"{_scalar_hint(value)}")
+    _duplicate("checkpoints", list(value))
+    ints = sorted(c for c in value if c != "final")
+    fewest, most = ((int(epochs.low), int(epochs.high)) if isinstance(epochs, Range)
+                    else (min(epochs), max(epochs)))
+    if ints and ints[-1] > most:
+        raise SpecError(f"checkpoints: epoch {ints[-1]} is after the last epoch of every "
+                        f"member (hparams.epochs is at most {most})")
+    if "final" not in value and ints[0] > fewest:
+        raise SpecError(f"checkpoints: members trained for {fewest} epoch(s) would store no "
+                        f"checkpoint (the first is epoch {ints[0]}); add 'final'")
+    return (*ints, "final") if "final" in value else tuple(ints)
 
 
 # hyperparameter -> (valid?, what is expected). Types are checked before these run.
@@ -344,23 +748,52 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def _check_value(name: str, v: Any) -> Any:
     valid, expected = _RULES[name]
     if not valid(v):
-        raise SpecError(f"hparams.{name}: value {v!r} is invalid; expected {expected}")
+        raise SpecError(f"hparams.{name}: value {_show(v)} is invalid; expected {expected}")
     return v
 
 
 def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise SpecError(f"{where}: expected one of {list(choices)}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise SpecError(f"{where}: expected one of {list(choices)}, got {_show(value)}")
     return value
 
 
 def _int(where: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    if not _is_int(value) or value < minimum:
+        raise SpecError(f"{where}: expected an integer >= {minimum}, got {_show(value)}")
+    if value > INT_MAX:
+        raise SpecError(f"{where}: {value} is too large (at most {INT_MAX})")
     return value
 
 
 def _bool(where: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise SpecError(f"{where}: expected true or false, got {value!r}")
+        raise SpecError(f"{where}: expected true or false, got {_show(value)}")
     return value
+
+
+# --- formatting -------------------------------------------------------------------------------
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _float(n: int) -> float:
+    try:
+        return float(n)
+    except OverflowError:
+        return math.inf
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.0f} {unit}" if unit == "days" else \
+                f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _size(n_bytes: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:,.1f} {unit}"
+    return f"{n_bytes:.0f} B"

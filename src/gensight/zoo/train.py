@@ -117,8 +117,10 @@ class Population:
                    [b[:, 0].clone() for b in batch.biases], activation)
 
     def to_weight_batch(self) -> WeightBatch:
+        """The members' current weights; diverged (non-finite) members are kept, and flagged
+        in the zoo's ``finite`` column."""
         return WeightBatch(self.space, [w.detach().unsqueeze(1) for w in self.weights],
-                           [b.detach().unsqueeze(1) for b in self.biases])
+                           [b.detach().unsqueeze(1) for b in self.biases], check_finite=False)
 
     def parameters(self) -> list[Tensor]:
         return [*self.weights, *self.biases]
