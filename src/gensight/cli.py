@@ -227,7 +227,7 @@ def _cmd_measures(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from gensight.measures import MEASURES, available_measures, zoo_measures
+    from gensight.measures import MEASURES, available_measures, get_measure, zoo_measures
 
     console = Console(stderr=True)
     if args.list:
@@ -241,6 +241,8 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     zoo = _open_zoo(args.zoo)
     names = available_measures(cheap_only=True) if args.measures in (None, "cheap") else \
         list(MEASURES) if args.measures == "all" else args.measures.split(",")
+    for name in names:  # unknown names fail before the progress bar
+        get_measure(name)
     rows = zoo.table.query("is_final and finite")
     if args.limit:
         rows = rows.head(args.limit)
@@ -276,10 +278,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     console = Console()
     zoo = _open_zoo(args.zoo)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:  # unknown names fail before any work
-        make_predictor(m, seed=args.seed, epochs=args.epochs)
+    # unknown names and splits a method cannot fit on fail before any work
+    probes = [make_predictor(m, seed=args.seed, epochs=args.epochs) for m in methods]
     train, test = split_zoo(zoo, by=args.split, test_fraction=args.test_fraction,
                             seed=args.seed, target=args.target)
+    for probe in probes:
+        probe.check_split(train)
     predictors = make_predictors(methods, zoo, pd.concat([train.rows, test.rows]),
                                  seed=args.seed, epochs=args.epochs, n_examples=args.examples)
     console.print(f"zoo {zoo.manifest['name']}: {len(train)} training and {len(test)} test "

@@ -16,34 +16,50 @@ from gensight.metrics import (
 
 
 def test_kendall_tau_golden_by_hand():
-    # measure [1, 2, 3, 4], target [1, 3, 2, 4]: of the 6 unordered distinct pairs one is
-    # discordant (2nd, 3rd). Distinct ordered pairs: (5 - 1) * 2 = 8 over 12.
+    # measure [1, 2, 3, 4], target [1, 3, 2, 4]: of the 6 pairs one is discordant (2nd, 3rd):
+    # (5 - 1) / 6 for both variants (no ties).
     m, t = [1, 2, 3, 4], [1, 3, 2, 4]
-    assert kendall_tau(m, t, pairs="distinct") == pytest.approx(8 / 12)
-    # PGDL: the 4 self pairs count +1 (tie x tie = (-1)(-1)), so (8 + 4) / 16.
-    assert kendall_tau(m, t) == pytest.approx(12 / 16)
-
-
-def test_kendall_tau_pgdl_counts_ties_as_negative():
-    # measure ties on models 0 and 1; target is strictly increasing.
-    # ordered pairs (0,1): s(0)=-1, s(-1)=-1 -> +1; (1,0): s(0)=-1, s(+)=+1 -> -1.
+    assert kendall_tau(m, t) == pytest.approx(4 / 6)
+    assert kendall_tau(m, t, variant="a") == pytest.approx(4 / 6)
+    # A tie in the measure (models 0 and 1): 2 concordant pairs, 0 discordant, 1 tied.
     m, t = [1.0, 1.0, 2.0], [1.0, 2.0, 3.0]
-    # (0,2),(2,0),(1,2),(2,1) are concordant: +4; (0,1),(1,0): 0; self pairs: +3.
-    assert kendall_tau(m, t) == pytest.approx(7 / 9)
-    assert kendall_tau(m, t, pairs="distinct") == pytest.approx(4 / 6)
+    assert kendall_tau(m, t, variant="a") == pytest.approx(2 / 3)  # Eq. 3: (C - D) / n0
+    assert kendall_tau(m, t) == pytest.approx(2 / math.sqrt((3 - 1) * 3))  # tau-b
+    assert kendall_tau([3, 2, 1], [10, 20, 30]) == -1.0  # a reversed ranking: exactly -1
+
+
+def _ties(x) -> int:
+    _, counts = np.unique(x, return_counts=True)
+    return int(np.sum(counts * (counts - 1) // 2))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", range(5))
+def test_kendall_tau_matches_scipy_and_eq3_on_random_data(seed, ties):
     from scipy.stats import kendalltau
-    # tau-a over distinct pairs: scipy's variant 'c' differs; compare with a direct count.
-    assert kendalltau([1, 2, 3], [3, 1, 2]).statistic == pytest.approx(
-        kendall_tau([1, 2, 3], [3, 1, 2], pairs="distinct"))
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    if ties:  # few distinct values: many tied pairs in both
+        m, t = rng.integers(0, 4, n).astype(float), rng.integers(0, 5, n).astype(float)
+    else:
+        m, t = rng.normal(size=n), rng.normal(size=n)
+    assert kendall_tau(m, t) == pytest.approx(kendalltau(m, t).statistic, abs=1e-12)
+    # Eq. 3 of arXiv 1912.02178, as written: a direct loop over distinct ordered pairs.
+    eq3 = sum(np.sign(m[i] - m[j]) * np.sign(t[i] - t[j])
+              for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    assert kendall_tau(m, t, variant="a") == pytest.approx(eq3, abs=1e-12)
+    # tau-a = tau-b * sqrt((n0 - n1)(n0 - n2)) / n0: equal without ties, smaller with them.
+    n0 = n * (n - 1) / 2
+    scale = math.sqrt((n0 - _ties(m)) * (n0 - _ties(t))) / n0
+    assert kendall_tau(m, t, variant="a") == pytest.approx(kendall_tau(m, t) * scale,
+                                                           abs=1e-12)
+    assert (scale < 1) == ties
 
 
-def test_kendall_tau_matches_brute_force_on_random_data():
-    rng = np.random.default_rng(0)
-    m = rng.integers(0, 5, 40).astype(float)
-    t = rng.integers(0, 5, 40).astype(float)
-    s = lambda x: 1 if x > 0 else -1  # noqa: E731
-    brute = sum(s(m[i] - m[j]) * s(t[i] - t[j]) for i in range(40) for j in range(40))
-    assert kendall_tau(m, t) == pytest.approx(brute / 1600)
+def test_kendall_tau_unknown_variant():
+    with pytest.raises(MetricError, match="variant must be one of"):
+        kendall_tau([1, 2], [1, 2], variant="pgdl")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -73,7 +89,8 @@ def test_granulated_tau_is_mean_of_group_taus():
     g = granulated_kendall_tau(df, "measure", "gap", ["lr", "wd", "depth"])
     for h in ["lr", "wd", "depth"]:
         others = [o for o in ["lr", "wd", "depth"] if o != h]
-        taus = [kendall_tau(grp.measure, grp.gap) for _, grp in df.groupby(others)]
+        taus = [kendall_tau(grp.measure, grp.gap, variant="a")
+                for _, grp in df.groupby(others)]
         assert g.terms[h] == pytest.approx(np.mean(taus))
     assert g.psi == pytest.approx(g.terms.mean())
     assert list(g.terms.index) == ["lr", "wd", "depth"]

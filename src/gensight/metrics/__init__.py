@@ -2,9 +2,11 @@
 
 Ranking metrics follow the PGDL competition (arXiv 2012.07976) and arXiv 1912.02178 Sec. 5:
 
-- :func:`kendall_tau`: Kendall's rank correlation between a measure and a target.
+- :func:`kendall_tau`: Kendall's rank correlation between a measure and a target, over pairs of
+  distinct models: tau-b (as :func:`scipy.stats.kendalltau` and the NFN/NFT/UNF papers) by
+  default, tau-a (arXiv 1912.02178, Eq. 3) on request.
 - :func:`granulated_kendall_tau`: Psi, the mean over hyperparameters of the mean tau among
-  models that differ only in that hyperparameter (arXiv 1912.02178, Eq. 4-5).
+  models that differ only in that hyperparameter (arXiv 1912.02178, Eq. 4-5, with Eq. 3's tau).
 - :func:`conditional_mutual_information`: the PGDL score (arXiv 2012.07976, Sec. 2).
 
 Regression metrics for accuracy estimates: :func:`r2_score`, :func:`mean_absolute_error`.

@@ -11,7 +11,6 @@ import pandas as pd
 
 from gensight.errors import GensightError
 
-PAIRS = ("pgdl", "distinct")
 _CHUNK = 1024  # rows of the (n, n) pair matrices built at a time
 
 
@@ -57,45 +56,47 @@ def _not_constant(arr: np.ndarray, name: str) -> None:
                           f"ranking is undefined")
 
 
-def _tau(m: np.ndarray, t: np.ndarray, pairs: str) -> float:
-    """Mean of sign(m_i - m_j) * sign(t_i - t_j) over ordered pairs (see `kendall_tau`)."""
+def _tau_a(m: np.ndarray, t: np.ndarray) -> float:
+    """Mean of ``sign(m_i - m_j) * sign(t_i - t_j)`` over the ``n(n-1)`` ordered pairs of
+    distinct models (ties contribute 0): arXiv 1912.02178, Eq. 3."""
     n = m.size
     total = 0.0
     for lo in range(0, n, _CHUNK):
-        dm, dt = m[lo:lo + _CHUNK, None] - m, t[lo:lo + _CHUNK, None] - t
-        if pairs == "pgdl":
-            total += np.sum(np.where(dm > 0, 1.0, -1.0) * np.where(dt > 0, 1.0, -1.0))
-        else:
-            total += np.sum(np.sign(dm) * np.sign(dt))
-    count = n * n if pairs == "pgdl" else n * (n - 1)
-    return float(total / count)
+        total += np.sum(np.sign(m[lo:lo + _CHUNK, None] - m) * np.sign(t[lo:lo + _CHUNK, None] - t))
+    return float(total / (n * (n - 1)))
 
 
-def kendall_tau(measure, target, *, pairs: str = "pgdl") -> float:
-    """Kendall's rank correlation between ``measure`` and ``target`` (1-D, one value per model).
+VARIANTS = ("b", "a")
 
-    With ``pairs="pgdl"`` (the default) it is computed the way the PGDL competition's scoring
-    program counts pairs (arXiv 2012.07976), so that scores are comparable with published PGDL
-    scores: the mean of ``s(m_i - m_j) * s(t_i - t_j)`` over **all n^2 ordered pairs**, a model
-    paired with itself included, where ``s(x) = +1`` if ``x > 0`` and ``-1`` otherwise (a tie
-    counts as a negative sign). A perfect ranking scores 1; a perfectly reversed one scores
-    ``-1 + 2/n``. With ``pairs="distinct"`` it is the textbook tau-a of arXiv 1912.02178 Eq. 3:
-    the mean of ``sign(dm) * sign(dt)`` over the ``n(n-1)`` ordered pairs of distinct models,
-    ties contributing 0.
 
-    >>> kendall_tau([1, 2, 3], [10, 20, 30])
-    1.0
-    >>> round(kendall_tau([3, 2, 1], [10, 20, 30]), 4)  # -1 + 2/3
-    -0.3333
-    >>> kendall_tau([3, 2, 1], [10, 20, 30], pairs="distinct")
-    -1.0
+def kendall_tau(measure, target, *, variant: str = "b") -> float:
+    """Kendall's rank correlation between ``measure`` and ``target`` (1-D, one value per model),
+    over the pairs of distinct models.
+
+    ``variant="b"`` (default) is tau-b, ``(C - D) / sqrt((n0 - n1)(n0 - n2))`` with ``C``/``D``
+    the concordant/discordant pairs, ``n0 = n(n-1)/2`` and ``n1``/``n2`` the pairs tied in
+    measure/target: what :func:`scipy.stats.kendalltau` computes (it is used here) and what
+    the NFN/NFT/UNF papers report. ``variant="a"`` is tau-a, ``(C - D) / n0``: the mean of
+    ``sign(dm) sign(dt)`` over distinct pairs of arXiv 1912.02178, Eq. 3 (the tau inside its
+    granulated tau). Without ties the two are equal; ties shrink tau-a towards 0.
+
+    >>> kendall_tau([1, 2, 3, 4], [1, 3, 2, 4])       # 5 concordant, 1 discordant pair
+    0.6666666666666669
+    >>> kendall_tau([1, 1, 2], [1, 2, 3], variant="a")  # one tie: (2 - 0) / 3
+    0.6666666666666666
+    >>> round(kendall_tau([1, 1, 2], [1, 2, 3]), 4)  # 2 / sqrt((3 - 1) * 3)
+    0.8165
     """
-    if pairs not in PAIRS:
-        raise MetricError(f"pairs must be one of {PAIRS}, got {pairs!r}")
+    if variant not in VARIANTS:
+        raise MetricError(f"variant must be one of {VARIANTS}, got {variant!r}")
     m, t = _pair(measure, target)
     _not_constant(m, "measure")
     _not_constant(t, "target")
-    return _tau(m, t, pairs)
+    if variant == "a":
+        return _tau_a(m, t)
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(m, t).statistic)
 
 
 def _columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -143,24 +144,23 @@ def check_grid(table: pd.DataFrame, hparams: Sequence[str]) -> None:
 
 
 def granulated_kendall_tau(table: pd.DataFrame, measure: str, target: str,
-                           hparams: Sequence[str], *, pairs: str = "pgdl") -> GranulatedTau:
+                           hparams: Sequence[str]) -> GranulatedTau:
     """Granulated Kendall's tau of arXiv 1912.02178, Sec. 5 (Eq. 4-5).
 
     For each hyperparameter ``h`` the models are grouped by the values of all the *other*
     hyperparameters; ``terms[h]`` (psi_h) is the mean, over groups, of Kendall's tau within the
     group, i.e. among models that differ only in ``h`` (and in seed, when a configuration has
-    several runs). ``psi`` is the mean of the terms. Tau is counted as in :func:`kendall_tau`
-    (``pairs="pgdl"`` by default). The grid must be complete: every combination of the
+    several runs). ``psi`` is the mean of the terms. Tau is the paper's Eq. 3 (tau-a over
+    distinct pairs, :func:`kendall_tau` with ``variant="a"``), defined in every group even
+    where the target ties. The grid must be complete: every combination of the
     hyperparameters' values must have a model.
 
     >>> df = pd.DataFrame({"lr": [1, 2, 1, 2], "wd": [1, 1, 2, 2],
     ...                    "m": [1.0, 2.0, 3.0, 4.0], "acc": [1.0, 2.0, 4.0, 3.0]})
-    >>> g = granulated_kendall_tau(df, "m", "acc", ["lr", "wd"], pairs="distinct")
+    >>> g = granulated_kendall_tau(df, "m", "acc", ["lr", "wd"])
     >>> g.psi, g.terms.to_dict()
     (0.5, {'lr': 0.0, 'wd': 1.0})
     """
-    if pairs not in PAIRS:
-        raise MetricError(f"pairs must be one of {PAIRS}, got {pairs!r}")
     names = _hparam_list(hparams, 1)
     _columns(table, [measure, target, *names], "granulated_kendall_tau")
     m, t = _pair(table[measure], table[target], (measure, target))
@@ -172,7 +172,7 @@ def granulated_kendall_tau(table: pd.DataFrame, measure: str, target: str,
         others = [o for o in names if o != h]
         groups = (table.groupby(others, sort=False).indices.values() if others
                   else [np.arange(len(table))])
-        taus = [_tau(m[idx], t[idx], pairs) for idx in groups]
+        taus = [_tau_a(m[idx], t[idx]) for idx in groups]
         terms[h] = float(np.mean(taus))
     series = pd.Series(terms, name="psi")
     return GranulatedTau(float(series.mean()), series)
@@ -201,8 +201,10 @@ def conditional_mutual_information(table: pd.DataFrame, measure: str, gap: str,
     cell the mutual information ``I(V_measure; V_gap)`` and the entropy ``H(V_gap)`` are
     computed (bits), and the score of ``(h1, h2)`` is ``mean(I) / mean(H)`` over the cells.
     The result is the minimum over pairs of hyperparameters, a number in [0, 1]; PGDL reports
-    100 times it. This is what the competition's scoring program computes, so the numbers are
-    comparable with published PGDL scores. ``measure`` should grow with ``gap`` (a complexity
+    100 times it. This is what the competition's scoring program computes (its
+    ``conditional_mutual_information`` loops over all ordered pairs of models, a model with
+    itself included, and compares with a strict ``>``), so the numbers are comparable with
+    published PGDL scores. ``measure`` should grow with ``gap`` (a complexity
     measure); negate a predicted accuracy first.
 
     ``gap`` is usually ``train_acc - test_acc``. The hyperparameter grid must be complete.

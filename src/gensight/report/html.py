@@ -69,8 +69,9 @@ def render_page(*, zoo, summary: pd.DataFrame, scores: pd.DataFrame, n_train: in
                 "histogram of accuracies"),
         "<h2>Predicting generalization</h2>",
         f"<p>Each method is fitted on {n_train} networks and predicts <code>{esc(target)}"
-        f"</code> of {n_test} held-out networks. Kendall's tau and granulated tau (arXiv "
-        "1912.02178) score the ranking, CMI is the PGDL conditional mutual information "
+        f"</code> of {n_test} held-out networks. Kendall's tau (tau-b, over distinct pairs) and "
+        "granulated tau (arXiv 1912.02178, Eq. 3-5) score the ranking, CMI is the PGDL "
+        "conditional mutual information "
         "(arXiv 2012.07976; 0 to 1, PGDL reports 100x), R<sup>2</sup> and MAE score the "
         "values. StatNN: weight statistics + gradient boosting (arXiv 2002.11448); nfn-hnp, "
         "nfn-np: invariant neural functionals (arXiv 2302.14040); measure:NAME: a complexity "
