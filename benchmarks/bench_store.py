@@ -31,8 +31,8 @@ import torch
 
 from gensight.weightspace import WeightSpace
 from gensight.zoo import ZooSpec, plan_shards, verify_zoo
-from gensight.zoo.build import _write_index, _write_manifest
-from gensight.zoo.store import Zoo, shard_paths, write_shard
+from gensight.zoo.build import _write_manifest
+from gensight.zoo.store import Zoo, shard_paths, write_shard, write_shard_index
 from gensight.zoo.train import init_member
 
 
@@ -70,7 +70,7 @@ def synthetic_zoo(root: Path, members: int, shard_size: int) -> None:
                              for e in (0, 1) for pos, m in enumerate(plan.members)])
         meta = {"member_ids": [m.member_id for m in plan.members], "checkpoints": [0, 1]}
         shards[plan.index] = write_shard(root, plan.index, tensors, rows, meta)
-    _write_index(root, shards)
+    write_shard_index(root, shards)
 
 
 def main() -> None:

@@ -21,21 +21,19 @@ from gensight.zoo.spec import STRUCTURAL, Member, ZooSpec
 from gensight.zoo.store import (
     FORMAT,
     FORMAT_VERSION,
-    Index,
     ShardRows,
     Zoo,
     ZooStoreError,
     atomic_write_bytes,
-    check_shard,
-    complete_shards,
+    check_shards,
     is_leftover,
     quarantine_shard,
     read_index,
     read_manifest,
     read_shard_rows,
     remove_temporaries,
-    write_index,
     write_shard,
+    write_shard_index,
     zoo_lock,
 )
 from gensight.zoo.train import (
@@ -154,7 +152,7 @@ def build_zoo(
 
                 shards[plan.index] = _build_shard(root, spec, plan, dataset, sets, on_step)
                 done += len(plan.members)
-                _write_index(root, shards)
+                write_shard_index(root, shards)
                 if progress is not None:
                     progress(done, total, 0)
     return Zoo.open(root)
@@ -184,32 +182,17 @@ def _resume(root: Path, spec: ZooSpec, space: WeightSpace, plans: list[ShardPlan
             say: Callable[[str], None]) -> dict[int, ShardRows]:
     """Verify the completed shards (moving damaged ones aside) and bring the index up to
     date with them. Returns the intact shards."""
-    shards: dict[int, ShardRows] = {}
-    on_disk = set(complete_shards(root, len(plans)))
-    for plan in plans:
-        if plan.index not in on_disk:
-            continue
-        checkpoints = spec.checkpoint_epochs(plan.members[0].hparams["epochs"])
-        try:
-            shards[plan.index] = check_shard(root, plan.index,
-                                             [m.member_id for m in plan.members], space,
-                                             checkpoints)
-        except ZooStoreError as exc:
-            moved = quarantine_shard(root, plan.index)
-            say(f"{exc}; moved to {moved[0].parent if moved else '?'} and training it again")
+    shards, damaged, _ = check_shards(root, spec, space, plans)
+    for i, why in damaged.items():
+        moved = quarantine_shard(root, i)
+        say(f"{why}; moved to {moved[0].parent if moved else '?'} and training it again")
     index = read_index(root, len(plans))
     if index.rebuilt is not None or index.shard_hashes != {
             i: s.rows_sha256 for i, s in shards.items()}:
         if index.rebuilt is not None and shards:
             say(f"{index.rebuilt}: rebuilt from the {len(shards)} complete shard(s)")
-        _write_index(root, shards)
+        write_shard_index(root, shards)
     return shards
-
-
-def _write_index(root: Path, shards: dict[int, ShardRows]) -> None:
-    tables = [shards[i].rows for i in sorted(shards)]
-    write_index(root, Index(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
-                            {i: shards[i].rows_sha256 for i in sorted(shards)}))
 
 
 def _build_with_ray(root: Path, spec: ZooSpec, todo: list[ShardPlan],
@@ -233,7 +216,7 @@ def _build_with_ray(root: Path, spec: ZooSpec, todo: list[ShardPlan],
                 index = ray.get(ref)  # re-raises a task's error here
                 done += len(pending.pop(ref).members)
                 shards[index] = read_shard_rows(root, index)
-                _write_index(root, shards)
+                write_shard_index(root, shards)
                 if progress is not None:
                     progress(done, total, 0)
     finally:

@@ -370,12 +370,12 @@ def read_index(root: Path, n_shards: int) -> Index:
         except Exception as exc:
             why = f"index.parquet is corrupt ({str(exc)[:80]})"
         else:
-            recorded = {int(k): v for k, v in meta.get("shards", {}).items()}
             on_disk = complete_shards(root, n_shards)
             try:
+                recorded = {int(k): v for k, v in meta["shards"].items()}
                 actual = _index_shard_hashes(table)
-            except KeyError:
-                actual = None
+            except (KeyError, TypeError, ValueError, AttributeError):
+                recorded, actual = {}, None
             if actual is None or actual != recorded:
                 why = "index.parquet does not match its recorded content (edited or damaged)"
             elif sorted(recorded) != on_disk:
@@ -625,6 +625,35 @@ def quarantine_shard(root: Path, index: int) -> list[Path]:
     return moved
 
 
+def check_shards(root: Path, spec, space: WeightSpace, plans
+                 ) -> tuple[dict[int, ShardRows], dict[int, str], list[int]]:
+    """:func:`check_shard` on every planned shard: ``(intact shards, damaged shard -> why,
+    shards not built)``."""
+    on_disk = set(complete_shards(root, len(plans)))
+    good: dict[int, ShardRows] = {}
+    damaged: dict[int, str] = {}
+    missing: list[int] = []
+    for plan in plans:
+        if plan.index not in on_disk:
+            missing.append(plan.index)
+            continue
+        checkpoints = spec.checkpoint_epochs(plan.members[0].hparams["epochs"])
+        try:
+            good[plan.index] = check_shard(root, plan.index,
+                                           [m.member_id for m in plan.members], space,
+                                           checkpoints)
+        except ZooStoreError as exc:
+            damaged[plan.index] = str(exc)
+    return good, damaged, missing
+
+
+def write_shard_index(root: Path, shards: dict[int, ShardRows]) -> None:
+    """Write ``index.parquet`` from the tables of ``shards``."""
+    tables = [shards[i].rows for i in sorted(shards)]
+    write_index(root, Index(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
+                            {i: shards[i].rows_sha256 for i in sorted(shards)}))
+
+
 def verify_zoo(root: str | Path, *, repair: bool = False) -> VerifyReport:
     """Check a whole zoo: the manifest (and its spec against ``spec_hash``), every shard
     (content hashes, members, tensor shapes) and the index against the shards.
@@ -652,19 +681,8 @@ def verify_zoo(root: str | Path, *, repair: bool = False) -> VerifyReport:
         report.seconds = time.perf_counter() - start
         return report
     with zoo_lock(root, "repair") if repair else contextlib.nullcontext():
-        on_disk = set(complete_shards(root, len(plans)))
-        good: dict[int, ShardRows] = {}
-        for plan in plans:
-            if plan.index not in on_disk:
-                report.missing_shards.append(plan.index)
-                continue
-            checkpoints = spec.checkpoint_epochs(plan.members[0].hparams["epochs"])
-            try:
-                good[plan.index] = check_shard(root, plan.index,
-                                               [m.member_id for m in plan.members], space,
-                                               checkpoints)
-            except ZooStoreError as exc:
-                report.damaged_shards[plan.index] = str(exc)
+        good, report.damaged_shards, report.missing_shards = check_shards(root, spec, space,
+                                                                          plans)
         report.ok_shards = sorted(good)
         index = read_index(root, len(plans))
         recorded = index.shard_hashes if index.rebuilt is None else {}
@@ -682,9 +700,7 @@ def verify_zoo(root: str | Path, *, repair: bool = False) -> VerifyReport:
                 report.repaired.append(f"shard {i} moved to {moved[0].parent}" if moved else
                                        f"shard {i} had no files to move")
             if "index.parquet" in report.problems or report.damaged_shards:
-                tables = [good[i].rows for i in sorted(good)]
-                write_index(root, Index(pd.concat(tables, ignore_index=True) if tables
-                                        else pd.DataFrame(), current))
+                write_shard_index(root, good)
                 report.repaired.append("index.parquet rewritten from the intact shards")
             if temporaries:
                 remove_temporaries(root)
