@@ -4,21 +4,25 @@
     python benchmarks/bench_estimate.py runs/digits-mlp-shifts [--out runs/bench-estimate]
 
 Source = the zoo's labeled validation split; target = each shifted test set (labels used only
-to score). Prints the mean absolute error (in accuracy points x 100) per method and shift
+to score; the truth is the accuracy of the stored float16 logits, the predictions the
+estimators see, see :func:`gensight.estimate.zoo_estimates`). Methods: every one of
+``gensight.estimate.METHODS`` (CBPE included); GDE averages each member's agreement over all
+other seeds of its configuration; temperature scaling is fitted once per member and set, on
+its logits. Prints the mean absolute error (in accuracy points x 100) per method and shift
 (mean over severities), the mean over all sets, the agreement line's R^2 per shift, and
-writes the full per-set table as CSV.
+writes the full per-set table as CSV (with each set's median temperature).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from gensight.estimate import METHODS, AgreementWarning, zoo_estimates
+from gensight.estimate import METHODS, zoo_estimates
 from gensight.zoo import Zoo
 
 
@@ -35,11 +39,10 @@ def main() -> None:
     records = []
     start = time.perf_counter()
     for name in sets:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AgreementWarning)
-            res = zoo_estimates(zoo, name, rows=rows)
+        res = zoo_estimates(zoo, name, rows=rows)   # R^2 < 0.95 is a note, not a warning
         shift, severity = name.rsplit("-", 1)
         rec = {"shift": shift, "severity": int(severity), "r2": res.line.r2,
+               "median_temperature": float(np.nanmedian(res.temperatures)),
                "mean_true_acc": res.table["true_acc"].mean(),
                "models_scored": int(res.table[list(METHODS)].notna().all(axis=1).sum())}
         rec.update({m: 100 * res.mae[m] for m in METHODS})

@@ -4,12 +4,14 @@ Given predicted probabilities of labeled source (in-distribution) data and of un
 data, estimate each model's accuracy on the target. Arrays are ``(n_examples, n_classes)``
 probabilities; :func:`softmax` turns logits into them.
 
-- :class:`AverageConfidence` (AC), :class:`DifferenceOfConfidences` (DoC),
-  :class:`ATC` (``score="maxconf"`` or ``"entropy"``; arXiv 2201.04234): single-model,
-  ``fit(source_probs, source_labels)`` then ``estimate(target_probs) -> float``.
-- :class:`TemperatureScaling`: a calibrator (``fit`` / ``transform``) fitted in log-temperature.
-- :class:`GDE` (arXiv 2106.13799): ``estimate(target_probs_a, target_probs_b) -> float`` from
-  two independent runs of one configuration.
+- :class:`AverageConfidence` (AC), :class:`DifferenceOfConfidences` (DoC), :class:`CBPE`
+  (isotonic-calibrated average confidence, as NannyML's CBPE), :class:`ATC` (``score=
+  "maxconf"`` or ``"entropy"``; arXiv 2201.04234): single-model, ``fit(source_probs,
+  source_labels)`` then ``estimate(target_probs) -> float``.
+- :class:`TemperatureScaling`: a calibrator fitted in log-temperature, on logits
+  (``fit_logits`` / ``transform_logits``) or on probabilities (``fit`` / ``transform``).
+- :class:`GDE` (arXiv 2106.13799): ``estimate(target_probs, *partner_probs) -> float``, the
+  mean agreement with one or more independent runs of the model's configuration.
 - :class:`ALineS`, :class:`ALineD` (arXiv 2206.13089): ``fit(list_of_source_probs,
   source_labels)`` then ``estimate(list_of_target_probs) -> numpy array``, one accuracy per
   model, with a diagnostic (``line_.r2``, ``on_the_line_``).
@@ -28,19 +30,21 @@ from gensight.estimate.agreement import (
 )
 from gensight.estimate.base import EstimatorError, NotFittedError, probit, softmax
 from gensight.estimate.calibration import TemperatureScaling
-from gensight.estimate.confidence import ATC, AverageConfidence, DifferenceOfConfidences
+from gensight.estimate.confidence import ATC, CBPE, AverageConfidence, DifferenceOfConfidences
 from gensight.estimate.run import (
     METHODS,
     EstimateResult,
     estimate_accuracies,
     load_labels,
     load_logits,
+    partners_from_groups,
     zoo_estimates,
 )
 
 __all__ = [
-    "ATC", "GDE", "METHODS", "ALineD", "ALineS", "AgreementLine", "AgreementWarning",
+    "ATC", "CBPE", "GDE", "METHODS", "ALineD", "ALineS", "AgreementLine", "AgreementWarning",
     "AverageConfidence", "DifferenceOfConfidences", "EstimateResult", "EstimatorError",
     "NotFittedError", "TemperatureScaling", "aline_from_rates", "estimate_accuracies",
-    "fit_probit_line", "load_labels", "load_logits", "probit", "softmax", "zoo_estimates",
+    "fit_probit_line", "load_labels", "load_logits", "partners_from_groups", "probit",
+    "softmax", "zoo_estimates",
 ]

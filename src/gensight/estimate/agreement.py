@@ -19,33 +19,51 @@ from gensight.estimate.base import (
     probit,
 )
 
+MIN_R2 = 0.95
+"""Below this R^2 of the agreement line, ALine estimates are flagged as untrustworthy."""
+
 
 class AgreementWarning(UserWarning):
     """Agreement is not on a line: ALine estimates should not be trusted."""
 
 
 class GDE:
-    """Generalization Disagreement Equality (Jiang et al. 2022, arXiv 2106.13799, Thm. 4.2).
+    """Generalization Disagreement Equality (Jiang et al. 2022, arXiv 2106.13799).
 
-    For two independently trained runs of the same configuration, the expected test error
-    equals the expected disagreement rate of their predictions on unlabeled data; the accuracy
-    estimate for either run is therefore ``1 - disagreement``.
+    For runs of one configuration drawn from the stochastic training algorithm ``A``, the
+    expected test error equals the expected disagreement rate of two independent runs on
+    unlabeled data, ``E_{h,h'~H_A}[Dis_D(h, h')] = E_{h~H_A}[TestErr_D(h)]`` (Def. 4.1; it
+    holds when the ensemble of runs is class-wise calibrated, Thm. 4.2). The accuracy
+    estimate for a run ``h`` is therefore ``1 - E_{h'}[Dis(h, h')]``. With several
+    independent runs ``h'_1 .. h'_k`` of ``h``'s configuration (more than two seeds),
+    the expectation over ``h'`` is estimated by the mean over all of them,
+    ``1 - (1/k) sum_j Dis(h, h'_j)``, rather than by one arbitrary partner.
 
     >>> a = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]
     >>> b = [[0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.1, 0.9]]
     >>> GDE().estimate(a, b)    # they disagree on 1 of 4 examples
     0.75
+    >>> GDE().estimate(a, b, a)  # mean agreement with two partners: (0.75 + 1) / 2
+    0.875
     """
 
     name = "GDE"
 
-    def estimate(self, target_probs_a, target_probs_b) -> float:
-        a, b = check_probs(target_probs_a, "target_probs_a"), check_probs(target_probs_b,
-                                                                            "target_probs_b")
-        if a.shape != b.shape:
-            raise EstimatorError(f"the two runs must score the same examples: shapes {a.shape} "
-                                 f"and {b.shape}")
-        return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+    def estimate(self, target_probs, *partner_probs) -> float:
+        """Accuracy of the run scoring ``target_probs``, from its mean agreement with each
+        independent run in ``partner_probs`` (at least one)."""
+        a = check_probs(target_probs, "target_probs")
+        if not partner_probs:
+            raise EstimatorError("GDE needs at least one independent run of the same "
+                                 "configuration (partner_probs)")
+        agree = []
+        for j, probs in enumerate(partner_probs):
+            b = check_probs(probs, f"partner_probs[{j}]")
+            if a.shape != b.shape:
+                raise EstimatorError(f"the runs must score the same examples: shapes "
+                                     f"{a.shape} and {b.shape} (partner {j})")
+            agree.append(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+        return float(np.mean(agree))
 
     def __repr__(self) -> str:
         return "GDE()"
@@ -136,13 +154,21 @@ def aline_from_rates(acc_id, agr_id, agr_ood, n_id: int | None = None,
     return {"line": line, "aline_s": aline_s, "aline_d": ndtr(u), "x": x, "y": y}
 
 
+def off_the_line_message(line: AgreementLine, min_r2: float) -> str:
+    """The warning for an agreement line with ``R^2 < min_r2``: it names both ALine
+    variants, since ALine-S applies the line and ALine-D solves with its slope."""
+    return (f"agreement is not on a line (R^2 = {line.r2:.3f} < {min_r2}): ALine-S and "
+            f"ALine-D estimates, which both use this line, should not be trusted for this "
+            f"shift")
+
+
 class _ALine:
     """Shared fit/estimate of ALine-S and ALine-D."""
 
     name = "ALine"
     _key = ""
 
-    def __init__(self, min_r2: float = 0.95):
+    def __init__(self, min_r2: float = MIN_R2):
         self.min_r2 = min_r2
 
     def fit(self, source_probs, source_labels):
@@ -180,9 +206,8 @@ class _ALine:
         self.pairs_ = (result["x"], result["y"])
         self.on_the_line_ = self.line_.r2 >= self.min_r2
         if not self.on_the_line_:
-            warnings.warn(f"agreement is not on a line (R^2 = {self.line_.r2:.3f} < "
-                          f"{self.min_r2}): {self.name} estimates should not be "
-                          f"trusted for this shift", AgreementWarning, stacklevel=2)
+            warnings.warn(off_the_line_message(self.line_, self.min_r2),
+                          AgreementWarning, stacklevel=2)
         return result[self._key]
 
     def __repr__(self) -> str:

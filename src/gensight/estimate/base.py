@@ -24,14 +24,19 @@ def softmax(logits) -> np.ndarray:
     >>> softmax([[0.0, 0.0], [0.0, np.log(3.0)]]).round(3).tolist()
     [[0.5, 0.5], [0.25, 0.75]]
     """
-    arr = as_float_array(logits, "logits")
+    return np.exp(log_softmax(check_logits(logits, "logits"), axis=1))
+
+
+def check_logits(logits, name: str = "logits") -> np.ndarray:
+    """Validate ``(n_examples, n_classes)`` logits: finite real numbers; float64."""
+    arr = as_float_array(logits, name)
     if arr.ndim != 2:
-        raise EstimatorError(f"logits must be (n_examples, n_classes), got shape {arr.shape}")
+        raise EstimatorError(f"{name} must be (n_examples, n_classes), got shape {arr.shape}")
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
-        raise EstimatorError(f"logits contain NaN or infinity in {int(bad.sum())} row(s), "
+        raise EstimatorError(f"{name} contain NaN or infinity in {int(bad.sum())} row(s), "
                              f"first row {int(np.flatnonzero(bad)[0])}")
-    return np.exp(log_softmax(arr, axis=1))
+    return arr
 
 
 def as_float_array(values, name: str) -> np.ndarray:

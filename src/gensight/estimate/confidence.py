@@ -1,12 +1,17 @@
-"""Confidence-based single-model estimators: AC, DoC and ATC (arXiv 2201.04234).
+"""Confidence-based single-model estimators: AC, DoC, CBPE and ATC (arXiv 2201.04234).
 
 Each is configured in ``__init__``, fitted on labeled source (in-distribution, held-out) data
 with ``fit(source_probs, source_labels)``, and answers ``estimate(target_probs) -> float``, an
 accuracy in [0, 1], for unlabeled target data. Arrays are ``(n_examples, n_classes)``
 probabilities; the target must have the number of classes the estimator was fitted on (else
-:class:`EstimatorError` gives both numbers). With ``temperature_scaling=True`` a
-:class:`TemperatureScaling` is fitted on the source data and applied to the source *and*
-target probabilities before anything else.
+:class:`EstimatorError` gives both numbers).
+
+With ``temperature_scaling=True`` a :class:`TemperatureScaling` is fitted on the source data
+and applied to the source *and* target before anything else; pass a fitted
+:class:`TemperatureScaling` instead to reuse it (no refit: one fit serves ATC-MC+TS and
+ATC-NE+TS). Give the logits too (``fit(..., source_logits=...)``, ``estimate(...,
+target_logits=...)``; the probabilities may then be ``None``) and temperature scaling fits
+and applies on them rather than on ``log p``.
 """
 
 from __future__ import annotations
@@ -17,10 +22,25 @@ from gensight.estimate.base import (
     EstimatorError,
     NotFittedError,
     check_labels,
+    check_logits,
     check_n_classes,
     check_probs,
+    softmax,
 )
 from gensight.estimate.calibration import TemperatureScaling
+
+
+def probs_and_logits(probs, logits, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validated probabilities (``softmax(logits)`` when ``probs`` is None) and logits (or
+    None); with both given they must have one shape."""
+    if probs is None and logits is None:
+        raise EstimatorError(f"give {name} probabilities or logits")
+    z = check_logits(logits, f"{name} logits") if logits is not None else None
+    p = check_probs(probs, f"{name}_probs") if probs is not None else softmax(z)
+    if z is not None and z.shape != p.shape:
+        raise EstimatorError(f"{name} probabilities {p.shape} and logits {z.shape} must have "
+                             "one shape")
+    return p, z
 
 
 class ConfidenceEstimator:
@@ -28,20 +48,35 @@ class ConfidenceEstimator:
 
     name = "confidence"
 
-    def __init__(self, temperature_scaling: bool = False):
+    def __init__(self, temperature_scaling: bool | TemperatureScaling = False):
+        if isinstance(temperature_scaling, TemperatureScaling) \
+                and not hasattr(temperature_scaling, "temperature_"):
+            raise NotFittedError("pass temperature_scaling=True, or a fitted "
+                                 "TemperatureScaling to reuse")
         self.temperature_scaling = temperature_scaling
 
-    def _calibrated(self, probs, name: str) -> np.ndarray:
-        p = check_probs(probs, name)
-        check_n_classes(self.n_classes_, p, type(self).__name__, name)
-        return self.calibrator_.transform(p) if self.calibrator_ is not None else p
+    def _calibrated(self, probs, logits, name: str) -> np.ndarray:
+        p, z = probs_and_logits(probs, logits, name)
+        check_n_classes(self.n_classes_, p, type(self).__name__, f"{name}_probs")
+        if self.calibrator_ is None:
+            return p
+        return self.calibrator_.transform_logits(z) if z is not None \
+            else self.calibrator_.transform(p)
 
-    def fit(self, source_probs, source_labels):
-        p = check_probs(source_probs, "source_probs")
+    def fit(self, source_probs, source_labels, *, source_logits=None):
+        p, z = probs_and_logits(source_probs, source_logits, "source")
         y = check_labels(source_labels, p, "source_labels")
         self.n_classes_ = p.shape[1]
-        self.calibrator_ = TemperatureScaling().fit(p, y) if self.temperature_scaling else None
-        p = self.calibrator_.transform(p) if self.calibrator_ is not None else p
+        ts = self.temperature_scaling
+        if isinstance(ts, TemperatureScaling):
+            check_n_classes(ts.n_classes_, p, "the given TemperatureScaling", "source_probs")
+            self.calibrator_ = ts
+        elif ts:
+            self.calibrator_ = TemperatureScaling().fit_logits(z, y) if z is not None \
+                else TemperatureScaling().fit(p, y)
+        else:
+            self.calibrator_ = None
+        p = self._calibrated(p, z, "source")
         self.source_accuracy_ = float(np.mean(p.argmax(axis=1) == y))
         self._fit(p, y)
         return self
@@ -54,16 +89,20 @@ class ConfidenceEstimator:
             raise NotFittedError(f"{type(self).__name__} is not fitted; call "
                                  "fit(source_probs, source_labels)")
 
-    def estimate(self, target_probs) -> float:
+    def estimate(self, target_probs, *, target_logits=None) -> float:
         self._check_fitted()
-        return float(np.clip(self._estimate(self._calibrated(target_probs, "target_probs")),
-                             0.0, 1.0))
+        return float(np.clip(self._estimate(self._calibrated(target_probs, target_logits,
+                                                             "target")), 0.0, 1.0))
 
     def _estimate(self, probs: np.ndarray) -> float:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(temperature_scaling={self.temperature_scaling})"
+        return f"{type(self).__name__}(temperature_scaling={self._ts_repr()})"
+
+    def _ts_repr(self) -> str:
+        ts = self.temperature_scaling
+        return repr(ts) if isinstance(ts, TemperatureScaling) else str(bool(ts))
 
 
 class AverageConfidence(ConfidenceEstimator):
@@ -97,6 +136,78 @@ class DifferenceOfConfidences(ConfidenceEstimator):
         return self.source_accuracy_ - (self.source_confidence_ - probs.max(axis=1).mean())
 
 
+CALIBRATIONS = ("top-label", "one-vs-rest")
+
+
+class CBPE(ConfidenceEstimator):
+    """Confidence-based performance estimation in the style of NannyML's CBPE (NannyML docs,
+    "How it works: Confidence-based Performance Estimation"; Kivimaki et al. 2025, arXiv
+    2505.05295): calibrate the confidence on the labeled source with isotonic regression,
+    then estimate the target accuracy as the mean calibrated confidence of the predicted
+    class, ``acc_T = (1/n) sum_i c(max_k p_ik)``.
+
+    ``calibration="top-label"`` (the default, ``CBPE`` in :data:`METHODS`) fits one isotonic
+    map ``c`` from the maximum probability to whether the prediction was correct, so ``c(q)``
+    estimates ``P(correct | confidence = q)``: on the source the estimate reproduces the
+    source accuracy exactly (isotonic regression preserves the mean). ``"one-vs-rest"`` is
+    NannyML's multiclass scheme: one isotonic map per class from ``p_k`` to ``1[y = k]``,
+    the calibrated rows renormalized to sum to 1 (uniform where all are 0), and the
+    calibrated probability of the model's predicted class (the argmax before calibration)
+    averaged. Unlike NannyML, calibration is always applied (NannyML's ``needs_calibration``
+    skips it for a class when it does not lower the expected calibration error in
+    cross-validation on the reference data). Maps are ``IsotonicRegression(y_min=0,
+    y_max=1, out_of_bounds="clip")`` (scikit-learn): target confidences outside the source
+    range take the nearest end value.
+
+    >>> src = [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]
+    >>> cbpe = CBPE().fit(src, [0, 0, 1, 0])        # correct, correct, wrong, correct
+    >>> round(cbpe.estimate([[0.95, 0.05], [0.65, 0.35]]), 6)   # c(0.95) = 1, c(0.65) = 0.5
+    0.75
+    """
+
+    name = "CBPE"
+
+    def __init__(self, calibration: str = "top-label"):
+        if calibration not in CALIBRATIONS:
+            raise EstimatorError(f"CBPE calibration must be one of {CALIBRATIONS}, got "
+                                 f"{calibration!r}")
+        super().__init__(False)
+        self.calibration = calibration
+
+    @staticmethod
+    def _isotonic(x: np.ndarray, y: np.ndarray):
+        from sklearn.isotonic import IsotonicRegression
+
+        return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y)
+
+    def _fit(self, probs: np.ndarray, labels: np.ndarray) -> None:
+        if self.calibration == "top-label":
+            correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+            self.calibrators_ = [self._isotonic(probs.max(axis=1), correct)]
+        else:
+            self.calibrators_ = [self._isotonic(probs[:, k], (labels == k).astype(np.float64))
+                                 for k in range(probs.shape[1])]
+
+    def calibrated_confidence(self, probs) -> np.ndarray:
+        """Calibrated confidence of the predicted class, one per row of ``probs``."""
+        self._check_fitted()
+        p = check_probs(probs, "probs")
+        check_n_classes(self.n_classes_, p, "CBPE", "probs")
+        if self.calibration == "top-label":
+            return self.calibrators_[0].predict(p.max(axis=1))
+        cal = np.stack([c.predict(p[:, k]) for k, c in enumerate(self.calibrators_)], axis=1)
+        total = cal.sum(axis=1, keepdims=True)
+        cal = np.divide(cal, total, out=np.full_like(cal, 1.0 / cal.shape[1]),
+                        where=total > 0)
+        return cal[np.arange(len(p)), p.argmax(axis=1)]
+
+    def _estimate(self, probs: np.ndarray) -> float:
+        return float(np.mean(self.calibrated_confidence(probs)))
+
+    def __repr__(self) -> str:
+        return f"CBPE(calibration={self.calibration!r})"
+
+
 SCORES = ("maxconf", "entropy")
 
 
@@ -128,7 +239,8 @@ class ATC(ConfidenceEstimator):
 
     name = "ATC"
 
-    def __init__(self, score: str = "maxconf", temperature_scaling: bool = False):
+    def __init__(self, score: str = "maxconf",
+                 temperature_scaling: bool | TemperatureScaling = False):
         if score not in SCORES:
             raise EstimatorError(f"ATC score must be one of {SCORES}, got {score!r}")
         super().__init__(temperature_scaling)
@@ -149,4 +261,4 @@ class ATC(ConfidenceEstimator):
         return float(np.mean(atc_score(probs, self.score) > self.threshold_))
 
     def __repr__(self) -> str:
-        return f"ATC(score={self.score!r}, temperature_scaling={self.temperature_scaling})"
+        return f"ATC(score={self.score!r}, temperature_scaling={self._ts_repr()})"

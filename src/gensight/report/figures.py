@@ -147,7 +147,7 @@ def estimates_scatter(table: pd.DataFrame, path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=110)
     true = table["true_acc"].to_numpy(float)
     methods = [m for m in METHODS if m in table]
-    markers = "o^sv<>Dpx"
+    markers = "o^sv<>Dpxh"   # one per method of METHODS
     for i, m in enumerate(methods):
         ax.scatter(true, table[m].to_numpy(float), s=10, alpha=0.6, label=m,
                    marker=markers[i % len(markers)])

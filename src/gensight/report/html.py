@@ -86,8 +86,9 @@ def render_page(*, zoo, summary: pd.DataFrame, scores: pd.DataFrame, n_train: in
         parts += [
             "<p>Each network's accuracy on a shifted test set, estimated without its labels "
             "from its outputs on labeled validation data and unlabeled shifted data: AC "
-            "(average confidence), DoC, ATC (arXiv 2201.04234) with and without temperature "
-            "scaling, GDE (arXiv 2106.13799), ALine-S and ALine-D (arXiv 2206.13089). Mean "
+            "(average confidence), DoC, CBPE (confidence calibrated by isotonic regression, "
+            "as NannyML), ATC (arXiv 2201.04234) with and without temperature scaling, GDE "
+            "(arXiv 2106.13799), ALine-S and ALine-D (arXiv 2206.13089). Mean "
             "absolute error, in accuracy points (<code>estimate_mae.csv</code>):</p>",
             _table((estimate_mae * 100).reset_index(), digits=2),
         ]
