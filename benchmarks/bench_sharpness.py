@@ -1,6 +1,15 @@
-"""Cost and precision of the PAC-Bayes sigma search: ours vs the reference recipe.
+"""Cost and precision of the PAC-Bayes sigma search (ours vs the reference recipe), and of
+the sharpness alpha' attack (``--compare-attacks``).
 
     python benchmarks/bench_sharpness.py runs/mnist-cnn-small [--members 8] [--seeds 4]
+    python benchmarks/bench_sharpness.py ZOO --compare-attacks [--attacks 2x4,4x10,8x20]
+        [--strong 16x80] [--members 8] [--examples 1000]
+
+``--compare-attacks`` runs ``gensight.measures.sharpness_alpha`` on each network with every
+``RESTARTSxSTEPS`` setting of ``--attacks`` and with the strong ``--strong`` one, plain and
+magnitude-aware, and prints alpha' per setting relative to the strong attack's and the
+seconds each took (one thread). The previous attack (cross-entropy ascent from 2 random
+starts x 4 steps, last iterate only, rtol 0.05) is run as ``legacy`` for comparison.
 
 Reference recipe (the public PGDL/"fantastic measures" code): bisection of sigma over a fixed
 interval for 15 steps; at each step 10 Monte Carlo draws of Gaussian weight noise, each a full
@@ -24,8 +33,8 @@ import time
 import numpy as np
 import torch
 
-from gensight.measures import pacbayes_sigma
-from gensight.measures.core import accuracy, noise_scale
+from gensight.measures import pacbayes_sigma, sharpness_alpha
+from gensight.measures.core import EPSILON, accuracy, batched_forward, log_bisect, noise_scale
 from gensight.measures.zoo import member_data
 from gensight.zoo import Zoo
 
@@ -56,14 +65,100 @@ def reference_sigma(model, x, y, *, magnitude: bool, seed: int, steps: int = 15,
     return (lo + hi) / 2
 
 
+def legacy_alpha(model, x, y, *, magnitude: bool, restarts: int = 2, steps: int = 4,
+                 rtol: float = 0.05, seed: int = 0, target_drop: float = 0.1) -> float:
+    """The attack gensight used before: sign-gradient ascent of the mean cross-entropy from
+    uniform random starts in the box, step half the radius, only the last iterate checked."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    base = accuracy(model, x, y)
+    gen = torch.Generator().manual_seed(seed)
+    start_u = {k: torch.rand((restarts, *v.shape), generator=gen) * 2 - 1
+               for k, v in params.items()}
+    forward = batched_forward(model, x)
+
+    def accept(alpha: float) -> bool:
+        radius = {k: (alpha * v.abs() + EPSILON) if magnitude else torch.full_like(v, alpha)
+                  for k, v in params.items()}
+        delta = {k: start_u[k] * radius[k] for k in params}
+        for _ in range(steps):
+            delta = {k: v.requires_grad_(True) for k, v in delta.items()}
+            out = forward({k: params[k] + delta[k] for k in params}, x)
+            loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), y.repeat(restarts))
+            grads = torch.autograd.grad(loss, list(delta.values()))
+            with torch.no_grad():
+                delta = {k: torch.clamp(delta[k] + 0.5 * radius[k] * g.sign(), -radius[k],
+                                        radius[k]) for k, g in zip(delta, grads, strict=True)}
+        with torch.no_grad():
+            out = forward({k: params[k] + delta[k] for k in params}, x)
+        worst = float((out.argmax(-1) == y).float().mean(dim=1).min())
+        return worst >= base - target_drop
+
+    return log_bisect(accept, 0.1 if magnitude else 0.01, rtol)[0]
+
+
+def _effort(text: str) -> tuple[int, int]:
+    restarts, steps = text.lower().split("x")
+    return int(restarts), int(steps)
+
+
+def compare_attacks(zoo: Zoo, rows, args) -> None:
+    """alpha' of every --attacks setting (and the legacy attack) relative to --strong."""
+    torch.set_num_threads(1)
+    attacks = [_effort(a) for a in args.attacks.split(",")]
+    strong = _effort(args.strong)
+    names = ["legacy", *[f"{r}x{s}" for r, s in attacks], f"{strong[0]}x{strong[1]}"]
+    rel: dict[str, list[float]] = {n: [] for n in names}
+    secs: dict[str, list[float]] = {n: [] for n in names}
+    print("| member | train acc | magnitude-aware | " + " | ".join(
+        f"{n}{' (strong)' if i == len(names) - 1 else ''}" for i, n in enumerate(names)) + " |")
+    print("|---" * (3 + len(names)) + "|")
+    for row, data in member_data(zoo, rows, args.examples):
+        for magnitude in (False, True):
+            values, times = [], []
+            for name in names:
+                t0 = time.perf_counter()
+                if name == "legacy":
+                    a = legacy_alpha(data.model, data.x, data.y, magnitude=magnitude)
+                else:
+                    restarts, steps = _effort(name)
+                    a, _ = sharpness_alpha(data.model, data.x, data.y, magnitude=magnitude,
+                                           restarts=restarts, steps=steps)
+                times.append(time.perf_counter() - t0)
+                values.append(a)
+            ref = values[-1]
+            for name, a, t in zip(names, values, times, strict=True):
+                rel[name].append(a / ref - 1)
+                secs[name].append(t)
+            cells = [f"{a:.4g} ({a / ref - 1:+.1%}, {t:.2f} s)" for a, t in
+                     zip(values[:-1], times[:-1], strict=True)] + [f"{ref:.4g} ({times[-1]:.2f} s)"]
+            print(f"| {row.member_id} | {row.train_acc:.3f} | {'yes' if magnitude else 'no'} | "
+                  + " | ".join(cells) + " |", flush=True)
+    print("\n| attack | max alpha'/strong - 1 | min alpha'/strong - 1 | mean seconds |")
+    print("|---|---|---|---|")
+    for name in names:
+        print(f"| {name} | {max(rel[name]):+.1%} | {min(rel[name]):+.1%} | "
+              f"{np.mean(secs[name]):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("zoo")
     parser.add_argument("--members", type=int, default=6)
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3, help="runs of each method per network")
+    parser.add_argument("--compare-attacks", action="store_true",
+                        help="compare the efforts of the sharpness alpha' attack instead")
+    parser.add_argument("--attacks", default="2x4,4x10,4x20,8x20,8x40",
+                        help="RESTARTSxSTEPS settings to compare (--compare-attacks)")
+    parser.add_argument("--strong", default="16x80",
+                        help="the strong attack the others are compared with")
     args = parser.parse_args()
     zoo = Zoo.open(args.zoo)
+    if args.compare_attacks:
+        rows = zoo.table.query("is_final and finite and train_acc > 0.5")
+        rows = rows.sample(min(args.members, len(rows)), random_state=0)
+        compare_attacks(zoo, rows, args)
+        return
     rows = zoo.table.query("is_final and finite and train_acc > 0.5")
     rows = rows.sample(min(args.members, len(rows)), random_state=0)
     seeds = range(args.seeds)

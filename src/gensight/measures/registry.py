@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 
 from gensight.measures.core import (
     EPSILON,
+    SHARPNESS_RESTARTS,
+    SHARPNESS_STEPS,
     MeasureError,
     MemberData,
     NotApplicable,
@@ -75,8 +78,15 @@ def get_measure(name: str) -> Measure:
 # ---------------------------------------------------------------- shared, cached quantities
 
 def _cached(cache: dict, key, make):
+    """``make()`` once per member and key; a :class:`NotApplicable` it raises is cached too (the
+    searches of several measures share one sigma' / alpha')."""
     if key not in cache:
-        cache[key] = make()
+        try:
+            cache[key] = make()
+        except NotApplicable as exc:
+            cache[key] = exc
+    if isinstance(cache[key], NotApplicable):
+        raise cache[key]
     return cache[key]
 
 
@@ -200,39 +210,86 @@ def _path_norm(d, cache):
         return float(sq(torch.ones(1, *shape)).sum())
 
 
+MIN_TAIL = 10
+"""Fewest eigenvalues a power-law tail may have (see :func:`power_law_fit`)."""
+
+
 @register("alpha", "Martin & Mahoney (arXiv 1901.08276): mean over layers of the power-law "
-          "exponent of the eigenvalues of W^T W (MLE with KS-chosen x_min); data-free")
+          "exponent of the eigenvalues of W^T W (continuous MLE, Clauset et al. 2009 Eq. 3.1, "
+          f"on the tail above the KS-chosen x_min, tails of >= {MIN_TAIL} eigenvalues; layers "
+          f"with fewer than {MIN_TAIL} nonzero eigenvalues are left out); data-free")
 def _alpha(d, cache):
-    alphas = []
+    alphas, small = [], []
     for layer in weight_layers(d.model):
         w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
         eig = torch.linalg.svdvals(w).pow(2).numpy()
+        if np.count_nonzero(eig > 1e-12 * eig.max()) < MIN_TAIL:
+            small.append(f"{type(layer).__name__}{tuple(layer.weight.shape)}")
+            continue
         alphas.append(power_law_alpha(eig))
+    if not alphas:
+        raise NotApplicable(f"alpha: no layer has {MIN_TAIL} nonzero eigenvalues to fit a power "
+                            f"law to ({', '.join(small)})")
     return float(np.mean(alphas))
 
 
-def power_law_alpha(eigenvalues: np.ndarray, min_tail: int = 3) -> float:
-    """Maximum-likelihood power-law exponent ``1 + n / sum log(l_i / l_min)`` of the tail
-    ``l >= l_min``, with ``l_min`` chosen to minimize the Kolmogorov-Smirnov distance
-    (Clauset et al. 2009)."""
+class PowerLawFit(NamedTuple):
+    """A power-law fit of a tail: exponent ``alpha``, ``xmin``, tail length ``n_tail`` and the
+    Kolmogorov-Smirnov distance ``ks`` between the tail and the fitted law."""
+
+    alpha: float
+    xmin: float
+    n_tail: int
+    ks: float
+
+
+def power_law_fit(eigenvalues: np.ndarray, min_tail: int = MIN_TAIL) -> PowerLawFit:
+    """Continuous power-law fit of the largest values (Clauset, Shalizi & Newman 2009): for
+    each candidate ``x_min`` (a value with at least ``min_tail`` values at or above it), the
+    maximum-likelihood exponent ``1 + n / sum log(l_i / x_min)`` of the tail ``l >= x_min``
+    (their Eq. 3.1); the ``x_min`` whose tail is closest to its fitted law in Kolmogorov-
+    Smirnov distance wins. Values <= 1e-12 of the largest are dropped.
+
+    ``min_tail`` (default :data:`MIN_TAIL` = 10): the MLE's standard error is ``(alpha - 1) /
+    sqrt(n)`` (Clauset et al. Eq. 3.2) and its bias ``(alpha - 1) / (n - 1)``, about 58% and
+    50% of ``alpha - 1`` for a 3-value tail but 32% and 11% for 10 values. Without a minimum,
+    the KS distance, which cannot resolve a handful of points, picks 3-5-value tails on small
+    layers (on 3 of 8 digits MLPs' 10-eigenvalue output layers: alpha 3.8-10.6, where all 10
+    eigenvalues give 1.4-1.7). The ``powerlaw`` package has no minimum (tails down to 2
+    values) and by default keeps alpha in (0, 3) instead, which would cap the heavy-tail
+    exponents (2-6 in Martin & Mahoney) this measure is about; given the same ``x_min``
+    candidates and no alpha range, its ``Fit(..., discrete=False)`` finds the same ``x_min``
+    and alpha (tested).
+
+    Raises :class:`NotApplicable` with fewer than ``min_tail`` nonzero values."""
+    if min_tail < 2:
+        raise MeasureError(f"a power-law tail needs min_tail >= 2, got {min_tail}")
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     lam = np.sort(eigenvalues[eigenvalues > 1e-12 * eigenvalues.max()])
     if lam.size < min_tail:
-        raise NotApplicable(f"alpha needs at least {min_tail} nonzero eigenvalues per layer")
-    best = (np.inf, np.nan)
+        raise NotApplicable(f"alpha needs at least {min_tail} nonzero eigenvalues per layer, "
+                            f"got {lam.size}")
+    best = PowerLawFit(np.nan, np.nan, 0, np.inf)
     for i in range(lam.size - min_tail + 1):
+        if i and lam[i] == lam[i - 1]:
+            continue            # the tail of a repeated value starts at its first copy
         tail = lam[i:]
         logs = np.log(tail / tail[0])
         if logs.sum() <= 0:
             continue
         a = 1 + tail.size / logs.sum()
-        model_cdf = 1 - (tail / tail[0]) ** (1 - a)
-        emp = np.arange(tail.size) / tail.size
-        ks = np.max(np.abs(emp - model_cdf))
-        if ks < best[0]:
-            best = (ks, a)
-    if not np.isfinite(best[1]):
+        values, first = np.unique(tail, return_index=True)   # empirical CDF: share below
+        ks = float(np.max(np.abs(first / tail.size - (1 - (values / tail[0]) ** (1 - a)))))
+        if ks < best.ks:
+            best = PowerLawFit(float(a), float(tail[0]), int(tail.size), ks)
+    if not np.isfinite(best.alpha):
         raise NotApplicable("alpha: the eigenvalue tail is degenerate")
-    return float(best[1])
+    return best
+
+
+def power_law_alpha(eigenvalues: np.ndarray, min_tail: int = MIN_TAIL) -> float:
+    """The exponent of :func:`power_law_fit` (see there for ``min_tail`` and the method)."""
+    return power_law_fit(eigenvalues, min_tail).alpha
 
 
 # ---------------------------------------------------------------------- margin based
@@ -293,9 +350,11 @@ def _spec_init(d, cache):
 
 # ------------------------------------------------------------- flatness / PAC-Bayes
 
-SEARCH = {"draws": 10, "points": 8, "rtol": 0.05, "target_drop": 0.1, "restarts": 2, "steps": 4}
+SEARCH = {"draws": 10, "points": 8, "rtol": 0.01, "target_drop": 0.1,
+          "restarts": SHARPNESS_RESTARTS, "steps": SHARPNESS_STEPS}
 """Settings of the sigma / alpha searches (change before computing to trade cost for
-precision)."""
+precision); ``rtol``, ``restarts`` and ``steps`` are the alpha' search's (see
+:func:`~gensight.measures.core.sharpness_alpha` for what the defaults were chosen by)."""
 
 
 def _sigma(d: MemberData, cache: dict, magnitude: bool) -> float:
@@ -326,37 +385,56 @@ def _plain_bound(d, scale: float, origin: str, sharp: bool) -> float:
     return norm2 * factor / (4 * scale ** 2) + math.log(_m(d) / DELTA) + 10
 
 
-def _mag_bound(d, scale: float, origin: str) -> float:
-    w = _w(d, origin)
-    omega = w.numel()
-    num = EPSILON ** 2 + (scale ** 2 + 1) * float(w.pow(2).sum()) / omega
-    den = EPSILON ** 2 + scale ** 2 * w.pow(2)
+def _mag_bound(d, scale: float, origin: str, sharp: bool) -> float:
+    """App. C.6, Eq. 56-59: ``1/4 sum_i log((eps^2 + (s^2 + c) ||v||^2 / omega) / (eps^2 + s^2
+    (w_i - w0_i)^2)) + log(m/delta) + 10`` with ``v = w - w0`` (init) or ``w`` (orig), ``s =
+    sigma'`` and ``c = 1`` (pac-bayes) or ``s = alpha'`` and ``c = 4 log(2 omega / delta)``
+    (sharpness). The denominator is ``w - w0`` for both origins, as the paper prints it."""
+    v = _w(d, origin)
+    u = _w(d, "init") if origin == "orig" else v
+    omega = v.numel()
+    c = 4 * math.log(2 * omega / DELTA) if sharp else 1.0
+    num = EPSILON ** 2 + (scale ** 2 + c) * float(v.pow(2).sum()) / omega
+    den = EPSILON ** 2 + scale ** 2 * u.pow(2)
     return 0.25 * float(torch.log(num / den).sum()) + math.log(_m(d) / DELTA) + 10
 
+
+_MAG_WHY = ("the denominator is |w_i - w0_i|^2 for both origins, as Eq. 56-59 print it (and "
+            "the reference code, robust-generalization-measures, computes Eq. 56-57), so the "
+            ".orig form needs the initialization too; a KL with a prior at 0 would give "
+            "|w_i|^2 there instead, which on 8 digits MLPs was 18-44% lower and put .orig "
+            "below .init")
 
 for _origin in ("init", "orig"):
     def _pb(d, cache, origin=_origin):
         return _plain_bound(d, _sigma(d, cache, False), origin, sharp=False)
 
     def _pbm(d, cache, origin=_origin):
-        return _mag_bound(d, _sigma(d, cache, True), origin)
+        d.need_init(f"pacbayes.mag.{origin}")
+        return _mag_bound(d, _sigma(d, cache, True), origin, sharp=False)
 
     def _sh(d, cache, origin=_origin):
         return _plain_bound(d, _alpha_box(d, cache, False), origin, sharp=True)
 
     def _shm(d, cache, origin=_origin):
-        return _mag_bound(d, _alpha_box(d, cache, True), origin)
+        d.need_init(f"sharpness.mag.{origin}")
+        return _mag_bound(d, _alpha_box(d, cache, True), origin, sharp=True)
 
     w_of = "w - w0" if _origin == "init" else "w"
+    eq_pbm, eq_shm = ("56", "58") if _origin == "init" else ("57", "59")
     register(f"pacbayes.{_origin}", f"App. C.5: ||{w_of}||^2 / (4 sigma'^2) + log(m/delta) "
              "+ 10", data=True, init=_origin == "init", cost="search")(_pb)
-    register(f"pacbayes.mag.{_origin}", f"App. C.5: 1/4 sum_i log((eps^2 + (sigma'^2 + 1) "
-             f"||{w_of}||^2/omega) / (eps^2 + sigma'^2 |{w_of}|_i^2)) + log(m/delta) + 10",
-             data=True, init=_origin == "init", cost="search")(_pbm)
+    register(f"pacbayes.mag.{_origin}", f"App. C.6, Eq. {eq_pbm}: 1/4 sum_i log((eps^2 + "
+             f"(sigma'^2 + 1) ||{w_of}||^2/omega) / (eps^2 + sigma'^2 |w_i - w0_i|^2)) + "
+             f"log(m/delta) + 10, eps = 1e-3; {_MAG_WHY}", data=True, init=True,
+             cost="search")(_pbm)
     register(f"sharpness.{_origin}", f"App. C.5: ||{w_of}||^2 log(2 omega) / (4 alpha'^2) + "
              "log(m/delta) + 10", data=True, init=_origin == "init", cost="search")(_sh)
-    register(f"sharpness.mag.{_origin}", "App. C.5: as pacbayes.mag with alpha' for sigma'",
-             data=True, init=_origin == "init", cost="search")(_shm)
+    register(f"sharpness.mag.{_origin}", f"App. C.6, Eq. {eq_shm}: 1/4 sum_i log((eps^2 + "
+             f"(alpha'^2 + 4 log(2 omega/delta)) ||{w_of}||^2/omega) / (eps^2 + alpha'^2 "
+             "|w_i - w0_i|^2)) + log(m/delta) + 10: the sharpness form, not pacbayes.mag's "
+             f"(sigma'^2 + 1) with alpha' for sigma'; {_MAG_WHY}", data=True, init=True,
+             cost="search")(_shm)
 
 
 @register("pacbayes.flatness", "App. C.5: 1 / sigma'^2", data=True, cost="search")
