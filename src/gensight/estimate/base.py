@@ -126,8 +126,10 @@ def check_n_classes(fitted: int, probs: np.ndarray, who: str, name: str) -> None
                              f"has {probs.shape[1]} classes")
 
 
-def check_prob_list(probs_list, name: str) -> list[np.ndarray]:
-    """A list of per-model probability arrays of one shape."""
+def check_prob_list(probs_list, name: str, check=None) -> list[np.ndarray]:
+    """A list of per-model arrays of one shape, each passed through ``check`` (default
+    :func:`check_probs`; :func:`check_logits` for logits)."""
+    check = check or check_probs
     if isinstance(probs_list, np.ndarray):
         if probs_list.ndim != 3:
             raise EstimatorError(f"{name} must be one (n_examples, n_classes) array per model "
@@ -137,7 +139,7 @@ def check_prob_list(probs_list, name: str) -> list[np.ndarray]:
     elif isinstance(probs_list, (str, bytes)) or not hasattr(probs_list, "__iter__"):
         raise EstimatorError(f"{name} must be a list of (n_examples, n_classes) arrays, one per "
                              f"model; got {type(probs_list).__name__}")
-    items = [check_probs(p, f"{name}[{i}]") for i, p in enumerate(probs_list)]
+    items = [check(p, f"{name}[{i}]") for i, p in enumerate(probs_list)]
     if not items:
         raise EstimatorError(f"{name} is empty")
     shapes = {p.shape for p in items}

@@ -75,18 +75,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def _logit_list(logits, probs: list[np.ndarray] | None, name: str) -> list[np.ndarray]:
-    if isinstance(logits, np.ndarray) and logits.ndim == 3:
-        logits = list(logits)
-    elif isinstance(logits, (str, bytes)) or not hasattr(logits, "__iter__"):
-        raise EstimatorError(f"{name} must be a list of (n_examples, n_classes) arrays, one "
-                             f"per model; got {type(logits).__name__}")
-    items = [check_logits(z, f"{name}[{i}]") for i, z in enumerate(logits)]
-    if not items:
-        raise EstimatorError(f"{name} is empty")
-    shapes = {z.shape for z in items}
-    if len(shapes) > 1:
-        raise EstimatorError(f"{name}: every model must score the same examples and classes; "
-                             f"got shapes {sorted(shapes)}")
+    items = check_prob_list(logits, name, check_logits)
     if probs is not None and (len(items) != len(probs) or items[0].shape != probs[0].shape):
         raise EstimatorError(f"{name} ({len(items)} x {items[0].shape}) must match the "
                              f"probabilities ({len(probs)} x {probs[0].shape})")
