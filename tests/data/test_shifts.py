@@ -118,3 +118,16 @@ def test_bad_names_and_severities(images):
         apply_shift(images, "fog", 6)
     with pytest.raises(GensightError, match=r"\(N, C, \*spatial\)"):
         apply_shift(images[0, 0], "fog", 1)
+
+
+def test_shift_fingerprint_is_stable_and_tells_shifts_apart():
+    from gensight.data.shifts import shift_fingerprint
+
+    sets = [("gaussian_blur", 1), ("fog", 3)]
+    a = shift_fingerprint((1, 8, 8), sets, seed=0)
+    assert a == shift_fingerprint((1, 8, 8), list(sets), seed=0)  # deterministic
+    assert len({a, shift_fingerprint((1, 8, 8), [("gaussian_blur", 2), ("fog", 3)]),
+                shift_fingerprint((1, 8, 8), sets, seed=1),
+                shift_fingerprint((1, 28, 28), sets)}) == 4
+    assert shift_fingerprint((1, 40), [("gaussian_noise", 2)], bounded=False) != \
+        shift_fingerprint((1, 40), [("gaussian_noise", 3)], bounded=False)

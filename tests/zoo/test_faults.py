@@ -429,3 +429,22 @@ def test_internal_errors_are_one_line(monkeypatch, tmp_path, capsys):
     assert "Traceback" not in err and last_line(err) == (
         "gensight: internal error: RuntimeError: something broke (rerun with GENSIGHT_DEBUG=1 "
         "for the traceback, and please report it)")
+
+
+def test_a_changed_shift_definition_is_noticed(copy, monkeypatch):
+    import dataclasses
+
+    import gensight.data.shifts as shifts
+
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["shift_fingerprint"] == ZooSpec.from_dict(SPEC).shift_fingerprint()
+    assert not Zoo.open(copy).notes
+    old = shifts.SHIFTS["contrast"]
+    monkeypatch.setitem(shifts.SHIFTS, "contrast", dataclasses.replace(
+        old, fn=lambda x, severity, rng: old.fn(x, severity, rng) * 0.9))
+    assert ZooSpec.from_dict(SPEC).shift_fingerprint() != manifest["shift_fingerprint"]
+    assert any("another version of gensight's shifts" in n for n in Zoo.open(copy).notes)
+    before = file_hashes(copy)
+    with pytest.raises(ZooStoreError, match="would mix two versions of its shifted test sets"):
+        build_zoo(ZooSpec.from_dict(SPEC), copy)
+    assert file_hashes(copy) == before

@@ -224,3 +224,23 @@ def available_shifts(spatial_dims: int, bounded: bool = True) -> tuple[str, ...]
         s.name for s in SHIFTS.values()
         if spatial_dims in s.dims and (bounded or not s.bounded_only)
     )
+
+
+def shift_fingerprint(input_shape: tuple[int, ...], sets: list[tuple[str, int]], *,
+                      seed: int = 0, bounded: bool = True) -> str:
+    """A hash of what :func:`apply_shift` does to a fixed probe batch of 4 inputs of
+    ``input_shape`` for each ``(shift, severity)`` in ``sets``: it changes when a shift's
+    definition changes, so a zoo can tell that its shifted test sets were made differently.
+    Outputs are rounded to 1e-6 before hashing (the same on any CPU)."""
+    import hashlib
+
+    probe_rng = np.random.default_rng(20261123)
+    probe = probe_rng.uniform(0.0, 1.0, (4, *input_shape)) if bounded else \
+        probe_rng.normal(size=(4, *input_shape))
+    h = hashlib.sha256()
+    for name, severity in sets:
+        out = apply_shift(probe.astype(np.float32), name, severity, seed=seed,
+                          value_range=(0.0, 1.0) if bounded else None)
+        h.update(f"{name}-{severity}".encode())
+        h.update((np.round(out.numpy().astype(np.float64), 6) + 0.0).tobytes())  # no -0.0
+    return h.hexdigest()[:16]

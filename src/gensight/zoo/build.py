@@ -172,6 +172,11 @@ def _check_root(root: Path, spec: ZooSpec) -> None:
             raise ZooStoreError(
                 f"{str(root)!r} holds a zoo of another spec (hash {existing['spec_hash']} vs "
                 f"{spec.content_hash()}); choose another --out directory or delete it")
+        if existing.get("shift_fingerprint") != spec.shift_fingerprint():
+            raise ZooStoreError(
+                f"{str(root)!r} was started with shifts that this gensight computes "
+                "differently (shift_fingerprint differs): resuming would mix two versions of "
+                "its shifted test sets; build into another --out directory")
     elif names:
         raise ZooStoreError(f"{str(root)!r} is not a gensight zoo: it has no manifest.json and "
                             f"holds {len(names)} other file(s), e.g. {names[0]!r}; choose a new "
@@ -244,6 +249,7 @@ def _write_manifest(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int
         "space": space.to_dict(),
         "n_shards": n_shards,
         "n_members": spec.n_members,
+        "shift_fingerprint": spec.shift_fingerprint(),
         "versions": {"gensight": gensight.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

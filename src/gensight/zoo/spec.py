@@ -417,6 +417,19 @@ class ZooSpec:
         del data["name"]
         return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
 
+    def shift_fingerprint(self) -> str | None:
+        """What this gensight's shifts do to the spec's shifted test sets, as a hash
+        (:func:`gensight.data.shifts.shift_fingerprint`); ``None`` without shifts. A zoo
+        records it, so that a change in a shift's definition is noticed."""
+        if not self.shifts:
+            return None
+        from gensight.data.shifts import shift_fingerprint
+
+        info = dataset_shape(self.dataset)
+        return shift_fingerprint(info.input_shape, [(s, v) for s in self.shifts
+                                                    for v in self.severities],
+                                 seed=self.seed, bounded=info.bounded)
+
     # --- size -----------------------------------------------------------------------------
     def _n_configs(self) -> int:
         if self.mode == "grid":

@@ -423,6 +423,14 @@ class Zoo:
         manifest = read_manifest(root)
         index = read_index(root, manifest["n_shards"])
         notes = []
+        from gensight.zoo.spec import ZooSpec
+
+        recorded = manifest.get("shift_fingerprint")
+        if recorded is not None and recorded != ZooSpec.from_dict(
+                manifest["spec"]).shift_fingerprint():
+            notes.append("this zoo's shifted test sets were made by another version of "
+                         "gensight's shifts: its shift:* columns and logits are not what "
+                         "apply_shift gives now")
         if index.rebuilt:
             notes.append(f"{index.rebuilt}; using the table rebuilt from the shards (gensight "
                          "zoo verify --repair saves it)")
