@@ -129,10 +129,9 @@ def build_zoo(
     say = log or (lambda line: None)
     with zoo_lock(root):
         _check_root(root, spec)  # again: another build may have started meanwhile
+        remove_temporaries(root)  # what a killed build left, the manifest's included
         if not (root / "manifest.json").exists():
-            remove_temporaries(root)
             _write_manifest(root, spec, space, len(plans))
-        remove_temporaries(root)
         shards = _resume(root, spec, space, plans, say)
         total = sum(len(p.members) for p in plans)
         pending = [p for p in plans if p.index not in shards]

@@ -3,7 +3,8 @@
 ::
 
     ZOO/
-      manifest.json                  format, versions, the normalized spec, its hash, the space
+      manifest.json                  format, versions, the normalized spec, its hash, the space,
+                                     the fingerprint of its shifted test sets
       index.parquet                  one row per member and checkpoint (all shards); derived
                                      from the shard tables, rebuilt whenever it is stale
       shards/shard-00000.safetensors weights stacked per key: "e{epoch}/{state-dict key}"
@@ -682,10 +683,10 @@ def verify_zoo(root: str | Path, *, repair: bool = False) -> VerifyReport:
     space = WeightSpace.from_dict(manifest["space"])
     plans = plan_shards(spec)
     report.n_shards = len(plans)
-    if manifest["n_shards"] != len(plans) or manifest["n_members"] != len(spec.members()):
+    if manifest["n_shards"] != len(plans) or manifest["n_members"] != spec.n_members:
         report.problems["manifest.json"] = (
             f"says {manifest['n_shards']} shards / {manifest['n_members']} members; its spec "
-            f"plans {len(plans)} / {len(spec.members())}")
+            f"plans {len(plans)} / {spec.n_members}")
         report.seconds = time.perf_counter() - start
         return report
     with zoo_lock(root, "repair") if repair else contextlib.nullcontext():
