@@ -10,7 +10,9 @@ from gensight.zoo.train import (
     Population,
     build_model,
     evaluate,
+    gather,
     init_member,
+    init_population,
     train_population,
     train_single_reference,
 )
@@ -98,6 +100,34 @@ def test_init_is_seeded_and_scaled():
     assert not torch.equal(other[1].weight, a[1].weight)
 
 
+@pytest.mark.parametrize("arch", [{"family": "mlp", "hidden": [7, 5]},
+                                  {"family": "cnn", "channels": [3, 2], "kernel_size": 3}])
+def test_init_population_draws_what_init_member_draws(arch):
+    spec = ZooSpec.from_dict({"dataset": "digits", "architecture": arch, "configs": 4,
+                              "hparams": {"init_scale": [0.5, 1.0, 2.0]}})
+    ds = load_dataset("digits")
+    members = spec.members()
+    pop = init_population(members, spec.architecture, ds)
+    alone = WeightBatch.from_modules([init_member(m, spec.architecture, ds) for m in members])
+    for a, b in zip(pop.to_weight_batch().tensors(), alone.tensors(), strict=True):
+        assert torch.equal(a, b)
+    # flatten_ moves every parameter into one (M, P) buffer without changing a value
+    flat = pop.flatten_()
+    assert flat.shape == (4, alone.space.num_params)
+    for a, b in zip(pop.to_weight_batch().tensors(), alone.tensors(), strict=True):
+        assert torch.equal(a, b)
+    flat[1].zero_()
+    assert all(float(t[1].abs().sum()) == 0 for t in pop.to_weight_batch().tensors())
+    assert all(float(t[0].abs().sum()) > 0 for t in pop.to_weight_batch().tensors())
+
+
+def test_gather_is_advanced_indexing():
+    data = torch.arange(60.0).view(10, 2, 3)
+    idx = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    assert torch.equal(gather(data, idx), data[idx])
+    assert torch.equal(gather(torch.arange(10), idx), idx)
+
+
 def test_population_rejects_mixed_structure():
     spec = ZooSpec.from_dict({"dataset": "digits", "architecture": {"family": "mlp",
                               "hidden": [4]}, "mode": "grid",
@@ -105,3 +135,30 @@ def test_population_rejects_mixed_structure():
     with pytest.raises(ValueError, match="share 'epochs'"):
         train_population(spec.members(), spec.architecture, load_dataset("digits"), [],
                          lambda e, p: None)
+
+
+@pytest.mark.parametrize("shapes", [[(5,), (3,)], [(2, 3, 3)]])
+def test_epoch_dropout_masks_equal_per_step_draws(shapes):
+    from gensight.zoo.train import dropout_masks, epoch_dropout_masks, member_states
+    spec = ZooSpec.from_dict({"dataset": "digits", "architecture": {"family": "mlp",
+                              "hidden": [4]}, "configs": 4})
+    members = spec.members()
+    rates = [0.0, 0.1, 0.5, 0.3]
+    sizes = [7, 7, 7, 3]
+    per_step = member_states(members, 50)
+    # a small block_bytes forces several blocks per epoch
+    blocked = member_states(members, 50)
+    stream = list(epoch_dropout_masks(blocked, rates, sizes, shapes, block_bytes=2000))
+    assert len(stream) == len(sizes)
+    for b, got in zip(sizes, stream, strict=True):
+        want = dropout_masks(per_step, rates, b, shapes)
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+    assert torch.equal(stream[0][0][0], torch.ones_like(stream[0][0][0]))  # rate 0
+    # both leave every generator at the same point
+    for a, b in zip(per_step, blocked, strict=True):
+        assert torch.equal(torch.rand(3, generator=a.generator),
+                           torch.rand(3, generator=b.generator))
+    no_dropout = list(epoch_dropout_masks(blocked, [0.0] * 4, sizes, shapes))
+    assert no_dropout == [[None] * len(shapes)] * 4
+

@@ -16,11 +16,12 @@ from gensight.weightspace.permutation import (
     permuted_copy,
     random_permutation,
 )
-from gensight.weightspace.space import LayerSpec, Symmetry, WeightSpace
+from gensight.weightspace.space import LayerSpec, Sine, Symmetry, WeightSpace
 
 __all__ = [
     "LayerSpec",
     "NeuronPermutation",
+    "Sine",
     "Symmetry",
     "WeightBatch",
     "WeightSpace",

@@ -19,17 +19,38 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from gensight.errors import GensightError, ShapeMismatchError, UnsupportedModuleError
 
 Symmetry = Literal["hnp", "np"]
 LayerKind = Literal["linear", "conv1d", "conv2d"]
 
+
+
+class Sine(nn.Module):
+    """``sin(omega_0 * x)``: the activation of SIRENs (Sitzmann et al. 2020, arXiv
+    2006.09661), applied after each hidden ``nn.Linear``. Sine is odd, so besides neuron
+    permutations a SIREN's function is preserved by flipping the sign of a hidden neuron's
+    incoming weights and bias together with its outgoing weights; the NF-Layers are
+    equivariant to the permutations only."""
+
+    def __init__(self, omega_0: float = 30.0):
+        super().__init__()
+        self.omega_0 = float(omega_0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.omega_0 * x)
+
+    def extra_repr(self) -> str:
+        return f"omega_0={self.omega_0}"
+
+
 _PARAMETRIZED = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
 _ACTIVATIONS = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus,
-    nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Identity,
+    nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Identity, Sine,
 )
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _LOCAL_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
@@ -39,8 +60,9 @@ _GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1
 SUPPORTED_MODULES = (
     "Linear, Conv1d, Conv2d (groups=1, with or without bias); activations "
     "(ReLU, LeakyReLU, ELU, GELU, SiLU, Tanh, Sigmoid, Softplus, Hardtanh, ReLU6, Mish, "
-    "Identity); Dropout; MaxPool/AvgPool; global pooling (AdaptiveAvgPool/AdaptiveMaxPool "
-    "with output size 1) followed by Flatten before the dense head; nested nn.Sequential"
+    "Identity, gensight's Sine); Dropout; MaxPool/AvgPool; global pooling "
+    "(AdaptiveAvgPool/AdaptiveMaxPool with output size 1) followed by Flatten before the "
+    "dense head; nested nn.Sequential"
 )
 
 

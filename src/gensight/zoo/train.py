@@ -11,12 +11,20 @@ member alone with ``torch.optim`` (see ``tests/zoo/test_train.py``), only faster
 
 On the CPU, conv members are stacked a few at a time (``Population.conv_chunk``, sized so
 activations stay near 5 MB): larger stacks leave the caches and run slower per member.
+
+What a step costs beyond its matrix products is kept small (``benchmarks/README.md`` has the
+profile): all members' parameters live in one ``(M, P)`` buffer, as do their gradients and
+optimizer state, so an optimizer step is a handful of elementwise passes over one tensor;
+a minibatch is one ``index_select`` per step; logits are computed class-major
+``(M, classes, batch)``, where log-softmax runs about 15x faster on this CPU than over a last
+axis of 10 classes; initial weights are drawn straight into the stacked buffer from each
+member's own generator.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +87,49 @@ def init_member(member: Member, arch: Architecture, dataset: Dataset) -> nn.Sequ
     return model
 
 
+def _init_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+
+
+def init_population(members: Sequence[Member], arch: Architecture,
+                    dataset: Dataset) -> Population:
+    """The members' initial networks, stacked: the same numbers as :func:`init_member` for
+    each member (PyTorch's default init, drawn in the same order from a generator seeded with
+    the member's seed), drawn straight into the population's buffer."""
+    hp0 = members[0].hparams
+    template = build_model(arch, dataset.input_shape, dataset.n_classes, hp0["activation"],
+                           hp0["dropout"])
+    space = WeightSpace.from_module(template)
+    layers = _init_layers(template)
+    m = len(members)
+    weights = [torch.empty(m, *layer.weight.shape) for layer in layers]
+    biases = [torch.empty(m, *layer.bias.shape) for layer in layers]
+    for k, member in enumerate(members):
+        g = torch.Generator().manual_seed(member.seed)
+        scale = member.hparams["init_scale"]
+        for w, b in zip(weights, biases, strict=True):
+            # nn.Linear / nn.ConvNd.reset_parameters, with the member's generator
+            nn.init.kaiming_uniform_(w[k], a=math.sqrt(5), generator=g)
+            fan_in = w[k][0].numel()
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(b[k], -bound, bound, generator=g)
+            w[k].mul_(scale)
+    return Population(space, arch, weights, biases, hp0["activation"])
+
+
+def _flat_views(tensors: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """One ``(M, P)`` buffer holding ``tensors`` (each ``(M, ...)``) side by side, and views
+    of it shaped like them."""
+    m = tensors[0].shape[0]
+    flat = torch.cat([t.detach().reshape(m, -1) for t in tensors], 1)
+    views, start = [], 0
+    for t in tensors:
+        n = t[0].numel()
+        views.append(flat[:, start:start + n].view(t.shape))
+        start += n
+    return flat, views
+
+
 @dataclass
 class Population:
     """Stacked parameters of M members.
@@ -97,6 +148,14 @@ class Population:
     # several times slower per member (benchmarks/README.md).
     conv_chunk: int | None = None
     CONV_CHUNK_BYTES = 5 * 2**20
+
+    def flatten_(self) -> Tensor:
+        """Move the parameters into one ``(M, P)`` buffer (returned); ``weights`` and
+        ``biases`` become views of it. The optimizer updates that buffer in one pass."""
+        flat, views = _flat_views([*self.weights, *self.biases])
+        n = len(self.weights)
+        self.weights, self.biases = views[:n], views[n:]
+        return flat
 
     def _cpu_conv_chunk(self, x: Tensor, shared: bool) -> int:
         batch = x.shape[0] if shared else x.shape[1]
@@ -127,7 +186,13 @@ class Population:
 
     def forward(self, x: Tensor, masks: Sequence[Tensor | None] | None = None, *,
                 shared: bool = False) -> Tensor:
-        """Logits ``(M, batch, classes)``.
+        """Logits ``(M, batch, classes)`` (a transposed view of :meth:`logits_cm`); arguments
+        as there."""
+        return self.logits_cm(x, masks, shared=shared).transpose(1, 2)
+
+    def logits_cm(self, x: Tensor, masks: Sequence[Tensor | None] | None = None, *,
+                  shared: bool = False) -> Tensor:
+        """Logits, class-major: ``(M, classes, batch)``.
 
         ``x`` is ``(M, batch, *input)`` (one batch per member) or, with ``shared=True``,
         ``(batch, *input)`` (the same batch for every member). ``masks[i]``, of shape
@@ -138,15 +203,17 @@ class Population:
         act = _ACT_FUNCS[self.activation]
         n_hidden = len(self.weights) - 1
         if self.arch.family == "mlp":
+            # Feature-major activations (M, features, batch): every product is W @ h, and
+            # the gradients flowing back stay contiguous.
             if shared:
-                h = x.reshape(1, x.shape[0], -1).expand(m, -1, -1)
+                h = x.reshape(1, x.shape[0], -1).expand(m, -1, -1).transpose(1, 2)
             else:
-                h = x.reshape(m, x.shape[1], -1)
+                h = x.reshape(m, x.shape[1], -1).transpose(1, 2)
             for i in range(n_hidden):
-                h = act(torch.baddbmm(self.biases[i].unsqueeze(1), h,
-                                      self.weights[i].transpose(1, 2)))
+                h = act(torch.baddbmm(self.biases[i].unsqueeze(2), self.weights[i], h))
                 if masks is not None and masks[i] is not None:
-                    h = h * masks[i]
+                    h = h * masks[i].transpose(1, 2)
+            return torch.baddbmm(self.biases[-1].unsqueeze(2), self.weights[-1], h)
         else:
             chunk = self.conv_chunk or (m if x.is_cuda else self._cpu_conv_chunk(x, shared))
             if m > chunk:  # keep each chunk's activations cache-sized (see conv_chunk)
@@ -159,7 +226,7 @@ class Population:
                     sub_x = x if shared else x[lo:lo + chunk]
                     sub_masks = None if masks is None else [
                         None if mk is None else mk[lo:lo + chunk] for mk in masks]
-                    parts.append(sub.forward(sub_x, sub_masks, shared=shared))
+                    parts.append(sub.logits_cm(sub_x, sub_masks, shared=shared))
                 return torch.cat(parts, 0)
             # Members side by side along channels: one grouped convolution per layer.
             dims = self.weights[0].dim() - 3
@@ -177,7 +244,8 @@ class Population:
                 if masks is not None and masks[i] is not None:
                     h = h * masks[i].transpose(0, 1).reshape(h.shape)
             h = h.mean(dim=tuple(range(2, h.dim()))).view(b, m, -1).transpose(0, 1)
-        return torch.baddbmm(self.biases[-1].unsqueeze(1), h, self.weights[-1].transpose(1, 2))
+        # class-major: log-softmax over a middle axis is far faster than over 10 last ones
+        return torch.baddbmm(self.biases[-1].unsqueeze(2), self.weights[-1], h.transpose(1, 2))
 
     def hidden_shapes(self, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Per-example activation shapes after each hidden layer (for dropout masks)."""
@@ -190,51 +258,62 @@ class Population:
 class BatchedOptimizer:
     """SGD (momentum, no dampening), Adam or RMSprop for M members at once, each with its own
     learning rate, L2 (``torch.optim``'s ``weight_decay``) and momentum; the update formulas
-    follow ``torch.optim`` exactly (default betas/alpha/eps)."""
+    follow ``torch.optim`` exactly (default betas/alpha/eps).
 
-    def __init__(self, kind: str, params: list[Tensor], lr: Tensor, l2: Tensor,
-                 momentum: Tensor):
+    ``param`` is the population's ``(M, P)`` parameter buffer (:meth:`Population.flatten_`),
+    ``lr``, ``l2`` and ``momentum`` are ``(M,)``, and :meth:`step` takes the gradient as one
+    ``(M, P)`` tensor. A step is a few elementwise passes over the whole buffer, in place.
+    """
+
+    def __init__(self, kind: str, param: Tensor, lr: Tensor, l2: Tensor, momentum: Tensor):
+        if kind not in ("sgd", "adam", "rmsprop"):
+            raise ValueError(f"unknown optimizer {kind!r}")
         self.kind = kind
-        self.params = params
-        self.lr, self.l2, self.momentum = lr, l2, momentum
+        self.param = param
+        self.lr, self.l2, self.momentum = lr.view(-1, 1), l2.view(-1, 1), momentum.view(-1, 1)
+        self.any_l2 = bool((l2 != 0).any())
         self.step_count = 0
-        self.state: list[dict[str, Tensor]] = [{} for _ in params]
-
-    @staticmethod
-    def _per_member(v: Tensor, p: Tensor) -> Tensor:
-        return v.view(-1, *([1] * (p.dim() - 1)))
+        self.state: dict[str, Tensor] = {}
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grad: Tensor) -> None:
+        """One update of every member from ``grad: (M, P)`` (used as scratch: overwritten).
+
+        Everything happens in place in buffers kept from step to step: on this CPU a fresh
+        multi-megabyte temporary costs more in page faults than the arithmetic on it.
+        """
         self.step_count += 1
         t = self.step_count
-        for p, st in zip(self.params, self.state, strict=True):
-            g = p.grad
-            lr = self._per_member(self.lr, p)
-            g = g + self._per_member(self.l2, p) * p
-            if self.kind == "sgd":
-                mom = self._per_member(self.momentum, p)
-                buf = st.get("buf")
-                buf = g.clone() if buf is None else buf.mul_(mom).add_(g)
-                st["buf"] = buf
-                # momentum 0 members: buf == g on every step
-                p.sub_(lr * buf)
-            elif self.kind == "adam":
-                b1, b2, eps = 0.9, 0.999, 1e-8
-                m = st.setdefault("m", torch.zeros_like(p))
-                v = st.setdefault("v", torch.zeros_like(p))
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-                p.sub_((lr / bc1) * m / denom)
-            elif self.kind == "rmsprop":
-                alpha, eps = 0.99, 1e-8
-                sq = st.setdefault("sq", torch.zeros_like(p))
-                sq.mul_(alpha).addcmul_(g, g, value=1 - alpha)
-                p.sub_(lr * g / sq.sqrt().add_(eps))
-            else:  # pragma: no cover - validated by the spec
-                raise ValueError(self.kind)
+        p, st = self.param, self.state
+        g = grad.addcmul_(self.l2, p) if self.any_l2 else grad  # torch: grad + wd * p
+        if self.kind == "sgd":
+            buf = st.get("buf")
+            if buf is None:
+                buf = st["buf"] = g.clone()
+            else:  # momentum 0 members: buf == g on every step
+                buf.mul_(self.momentum).add_(g)
+            p.addcmul_(self.lr, buf, value=-1)
+            return
+        tmp = st.get("tmp")
+        if tmp is None:
+            tmp = st["tmp"] = torch.empty_like(p)
+        if self.kind == "adam":
+            b1, b2, eps = 0.9, 0.999, 1e-8
+            m = st.setdefault("m", torch.zeros_like(p))
+            v = st.setdefault("v", torch.zeros_like(p))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            torch.sqrt(v, out=tmp).div_(math.sqrt(bc2)).add_(eps)  # denom
+            torch.div(m, tmp, out=tmp)
+            p.addcmul_(tmp, self.lr / bc1, value=-1)  # torch: p - lr / bc1 * (m / denom)
+        else:
+            alpha, eps = 0.99, 1e-8
+            sq = st.setdefault("sq", torch.zeros_like(p))
+            sq.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+            torch.sqrt(sq, out=tmp).add_(eps)
+            torch.div(g, tmp, out=tmp)
+            p.addcmul_(tmp, self.lr, value=-1)  # torch: p - lr * (g / (sqrt(sq) + eps))
 
 
 def torch_optimizer(kind: str, params, lr: float, l2: float, momentum: float):
@@ -289,6 +368,52 @@ def dropout_masks(states: Sequence[MemberState], rates: Sequence[float], batch: 
     return masks
 
 
+def epoch_dropout_masks(states: Sequence[MemberState], rates: Sequence[float],
+                        batch_sizes: Sequence[int], shapes: Sequence[tuple[int, ...]],
+                        block_bytes: int = 64 * 2**20) -> Iterator[list[Tensor | None]]:
+    """The masks :func:`dropout_masks` gives at each step of an epoch (steps of
+    ``batch_sizes`` examples), equal to the last bit, but drawn a block of steps at a time.
+
+    A generator's uniform stream does not depend on how it is cut into calls, so one draw of
+    a whole block equals the per-step, per-layer draws laid end to end; that turns
+    M x layers small calls per step into M calls per block (``block_bytes`` bounds the
+    block's uniforms).
+    """
+    if not any(rates):
+        for _ in batch_sizes:
+            yield [None] * len(shapes)
+        return
+    m = len(states)
+    sizes = [math.prod(sh) for sh in shapes]
+    per_example = sum(sizes)
+    drop = [k for k, p in enumerate(rates) if p]
+    # float32 rate and 1 - rate, as dropout_masks compares and divides
+    p = torch.tensor([float(rates[k]) for k in drop])
+    q = torch.tensor([1 - float(rates[k]) for k in drop])
+    start = 0
+    while start < len(batch_sizes):
+        stop, n = start, 0
+        while stop < len(batch_sizes) and (stop == start or
+                                           (n + batch_sizes[stop]) * per_example * 4 * m
+                                           <= block_bytes):
+            n += batch_sizes[stop]
+            stop += 1
+        u = torch.stack([torch.rand(n * per_example, generator=states[k].generator)
+                         for k in drop])  # (dropping members, block uniforms)
+        offset = 0
+        for b in batch_sizes[start:stop]:
+            masks = []
+            for size, shape in zip(sizes, shapes, strict=True):
+                part = u[:, offset:offset + b * size].view(len(drop), b, *shape)
+                offset += b * size
+                mask = torch.ones(m, b, *shape)
+                per_member = (-1, *([1] * (part.dim() - 1)))
+                mask[drop] = (part >= p.view(per_member)).float() / q.view(per_member)
+                masks.append(mask)
+            yield masks
+        start = stop
+
+
 @dataclass
 class Evaluation:
     loss: Tensor  # (M,)
@@ -313,17 +438,29 @@ def evaluate(pop: Population, x: Tensor, y: Tensor, keep_logits: bool = False,
     losses, correct, logits = torch.zeros(pop.size), torch.zeros(pop.size), []
     for start in range(0, n, chunk):
         if shared:
-            out = pop.forward(x[start:start + chunk], shared=True)
+            out = pop.logits_cm(x[start:start + chunk], shared=True)  # (M, classes, chunk)
             yy = y[start:start + chunk].expand(pop.size, -1)
         else:
-            out = pop.forward(x[:, start:start + chunk])
+            out = pop.logits_cm(x[:, start:start + chunk])
             yy = y[:, start:start + chunk]
-        losses += F.cross_entropy(out.flatten(0, 1), yy.flatten(),
-                                  reduction="none").view(pop.size, -1).sum(1)
-        correct += (out.argmax(-1) == yy).sum(1)
+        losses += F.cross_entropy(out, yy, reduction="none").sum(1)
+        correct += (out.argmax(1) == yy).sum(1)
         if keep_logits:
-            logits.append(out)
+            logits.append(out.transpose(1, 2))
     return Evaluation(losses / n, correct / n, torch.cat(logits, 1) if keep_logits else None)
+
+
+def gather(data: Tensor, idx: Tensor) -> Tensor:
+    """``data[idx]`` for an index batch ``idx: (M, b)``: ``(M, b, *data.shape[1:])``, as one
+    ``index_select`` (several times faster than advanced indexing here)."""
+    return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
+
+
+def population_loss(pop: Population, xb: Tensor, yb: Tensor,
+                    masks: Sequence[Tensor | None] | None = None) -> Tensor:
+    """The sum over members of each member's mean cross-entropy on its own batch (so each
+    member's gradient is its own): ``xb: (M, b, *input)``, ``yb: (M, b)``."""
+    return F.cross_entropy(pop.logits_cm(xb, masks), yb, reduction="none").mean(1).sum()
 
 
 def train_population(
@@ -343,34 +480,31 @@ def train_population(
     for key in ("optimizer", "activation", "batch_size", "epochs", "train_fraction"):
         if any(m.hparams[key] != hp0[key] for m in members):
             raise ValueError(f"members of one population must share {key!r}")
-    pop = Population.from_modules([init_member(m, arch, dataset) for m in members], arch,
-                                  hp0["activation"])
-    for p in pop.parameters():
+    pop = init_population(members, arch, dataset)
+    flat = pop.flatten_()
+    params = pop.parameters()
+    for p in params:
         p.requires_grad_(True)
 
     def vec(name: str) -> Tensor:
         return torch.tensor([float(m.hparams[name]) for m in members])
 
-    opt = BatchedOptimizer(hp0["optimizer"], pop.parameters(), vec("lr"), vec("l2"),
-                           vec("momentum"))
+    opt = BatchedOptimizer(hp0["optimizer"], flat, vec("lr"), vec("l2"), vec("momentum"))
+    grad = torch.empty_like(flat)  # reused: a fresh buffer per step costs page faults
     states = member_states(members, len(dataset.y_train))
     rates = [float(m.hparams["dropout"]) for m in members]
     shapes = pop.hidden_shapes(dataset.input_shape)
     checkpoints = set(checkpoint_epochs)
+
     if 0 in checkpoints:
         on_checkpoint(0, pop)
     for epoch in range(1, hp0["epochs"] + 1):
-        for idx in epoch_batches(states, hp0["batch_size"]):
-            xb, yb = dataset.x_train[idx], dataset.y_train[idx]  # (M, b, ...), (M, b)
-            masks = dropout_masks(states, rates, idx.shape[1], shapes)
-            logits = pop.forward(xb, masks)
-            # Sum of the members' mean losses: each member's gradient is its own.
-            loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
-            loss = loss.view(len(members), -1).mean(1).sum()
-            for p in pop.parameters():
-                p.grad = None
-            loss.backward()
-            opt.step()
+        batches = epoch_batches(states, hp0["batch_size"])
+        mask_stream = epoch_dropout_masks(states, rates, [i.shape[1] for i in batches], shapes)
+        for idx, masks in zip(batches, mask_stream, strict=True):
+            xb, yb = gather(dataset.x_train, idx), gather(dataset.y_train, idx)
+            grads = torch.autograd.grad(population_loss(pop, xb, yb, masks), params)
+            opt.step(torch.cat([g.reshape(len(members), -1) for g in grads], 1, out=grad))
             if on_step is not None:
                 on_step()
         if epoch in checkpoints:
