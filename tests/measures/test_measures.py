@@ -577,3 +577,31 @@ def test_the_default_sharpness_attack_is_within_2_percent_of_a_stronger_one(magn
     assert abs(default / strong - 1) < 0.02
     with pytest.raises(MeasureError, match="restarts >= 1"):
         sharpness_alpha(model, x, y, restarts=0)
+
+
+def test_zoo_measures_warns_once_for_unconverged_power_iterations(grid_zoo, monkeypatch):
+    import warnings
+
+    from gensight.measures import ConvergenceWarning, zoo_measures
+    from gensight.measures import zoo as zoo_module
+
+    real = zoo_module.compute
+
+    def noisy(data, names):  # two layers short of tolerance per member, and another warning
+        warnings.warn("operator norm of layer A: stopped", ConvergenceWarning, stacklevel=1)
+        warnings.warn("operator norm of layer B: stopped", ConvergenceWarning, stacklevel=1)
+        warnings.warn("something else", RuntimeWarning, stacklevel=1)
+        return real(data, names)
+
+    monkeypatch.setattr(zoo_module, "compute", noisy)
+    rows = grid_zoo.table.query("is_final and finite").head(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table, _ = zoo_measures(grid_zoo, ["log.prod.of.fro"], rows, n_examples=20)
+    conv = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(conv) == 1
+    first = rows["member_id"].iloc[0]
+    assert (f"for 3 of 3 members; those values are lower bounds (first: {first}: operator "
+            "norm of layer A: stopped)") in str(conv[0].message)
+    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 3
+    assert len(table) == 3 and table["log.prod.of.fro"].notna().all()

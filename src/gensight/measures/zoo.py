@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from gensight.errors import NonFiniteWeightsError
-from gensight.measures.core import MeasureError, MemberData
+from gensight.measures.core import ConvergenceWarning, MeasureError, MemberData
 from gensight.measures.registry import MEASURES, compute, get_measure
 
 
@@ -72,7 +73,9 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
 
     Returns a table (``member_id`` plus one column per measure, a name given twice counted
     once; NaN where a measure does not apply) and, per measure that did not apply somewhere,
-    the reason and how often.
+    the reason and how often. Power iterations that stop short of their tolerance do not
+    warn once per layer and member: one :class:`ConvergenceWarning` at the end counts the
+    members and quotes the first case.
 
     Raises:
         MeasureError: an unknown measure name (with the closest known one), no names, a
@@ -91,14 +94,29 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
     if rows is None:
         rows = zoo.table.query("is_final and finite")
     records, notes = [], {}
+    unconverged: list[str] = []  # per member with a ConvergenceWarning: its first message
     for done, (row, data) in enumerate(member_data(zoo, rows, n_examples), start=1):
-        result = compute(data, names)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compute(data, names)
+        first = None
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                first = first or str(w.message)
+            else:  # anything else goes on as raised
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if first is not None:
+            unconverged.append(f"{row['member_id']}: {first}")
         records.append({"member_id": row["member_id"], **result.values})
         for name, why in result.notes.items():
             reason, count = notes.get(name, (why, 0))
             notes[name] = (reason, count + 1)
         if progress is not None:
             progress(done, len(rows))
+    if unconverged:
+        warnings.warn(f"power iteration stopped short of its tolerance for {len(unconverged)} "
+                      f"of {len(rows)} members; those values are lower bounds (first: "
+                      f"{unconverged[0]})", ConvergenceWarning, stacklevel=2)
     table = pd.DataFrame.from_records(records, columns=["member_id", *names])
     summary = {n: f"{why} ({count} of {len(rows)} members)" for n, (why, count) in
                notes.items()}

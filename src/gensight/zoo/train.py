@@ -495,7 +495,6 @@ def train_population(
     rates = [float(m.hparams["dropout"]) for m in members]
     shapes = pop.hidden_shapes(dataset.input_shape)
     checkpoints = set(checkpoint_epochs)
-
     if 0 in checkpoints:
         on_checkpoint(0, pop)
     for epoch in range(1, hp0["epochs"] + 1):
