@@ -92,12 +92,16 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def _open_zoo(path: str):
-    """Open a zoo and say on stderr what opening it worked around (a rebuilt index, damaged
-    shards left out)."""
+def _open_zoo(path: str, command: str):
+    """Open a classifier zoo for ``gensight COMMAND`` and say on stderr what opening it
+    worked around (a rebuilt index, damaged shards left out)."""
+    from gensight.errors import GensightError
     from gensight.zoo import Zoo
 
     zoo = Zoo.open(path)
+    if zoo.family == "siren":
+        raise GensightError(f"{path} is a SIREN zoo (one INR per image, no accuracies); "
+                            f"'gensight {command}' needs a classifier zoo (family mlp or cnn)")
     for note in zoo.notes:
         print(f"gensight: note: {note}", file=sys.stderr)
     return zoo
@@ -193,7 +197,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
                                  "seeds of each configuration")
         if not args.shift:
             raise EstimatorError("--shift NAME[:SEVERITY] is required with a ZOO")
-        zoo = _open_zoo(args.zoo)
+        zoo = _open_zoo(args.zoo, "estimate")
         out = Path(args.out) if args.out else Path(args.zoo) / "estimates"
         for name in _shift_names(zoo, args.shift):
             runs.append((name, zoo_estimates(zoo, name, **kwargs)))
@@ -305,7 +309,7 @@ def _cmd_measures(args: argparse.Namespace) -> int:
         return 0
     if args.zoo is None:
         raise GensightError("give a ZOO directory (or --list)")
-    zoo = _open_zoo(args.zoo)
+    zoo = _open_zoo(args.zoo, "measures")
     names = available_measures(cheap_only=True) if args.measures in (None, "cheap") else \
         list(MEASURES) if args.measures == "all" else args.measures.split(",")
     for name in names:  # unknown names fail before the progress bar
@@ -343,7 +347,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gensight.report.figures import predicted_vs_actual
 
     console = Console()
-    zoo = _open_zoo(args.zoo)
+    zoo = _open_zoo(args.zoo, "predict")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     # unknown names and splits a method cannot fit on fail before any work
     probes = [make_predictor(m, seed=args.seed, epochs=args.epochs) for m in methods]
@@ -415,7 +419,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from gensight.report import build_report
 
     console = Console()
-    zoo = _open_zoo(args.zoo)
+    zoo = _open_zoo(args.zoo, "report")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
         else None
     shifts = [s.strip().replace(":", "-") for s in args.shifts.split(",") if s.strip()] \

@@ -336,8 +336,11 @@ def test_size_estimate_counts():
 def test_example_specs_are_not_large():
     root = Path(__file__).parents[2]
     for path in [*root.glob("examples/*.toml"), *root.glob("benchmarks/specs/*.toml")]:
-        est = ZooSpec.from_toml(path).check_size()
-        assert 0 < est.members <= 2000 and est.seconds < 86_400
+        s = ZooSpec.from_toml(path)
+        est = s.check_size()
+        # SIREN members are tiny fits (examples/digits-siren.toml: 8,985 of them)
+        limit = 10_000 if s.architecture.family == "siren" else 2000
+        assert 0 < est.members <= limit and est.seconds < 86_400
 
 
 # --- normalized spec and hash ------------------------------------------------------------------
@@ -380,12 +383,18 @@ def _specs_for_round_trip():
 @pytest.mark.parametrize("s", _specs_for_round_trip(), ids=lambda s: s.name)
 def test_to_dict_round_trips(s):
     data = s.to_dict()
-    assert set(data) == {"name", "dataset", "seed", "configs", "seeds_per_config", "mode",
-                         "shard_size", "checkpoints", "shifts", "severities", "store_logits",
-                         "architecture", "hparams"}
-    assert set(data["hparams"]) == set(HPARAMS)
-    assert set(data["architecture"]) == ({"family", "hidden"} if s.architecture.family == "mlp"
-                                         else {"family", "channels", "kernel_size", "stride"})
+    if s.architecture.family == "siren":
+        assert set(data) == {"name", "dataset", "seed", "shard_size", "architecture", "siren"}
+        assert set(data["architecture"]) == {"family", "hidden", "omega_0"}
+        assert set(data["siren"]) == {"fits_per_image", "steps", "lr", "target_psnr", "images"}
+    else:
+        assert set(data) == {"name", "dataset", "seed", "configs", "seeds_per_config", "mode",
+                             "shard_size", "checkpoints", "shifts", "severities",
+                             "store_logits", "architecture", "hparams"}
+        assert set(data["hparams"]) == set(HPARAMS)
+        assert set(data["architecture"]) == (
+            {"family", "hidden"} if s.architecture.family == "mlp"
+            else {"family", "channels", "kernel_size", "stride"})
     for again in (ZooSpec.from_dict(data), ZooSpec.from_dict(json.loads(s.to_json()))):
         assert again == s
         assert again.content_hash() == s.content_hash() and again.to_json() == s.to_json()

@@ -4,6 +4,13 @@ Layers map a :class:`~gensight.weightspace.WeightBatch` to a ``WeightBatch`` (eq
 or to a tensor (invariant pools), and compose like ``torch.nn`` layers.
 """
 
+from gensight.nf.inr_blocks import (
+    ChannelDropout,
+    GaussianFourierFeatures,
+    IOSinusoidalEncoding,
+    LearnedScale,
+    make_inr_classifier,
+)
 from gensight.nf.layers import HNPLinear, NPLinear, num_parameters
 from gensight.nf.layout import Block, Layout
 from gensight.nf.models import InvariantNFN
@@ -12,13 +19,18 @@ from gensight.nf.pooling import HNPPool, NPPool
 
 __all__ = [
     "Block",
+    "ChannelDropout",
     "Elementwise",
+    "GaussianFourierFeatures",
     "HNPLinear",
     "HNPPool",
+    "IOSinusoidalEncoding",
     "InvariantNFN",
+    "LearnedScale",
     "Layout",
     "NPLinear",
     "NPPool",
     "WeightSpaceNorm",
+    "make_inr_classifier",
     "num_parameters",
 ]

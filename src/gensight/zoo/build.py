@@ -1,4 +1,14 @@
-"""Build a zoo from a spec into a directory, shard by shard, resumably."""
+"""Build a zoo from a spec into a directory, shard by shard, resumably.
+
+Classifier zoos (``mlp``, ``cnn``) train each shard as one population
+(:func:`~gensight.zoo.train.train_population`). SIREN zoos (``family = "siren"``) fit each
+shard's members with one :func:`~gensight.zoo.siren.fit_sirens` call; a shard stores their
+final weights under ``e{steps}/{state-dict key}`` (``steps`` = the spec's step budget, one
+checkpoint, ``is_final`` true) and one row per member: ``member_id``, ``image_id`` (position
+in the zoo's image order), ``split``, ``image_index`` (index within that split), ``label``,
+``fit_index``, ``seed``, ``epoch``, ``is_final``, ``finite``, ``shard``, ``shard_pos``,
+``steps_used``, ``mse`` and ``psnr`` (dB, of the stored weights on the image in [-1, 1]).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +21,22 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import gensight
 from gensight.data import Dataset, apply_shift, load_dataset
 from gensight.errors import GensightError
 from gensight.weightspace import WeightSpace
-from gensight.zoo.spec import STRUCTURAL, Member, ZooSpec
+from gensight.zoo.siren import fit_sirens, siren_space
+from gensight.zoo.spec import (
+    SIREN_DATASETS,
+    SPLITS,
+    STRUCTURAL,
+    Member,
+    ZooSpec,
+    dataset_shape,
+)
 from gensight.zoo.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -78,6 +97,38 @@ def eval_sets(spec: ZooSpec, dataset: Dataset) -> dict[str, tuple[Tensor, Tensor
     return sets
 
 
+@dataclass(frozen=True)
+class SirenImages:
+    """The images of a SIREN zoo, in the zoo's image order (``x[image_id]``).
+
+    ``x``: ``(N, 1, H, W)`` float32 in [-1, 1] (the dataset's [0, 1] values, average-pooled
+    for ``"mnist5k@14"``, then ``2 x - 1``); ``labels``, ``splits`` and ``indices`` (index
+    within the split) per image.
+    """
+
+    x: Tensor
+    labels: Tensor
+    splits: tuple[str, ...]
+    indices: tuple[int, ...]
+
+
+def siren_images(spec: ZooSpec) -> SirenImages:
+    """The images the members of SIREN zoo ``spec`` fit (``x[member.config_id]``)."""
+    order = spec.image_order()
+    base, factor = SIREN_DATASETS[spec.dataset]
+    data = load_dataset(base)
+    per_split = {}
+    for split in SPLITS:
+        x, y = data.split(split)
+        if factor != 1:
+            x = F.avg_pool2d(x, factor)
+        per_split[split] = (x, y)
+    x = torch.stack([per_split[s][0][i] for s, i in order]) * 2 - 1
+    labels = torch.stack([per_split[s][1][i] for s, i in order])
+    return SirenImages(x.contiguous(), labels, tuple(s for s, _ in order),
+                       tuple(i for _, i in order))
+
+
 BACKENDS = ("local", "ray")
 
 
@@ -120,9 +171,7 @@ def build_zoo(
         raise GensightError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     spec.check_size(allow_large)
     root = Path(out)
-    dataset = load_dataset(spec.dataset)
-    template = init_member(spec.members()[0], spec.architecture, dataset)
-    space = WeightSpace.from_module(template)
+    space, build_shard = _shard_builder(root, spec)
     plans = plan_shards(spec)
     _check_root(root, spec)
     root.mkdir(parents=True, exist_ok=True)
@@ -140,7 +189,6 @@ def build_zoo(
         if backend == "ray":
             _build_with_ray(root, spec, todo, shards, done, total, progress, ray_address)
         else:
-            sets = eval_sets(spec, dataset)
             for plan in todo:
                 steps = [0]
 
@@ -149,12 +197,31 @@ def build_zoo(
                     if progress is not None:
                         progress(done, total, steps[0])
 
-                shards[plan.index] = _build_shard(root, spec, plan, dataset, sets, on_step)
+                shards[plan.index] = build_shard(plan, on_step)
                 done += len(plan.members)
                 write_shard_index(root, shards)
                 if progress is not None:
                     progress(done, total, 0)
     return Zoo.open(root)
+
+
+def _shard_builder(root: Path, spec: ZooSpec
+                   ) -> tuple[WeightSpace, Callable[[ShardPlan, Callable[[], None]], ShardRows]]:
+    """The zoo's weight space and a function that builds one shard (loads the data once)."""
+    if spec.is_siren:
+        images = siren_images(spec)
+        return siren_space(spec.architecture.hidden), (
+            lambda plan, on_step: _build_siren_shard(root, spec, plan, images, on_step))
+    dataset = load_dataset(spec.dataset)
+    template = init_member(spec.members()[0], spec.architecture, dataset)
+    sets: list[dict[str, tuple[Tensor, Tensor]]] = []  # computed once, when first needed
+
+    def build(plan: ShardPlan, on_step: Callable[[], None]) -> ShardRows:
+        if not sets:
+            sets.append(eval_sets(spec, dataset))
+        return _build_shard(root, spec, plan, dataset, sets[0], on_step)
+
+    return WeightSpace.from_module(template), build
 
 
 def _check_root(root: Path, spec: ZooSpec) -> None:
@@ -233,8 +300,8 @@ def _ray_shard_task(root: str, source: dict, index: int) -> int:
     torch.set_num_threads(1)
     spec = ZooSpec.from_dict(source)
     plan = plan_shards(spec)[index]
-    dataset = load_dataset(spec.dataset)
-    _build_shard(Path(root), spec, plan, dataset, eval_sets(spec, dataset), lambda: None)
+    _, build_shard = _shard_builder(Path(root), spec)
+    build_shard(plan, lambda: None)
     return index
 
 
@@ -249,6 +316,9 @@ def _write_manifest(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int
         "n_shards": n_shards,
         "n_members": spec.n_members,
         "shift_fingerprint": spec.shift_fingerprint(),
+        **({"siren": {"omega_0": spec.architecture.omega_0,
+                      "size": dataset_shape(spec.dataset).spatial[-1]}}
+           if spec.is_siren else {}),
         "versions": {"gensight": gensight.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
@@ -302,6 +372,41 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
     metadata = {"member_ids": [m.member_id for m in members],
                 "checkpoints": list(checkpoints),
                 "structural": {k: members[0].hparams[k] for k in STRUCTURAL}}
+    return write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
+
+
+def _build_siren_shard(root: Path, spec: ZooSpec, plan: ShardPlan, images: SirenImages,
+                       on_step: Callable[[], None]) -> ShardRows:
+    """Fit the shard's SIRENs in one :func:`fit_sirens` call and write their final weights
+    (``e{steps}/...``) and one row per member."""
+    recipe = spec.siren
+    assert recipe is not None
+    members = plan.members
+    ids = [m.config_id for m in members]
+    fit = fit_sirens(images.x[ids], [m.seed for m in members],
+                     hidden=spec.architecture.hidden, omega_0=spec.architecture.omega_0,
+                     steps=recipe.steps, lr=recipe.lr, target_psnr=recipe.target_psnr,
+                     on_step=on_step)
+    (epoch,) = spec.member_checkpoints(members[0])
+    batch = fit.population.to_weight_batch()
+    tensors = {f"e{epoch}/{key}": values.clone() for key, values in
+               zip(batch.space.state_dict_keys(), _state_tensors(batch), strict=True)}
+    finite = torch.stack([torch.isfinite(t.flatten(1)).all(1)
+                          for t in batch.tensors()]).all(0)
+    rows = []
+    for pos, member in enumerate(members):
+        image = member.config_id
+        rows.append({
+            "member_id": member.member_id, "image_id": image, "split": member.split,
+            "image_index": member.image_index, "label": int(images.labels[image]),
+            "fit_index": member.seed_index, "seed": member.seed,
+            "epoch": epoch, "is_final": True, "finite": bool(finite[pos]),
+            "shard": plan.index, "shard_pos": pos,
+            "steps_used": int(fit.steps_used[pos]), "mse": float(fit.mse[pos]),
+            "psnr": float(fit.psnr[pos]),
+        })
+    metadata = {"member_ids": [m.member_id for m in members], "checkpoints": [epoch],
+                "family": "siren"}
     return write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
 
 

@@ -85,6 +85,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for note in zoo.notes:
         console.print(f"note: {note}", markup=False)
     console.print(f"weight space: {zoo.space!r}", markup=False)
+    if zoo.family == "siren":
+        return _siren_info(zoo, console)
     if zoo.table.empty:
         return 0
     table = Table(title="test accuracy at the final checkpoint")
@@ -104,6 +106,33 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for name in zoo.shifted_sets:
             shifted.add_row(escape(name), f"{final[f'shift:{name}_acc'].mean():.3f}")
         console.print(shifted)
+    return 0
+
+
+def _siren_info(zoo, console) -> int:
+    """``zoo info`` of a SIREN zoo: its recipe and the PSNR of its fits per split."""
+    from rich.table import Table
+
+    spec, arch = zoo.manifest["spec"], zoo.manifest["spec"]["architecture"]
+    recipe = spec["siren"]
+    widths = "-".join(map(str, [2, *arch["hidden"], 1]))
+    target = ("none" if recipe["target_psnr"] is None else f"{recipe['target_psnr']:g} dB")
+    console.print(f"SIREN {widths}, omega_0 {arch['omega_0']:g}; {recipe['fits_per_image']} "
+                  f"fit(s) per image, at most {recipe['steps']} Adam steps, lr "
+                  f"{recipe['lr']:g}, early stop {target}", markup=False)
+    if zoo.table.empty:
+        return 0
+    summary = zoo.summary()
+    console.print(f"median PSNR {summary.loc['all', 'median']:.2f} dB over "
+                  f"{int(summary.loc['all', 'members'])} members", markup=False)
+    table = Table(title="PSNR (dB) of the fits, per split of their images")
+    for col in ("split", "members", "mean", "std", "min", "median", "max", "median steps"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, row in summary.iterrows():
+        table.add_row(str(split), str(int(row["members"])),
+                      *(f"{row[c]:.2f}" for c in ("mean", "std", "min", "median", "max")),
+                      f"{row['median_steps']:.0f}")
+    console.print(table)
     return 0
 
 

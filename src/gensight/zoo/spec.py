@@ -31,6 +31,37 @@ Example TOML::
     epochs = [10]
     activation = ["relu", "tanh"]
 
+A SIREN zoo (``family = "siren"``) holds one implicit neural representation per image and
+fit instead of trained classifiers (see :mod:`gensight.zoo.siren`)::
+
+    name = "digits-siren"
+    dataset = "digits"        # images: "digits" (8x8), "mnist5k" (28x28), "mnist5k@14"
+                              # (mnist5k 2x2-average-pooled to 14x14)
+    seed = 0
+    shard_size = 512          # members fitted together (one fit_sirens call) per shard
+
+    [architecture]
+    family = "siren"
+    hidden = [32, 32]         # 2 -> 32 -> 32 -> 1, sin(omega_0 (W x + b)) after each hidden layer
+    omega_0 = 30.0
+
+    [siren]                   # required for family "siren" (an empty table takes the defaults)
+    fits_per_image = 5        # default 1: 1 + augmentation copies (re-fits from other inits)
+    steps = 300               # default 300: at most this many full-batch Adam steps per member
+    lr = 0.001                # default 0.001
+    target_psnr = 40.0        # optional per-member early stop (dB); default: none
+    images = 0                # default 0 = every image of the dataset (all splits); n > 0 =
+                              # the first n of the zoo's image order (for tiny zoos)
+
+Members are ``images x fits_per_image``. The dataset's own train/val/test split is kept: every
+member records its image's ``split`` and ``image_index`` (the index within that split), so all
+fits of an image share its split. The zoo's image order interleaves the three splits in
+proportion to their sizes (image ``p`` of a split of ``n`` images sorts at ``(p + 1/2) / n``;
+ties: train, val, test), so the first ``images`` images of a tiny zoo come from every split
+in the dataset's 60/20/20 proportion. ``configs``, ``seeds_per_config``, ``mode``,
+``hparams``, ``checkpoints``, ``shifts``, ``severities`` and ``store_logits`` do not apply to a
+SIREN zoo and are errors there; ``[siren]`` is an error for ``mlp`` and ``cnn``.
+
 Rules, all checked by :meth:`ZooSpec.from_dict` before anything is trained or written:
 
 - every field has its type: ``name`` a non-empty one-line string; ``dataset`` and ``mode``
@@ -64,6 +95,7 @@ import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +110,8 @@ class SpecError(GensightError, ValueError):
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "elu", "leaky_relu", "silu")
-FAMILIES = ("mlp", "cnn")
+FAMILIES = ("mlp", "cnn", "siren")
+SPLITS = ("train", "val", "test")
 
 # name -> (type, default choices). The order is the sampling order of ``members()``: keep it.
 HPARAMS: dict[str, tuple[type, list[Any]]] = {
@@ -98,7 +131,22 @@ HPARAMS: dict[str, tuple[type, list[Any]]] = {
 STRUCTURAL = ("optimizer", "activation", "batch_size", "epochs", "train_fraction")
 
 _TOP_KEYS = {"name", "dataset", "seed", "configs", "seeds_per_config", "mode", "shard_size",
-             "checkpoints", "shifts", "severities", "store_logits", "architecture", "hparams"}
+             "checkpoints", "shifts", "severities", "store_logits", "architecture", "hparams",
+             "siren"}
+# Fields of classifier zoos that a SIREN zoo has no use for (an error there), with a hint.
+_NOT_SIREN = {
+    "configs": "one member per image and fit: use siren.images and siren.fits_per_image",
+    "seeds_per_config": "use siren.fits_per_image for re-fits of an image",
+    "mode": "members are the images x fits, nothing is sampled",
+    "hparams": "the fitting recipe is the [siren] table",
+    "checkpoints": "the final weights are stored",
+    "shifts": "SIRENs are not evaluated on shifted test sets",
+    "severities": "SIRENs are not evaluated on shifted test sets",
+    "store_logits": "SIRENs have no logits",
+}
+_SIREN_KEYS = ("fits_per_image", "steps", "lr", "target_psnr", "images")
+_SIREN_DEFAULTS: dict[str, Any] = {"fits_per_image": 1, "steps": 300, "lr": 1e-3,
+                                   "target_psnr": None, "images": 0}
 _DEFAULTS: dict[str, Any] = {"seed": 0, "configs": 16, "seeds_per_config": 1,
                              "mode": "random", "shard_size": 64,
                              "checkpoints": [0, "final"], "shifts": [],
@@ -115,6 +163,15 @@ LARGE_WIDTH = 100_000
 LARGE_SECONDS = 30 * 86_400
 LARGE_DISK_BYTES = 10**12
 ASSUMED_FLOPS = 2e10  # FLOP/s of population training on a 2-core CPU (benchmarks/README.md)
+# SIREN fits (fit_sirens) on the 2-core dev CPU: a member-step costs SIREN_STEP_SECONDS plus
+# pixels x (6 x forward MACs + 2 x hidden units x SINE_FLOPS) / SIREN_ASSUMED_FLOPS. The two
+# constants fit two measurements of a 2-32-32-1 SIREN (9,280 FLOPs per pixel): the pilot's
+# ~47 us per member-step at 14x14 (no early stop) and examples/digits-siren.toml's 27.5 us at
+# 8x8 (11.4 s for 414,827 member-steps, 18 shards of 512, early stop at 40 dB).
+SIREN_ASSUMED_FLOPS = 6.3e10
+SIREN_STEP_SECONDS = 18e-6
+SINE_FLOPS = 20
+LARGE_SIREN_STEPS = 100_000
 
 
 # --- datasets, without loading them -----------------------------------------------------------
@@ -149,10 +206,22 @@ _DATASET_SHAPES = {
 }
 
 
+# Image sets of SIREN zoos: name -> (gensight dataset, average-pooling factor).
+SIREN_DATASETS: dict[str, tuple[str, int]] = {
+    "digits": ("digits", 1), "mnist5k": ("mnist5k", 1), "mnist5k@14": ("mnist5k", 2)}
+
+
 @functools.cache
 def dataset_shape(name: str) -> DatasetShape:
     """Input shape, classes and split sizes of dataset ``name``, from a table (a dataset not
-    in it is loaded once)."""
+    in it is loaded once). Pooled SIREN image sets (``"mnist5k@14"``) have their base
+    dataset's splits and the pooled side."""
+    if name in SIREN_DATASETS and SIREN_DATASETS[name][1] != 1:
+        base, factor = SIREN_DATASETS[name]
+        info = dataset_shape(base)
+        pooled = (info.input_shape[0], *(n // factor for n in info.spatial))
+        return DatasetShape(pooled, info.n_classes, info.n_train, info.n_val, info.n_test,
+                            info.bounded)
     if name in _DATASET_SHAPES:
         return _DATASET_SHAPES[name]
     from gensight.data import load_dataset
@@ -196,6 +265,7 @@ class Architecture:
     channels: tuple[int, ...] = ()
     kernel_size: int = 3
     stride: int = 2  # cnn: stride of every conv (the Small CNN Zoo uses 2)
+    omega_0: float = 30.0  # siren: sin(omega_0 * (W x + b)) after every hidden layer
 
     @property
     def padding(self) -> int:
@@ -204,8 +274,8 @@ class Architecture:
 
     @property
     def widths(self) -> tuple[int, ...]:
-        """Hidden widths (mlp) or channel counts (cnn)."""
-        return self.hidden if self.family == "mlp" else self.channels
+        """Hidden widths (mlp, siren) or channel counts (cnn)."""
+        return self.channels if self.family == "cnn" else self.hidden
 
     def conv_output_sizes(self, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
         """cnn: spatial size after each conv layer, for inputs of size ``spatial``."""
@@ -217,7 +287,11 @@ class Architecture:
         return sizes
 
     def n_params(self, input_shape: tuple[int, ...], n_classes: int) -> int:
-        """Parameters (weights and biases) of the network ``build_model`` makes."""
+        """Parameters (weights and biases) of the network ``build_model`` makes (siren: of
+        the 2 -> hidden -> 1 SIREN; ``input_shape`` and ``n_classes`` are not used)."""
+        if self.family == "siren":
+            widths = [2, *self.hidden, 1]
+            return sum(a * b + b for a, b in itertools.pairwise(widths))
         if self.family == "mlp":
             widths = [math.prod(input_shape), *self.hidden, n_classes]
             return sum(a * b + b for a, b in itertools.pairwise(widths))
@@ -227,7 +301,10 @@ class Architecture:
         return conv + chans[-1] * n_classes + n_classes
 
     def forward_macs(self, input_shape: tuple[int, ...], n_classes: int) -> int:
-        """Multiply-accumulates of one example's forward pass."""
+        """Multiply-accumulates of one example's forward pass (siren: of one pixel)."""
+        if self.family == "siren":
+            widths = [2, *self.hidden, 1]
+            return sum(a * b for a, b in itertools.pairwise(widths))
         if self.family == "mlp":
             widths = [math.prod(input_shape), *self.hidden, n_classes]
             return sum(a * b for a, b in itertools.pairwise(widths))
@@ -241,22 +318,50 @@ class Architecture:
     def to_dict(self) -> dict[str, Any]:
         if self.family == "mlp":
             return {"family": "mlp", "hidden": list(self.hidden)}
+        if self.family == "siren":
+            return {"family": "siren", "hidden": list(self.hidden), "omega_0": self.omega_0}
         return {"family": "cnn", "channels": list(self.channels),
                 "kernel_size": self.kernel_size, "stride": self.stride}
 
 
 @dataclass(frozen=True)
 class Member:
-    """One network of the zoo: a configuration and one of its seeds."""
+    """One network of the zoo: a configuration and one of its seeds.
+
+    In a SIREN zoo a member is one fit of one image: ``config_id`` is the image's position in
+    the zoo's image order (the table's ``image_id``), ``seed_index`` the fit (``fit_index``),
+    ``split`` and ``image_index`` say which image (``load_dataset(...).split(split)[0]
+    [image_index]``), and ``hparams`` holds the fitting recipe (steps, lr, target_psnr).
+    """
 
     member_id: str
     config_id: int
     seed_index: int
     seed: int
     hparams: dict[str, Any] = field(hash=False)
+    split: str | None = None  # siren: the image's split, "train", "val" or "test"
+    image_index: int | None = None  # siren: the image's index within its split
 
     def group_key(self) -> tuple:
+        if self.split is not None:  # SIRENs of a zoo all share their structure
+            return ("siren",)
         return tuple(self.hparams[k] for k in STRUCTURAL)
+
+
+@dataclass(frozen=True)
+class SirenRecipe:
+    """How a SIREN zoo fits its members: the ``[siren]`` table, passed to
+    :func:`~gensight.zoo.siren.fit_sirens`. ``images = 0``: every image of the dataset."""
+
+    fits_per_image: int = 1
+    steps: int = 300
+    lr: float = 1e-3
+    target_psnr: float | None = None
+    images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fits_per_image": self.fits_per_image, "steps": self.steps, "lr": self.lr,
+                "target_psnr": self.target_psnr, "images": self.images}
 
 
 @dataclass(frozen=True)
@@ -275,6 +380,15 @@ class SizeEstimate:
     - ``disk_bytes``: float32 weights at every checkpoint, plus, with ``store_logits``,
       float16 logits (examples x classes x 2 bytes) of val, test and every shifted set at
       every checkpoint. Checkpoints per member are counted as listed (an upper bound).
+
+    A SIREN zoo (one full-batch step is one epoch over the image's pixels): ``epochs_total`` =
+    members x steps; ``seconds`` = members x steps x (:data:`SIREN_STEP_SECONDS` + pixels x
+    (6 x forward MACs per pixel + 2 x hidden units x :data:`SINE_FLOPS`: a sin forward and a
+    cos backward per hidden unit) / :data:`SIREN_ASSUMED_FLOPS`): 47 us per member-step of
+    a 2-32-32-1 SIREN at 14x14 and 27 us at 8x8, as measured on the 2-core dev CPU. Every
+    member is counted with all its steps: members that stop early at ``target_psnr`` cost
+    less (the digits example's members stop after ~46 of 300 steps). ``disk_bytes``: float32
+    final weights.
     """
 
     members: int
@@ -302,6 +416,7 @@ class ZooSpec:
     shifts: tuple[str, ...] = ()
     severities: tuple[int, ...] = (1, 3, 5)
     store_logits: bool = False
+    siren: SirenRecipe | None = None  # family "siren" only: the fitting recipe
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -347,12 +462,20 @@ class ZooSpec:
         for required in ("dataset", "architecture"):
             if required not in data:
                 raise SpecError(f"missing required field {required!r}")
+        arch_data = data["architecture"]
+        if isinstance(arch_data, dict) and arch_data.get("family") == "siren":
+            return cls._from_siren_dict(data)
         dataset = data["dataset"]
         if not isinstance(dataset, str) or dataset not in DATASETS:
+            only = (f" ({dataset!r} is an image set of family 'siren' only)"
+                    if isinstance(dataset, str) and dataset in SIREN_DATASETS else "")
             raise SpecError(f"dataset: unknown dataset {_show(dataset)}; known: "
-                            f"{list(DATASETS)}")
+                            f"{list(DATASETS)}{only}")
         info = dataset_shape(dataset)
-        arch = _architecture(data["architecture"], dataset, info)
+        arch = _architecture(arch_data, dataset, info)
+        if "siren" in data:
+            raise SpecError(f"siren: applies only to family 'siren' (architecture.family is "
+                            f"{arch.family!r}); remove the [siren] table")
         name = _name(data.get("name", f"{dataset}-{arch.family}"))
         get = functools.partial(_get, data)
         mode = _choice("mode", get("mode"), ("random", "grid"))
@@ -383,12 +506,61 @@ class ZooSpec:
             store_logits=_bool("store_logits", get("store_logits")),
         )
 
+    @classmethod
+    def _from_siren_dict(cls, data: dict) -> ZooSpec:
+        """:meth:`from_dict` for ``architecture.family = "siren"``."""
+        dataset = data["dataset"]
+        if not isinstance(dataset, str) or dataset not in SIREN_DATASETS:
+            raise SpecError(f"dataset: family 'siren' fits images; expected one of "
+                            f"{list(SIREN_DATASETS)}, got {_show(dataset)}")
+        info = dataset_shape(dataset)
+        arch = _siren_architecture(data["architecture"])
+        for key in _NOT_SIREN:
+            if key in data:
+                raise SpecError(f"{key}: does not apply to family 'siren' "
+                                f"({_NOT_SIREN[key]}); remove it")
+        name = _name(data.get("name", f"{dataset}-siren"))
+        if "siren" not in data:
+            raise SpecError("siren: missing; family 'siren' needs a [siren] table (fits_per_image,"
+                            " steps, lr, target_psnr, images; an empty table takes the defaults)")
+        recipe = _siren_recipe(data["siren"], dataset, info)
+        n_images = recipe.images or _n_images(info)
+        return cls(
+            name=name,
+            dataset=dataset,
+            architecture=arch,
+            hparams={},
+            seed=_int("seed", _get(data, "seed"), 0),
+            configs=n_images,  # a SIREN zoo's "configurations" are its images ...
+            seeds_per_config=recipe.fits_per_image,  # ... and its "seeds" their fits
+            mode="images",
+            shard_size=_int("shard_size", _get(data, "shard_size"), 1),
+            checkpoints=("final",),
+            shifts=(),
+            severities=(),
+            store_logits=False,
+            siren=recipe,
+        )
+
+    @property
+    def is_siren(self) -> bool:
+        return self.architecture.family == "siren"
+
     # --- normalized form and hash ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The normalized spec: every field with its default filled in, the architecture's
         fields for its family, every hyperparameter (a list, or ``{low, high, log}``), and
         in mode "grid" ``configs`` = the number of combinations. ``from_dict`` of it gives
-        this spec back."""
+        this spec back.
+
+        A SIREN spec: ``name``, ``dataset``, ``seed``, ``shard_size``, ``architecture``
+        (``family``, ``hidden``, ``omega_0``) and ``siren`` (every recipe field; ``target_psnr``
+        ``None`` without early stop, ``images`` 0 for every image, also when the spec named
+        them all)."""
+        if self.siren is not None:
+            return {"name": self.name, "dataset": self.dataset, "seed": self.seed,
+                    "shard_size": self.shard_size, "architecture": self.architecture.to_dict(),
+                    "siren": self.siren.to_dict()}
         return {
             "name": self.name,
             "dataset": self.dataset,
@@ -432,13 +604,16 @@ class ZooSpec:
 
     # --- size -----------------------------------------------------------------------------
     def _n_configs(self) -> int:
+        if self.siren is not None:
+            return self.configs  # the number of images
         if self.mode == "grid":
             return math.prod(len(v) for v in self.hparams.values())  # type: ignore[arg-type]
         return self.configs
 
     @property
     def n_members(self) -> int:
-        """Number of members (configurations x seeds), without listing them."""
+        """Number of members (configurations x seeds; siren: images x fits), without
+        listing them."""
         return self._n_configs() * self.seeds_per_config
 
     def _hparam(self, name: str) -> list[Any] | Range:
@@ -449,6 +624,16 @@ class ZooSpec:
         counted); takes microseconds whatever the number of members."""
         info = dataset_shape(self.dataset)
         n = self.n_members
+        if self.siren is not None:
+            arch = self.architecture
+            pixels = math.prod(info.spatial)
+            per_pixel = (6 * arch.forward_macs(info.input_shape, 1)
+                         + 2 * sum(arch.hidden) * SINE_FLOPS)
+            steps = self.siren.steps
+            step = SIREN_STEP_SECONDS + pixels * per_pixel / SIREN_ASSUMED_FLOPS
+            seconds = _float(n) * steps * step
+            disk = n * arch.n_params(info.input_shape, 1) * 4
+            return SizeEstimate(n, n * steps, seconds, disk)
         epochs, fraction = self._hparam("epochs"), self._hparam("train_fraction")
         if isinstance(epochs, Range):
             mean_epochs = epochs.mean()
@@ -475,14 +660,18 @@ class ZooSpec:
         100,000 members, an epochs value above 10,000, a layer wider than 100,000, more than
         30 days of CPU time or more than 1 TB on disk), unless ``allow_large``."""
         est = self.size_estimate()
-        epochs = self._hparam("epochs")
-        max_epochs = int(epochs.high) if isinstance(epochs, Range) else max(epochs)
         width = max(self.architecture.widths, default=0)
         reasons = []
         if est.members > LARGE_MEMBERS:
             reasons.append(f"more than {LARGE_MEMBERS:,} members")
-        if max_epochs > LARGE_EPOCHS:
-            reasons.append(f"epochs up to {max_epochs:,}, more than {LARGE_EPOCHS:,}")
+        if self.siren is not None:
+            if self.siren.steps > LARGE_SIREN_STEPS:
+                reasons.append(f"{self.siren.steps:,} steps, more than {LARGE_SIREN_STEPS:,}")
+        else:
+            epochs = self._hparam("epochs")
+            max_epochs = int(epochs.high) if isinstance(epochs, Range) else max(epochs)
+            if max_epochs > LARGE_EPOCHS:
+                reasons.append(f"epochs up to {max_epochs:,}, more than {LARGE_EPOCHS:,}")
         if width > LARGE_WIDTH:
             reasons.append(f"a layer of width {width:,}, more than {LARGE_WIDTH:,}")
         if est.seconds > LARGE_SECONDS:
@@ -504,6 +693,8 @@ class ZooSpec:
         if self.n_members > MAX_EXPANDED:
             raise SpecError(f"spec {self.name!r} has {self.n_members:,} members; at most "
                             f"{MAX_EXPANDED:,} can be listed")
+        if self.siren is not None:
+            return self._siren_members()
         rng = np.random.default_rng([self.seed, 0x5EED])
         if self.mode == "grid":
             names = list(self.hparams)
@@ -523,6 +714,40 @@ class ZooSpec:
                 seed = int(np.random.default_rng([self.seed, cid, s]).integers(2**31 - 1))
                 members.append(Member(f"c{cid:05d}-s{s}", cid, s, seed, config))
         return members
+
+    def image_order(self) -> list[tuple[str, int]]:
+        """SIREN zoo: its images as ``(split, index within the split)``, in the zoo's image
+        order (position = ``image_id``): the dataset's splits interleaved in proportion to
+        their sizes (see the module docstring), cut to ``siren.images``. Loads no data."""
+        if self.siren is None:
+            raise SpecError(f"spec {self.name!r} is not a SIREN zoo (family "
+                            f"{self.architecture.family!r})")
+        return _image_order(dataset_shape(self.dataset))[:self.configs]
+
+    def _siren_members(self) -> list[Member]:
+        """Image-major: fits 0 .. F-1 of image 0, then of image 1, ...; member ``seed`` =
+        ``default_rng([spec seed, split (0 train, 1 val, 2 test), image_index, fit])
+        .integers(2**31 - 1)``, so an image's fits keep their seeds whatever ``images``."""
+        assert self.siren is not None
+        recipe = {"steps": self.siren.steps, "lr": self.siren.lr,
+                  "target_psnr": self.siren.target_psnr}
+        members = []
+        for image_id, (split, index) in enumerate(self.image_order()):
+            code = SPLITS.index(split)
+            for fit in range(self.siren.fits_per_image):
+                seed = int(np.random.default_rng([self.seed, code, index, fit])
+                           .integers(2**31 - 1))
+                members.append(Member(f"{split}-{index:05d}-f{fit}", image_id, fit, seed,
+                                      dict(recipe), split, index))
+        return members
+
+    def member_checkpoints(self, member: Member) -> tuple[int, ...]:
+        """The epochs stored for ``member``: a SIREN stores one checkpoint, its final weights,
+        labelled ``epoch = siren.steps`` (the step budget: one full-batch step is one epoch;
+        the member's ``steps_used`` says how many it took)."""
+        if self.siren is not None:
+            return (self.siren.steps,)
+        return self.checkpoint_epochs(member.hparams["epochs"])
 
     def checkpoint_epochs(self, epochs: int) -> tuple[int, ...]:
         out = sorted({epochs if c == "final" else int(c) for c in self.checkpoints
@@ -617,6 +842,64 @@ def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
                             f"{'x'.join(map(str, size))} positions on the {info.describe()} "
                             f"input of {dataset!r}")
     return arch
+
+
+def _n_images(info: DatasetShape) -> int:
+    return info.n_train + info.n_val + info.n_test
+
+
+@functools.cache
+def _image_order(info: DatasetShape) -> list[tuple[str, int]]:
+    sizes = dict(zip(SPLITS, (info.n_train, info.n_val, info.n_test), strict=True))
+    keys = [(Fraction(2 * p + 1, 2 * n), SPLITS.index(split), split, p)
+            for split, n in sizes.items() for p in range(n)]
+    return [(split, p) for _, _, split, p in sorted(keys)]
+
+
+def _siren_architecture(data: dict) -> Architecture:
+    allowed = {"family", "hidden", "omega_0"}
+    unknown = sorted((k for k in data if k not in allowed), key=str)
+    if unknown:
+        raise SpecError(f"architecture: unknown field(s) {unknown} for family 'siren'; "
+                        f"allowed: {sorted(allowed)}")
+    hidden = _positive_ints("architecture.hidden", data.get("hidden", [32, 32]),
+                            non_empty=True)
+    omega_0 = _positive_float("architecture.omega_0", data.get("omega_0", 30.0))
+    return Architecture("siren", hidden=hidden, omega_0=omega_0)
+
+
+def _positive_float(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{where}: expected a finite number > 0, got {_show(value)}")
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not (math.isfinite(out) and out > 0):
+        raise SpecError(f"{where}: expected a finite number > 0, got {_show(value)}")
+    return out
+
+
+def _siren_recipe(data: Any, dataset: str, info: DatasetShape) -> SirenRecipe:
+    if not isinstance(data, dict):
+        raise SpecError(f"siren: expected a table ({', '.join(_SIREN_KEYS)}), got "
+                        f"{_show(data)}")
+    unknown = sorted((k for k in data if k not in _SIREN_KEYS), key=str)
+    if unknown:
+        raise SpecError(f"siren: unknown field(s) {unknown}; known: {sorted(_SIREN_KEYS)}")
+    get = {k: data.get(k, _SIREN_DEFAULTS[k]) for k in _SIREN_KEYS}
+    fits = _int("siren.fits_per_image", get["fits_per_image"], 1)
+    steps = _int("siren.steps", get["steps"], 1)
+    lr = _positive_float("siren.lr", get["lr"])
+    target = get["target_psnr"]
+    if target is not None:
+        target = _positive_float("siren.target_psnr", target)
+    images = _int("siren.images", get["images"], 0)
+    total = _n_images(info)
+    if images > total:
+        raise SpecError(f"siren.images: {images:,} is more than the {total:,} images of "
+                        f"{dataset!r} (0 takes every image)")
+    return SirenRecipe(fits, steps, lr, target, 0 if images == total else images)
 
 
 def _number(where: str, v: Any, typ: type) -> Any:

@@ -473,14 +473,25 @@ class Zoo:
         state_dicts = [dict(zip(keys, vals, strict=True)) for vals in zip(*out, strict=True)]
         return WeightBatch.from_state_dicts(space, state_dicts)
 
+    @property
+    def family(self) -> str:
+        """The members' architecture family: "mlp", "cnn" or "siren"."""
+        return self.manifest["spec"]["architecture"]["family"]
+
     def modules(self, rows: pd.DataFrame) -> list[nn.Module]:
         """The networks of ``rows`` as ``torch.nn`` modules (eval mode), each built with its
-        own activation and dropout and loaded with its stored weights."""
+        own activation and dropout and loaded with its stored weights (SIRENs:
+        :func:`~gensight.zoo.siren.siren_module` with the zoo's ``omega_0``)."""
         from gensight.data import load_dataset
         from gensight.zoo.spec import ZooSpec
         from gensight.zoo.train import build_model
 
         spec = ZooSpec.from_dict(self.manifest["spec"])
+        if spec.is_siren:
+            from gensight.zoo.siren import siren_module
+
+            template = siren_module(spec.architecture.hidden, spec.architecture.omega_0)
+            return [m.eval() for m in self.weights(rows).to_modules(template)]
         members = {m.member_id: m for m in spec.members()}
         data = load_dataset(spec.dataset)
         batch = self.weights(rows)
@@ -548,10 +559,24 @@ class Zoo:
 
     def summary(self, epoch: int | None = None) -> pd.DataFrame:
         """Test accuracy per (optimizer, activation) at the final checkpoint (or ``epoch``):
-        members, mean, std, min, median, max, and the mean generalization gap."""
+        members, mean, std, min, median, max, and the mean generalization gap.
+
+        A SIREN zoo: PSNR (dB) of the fits per split ("train", "val", "test", then "all"):
+        members, mean, std, min, median, max, and the median of ``steps_used``."""
         table = self.table
         if table.empty:
             return pd.DataFrame()
+        if self.family == "siren":
+            parts = [(s, table[table["split"] == s]) for s in ("train", "val", "test")]
+            rows = {}
+            for name, part in [*parts, ("all", table)]:
+                if len(part):
+                    stats = part["psnr"].agg(["mean", "std", "min", "median", "max"])
+                    rows[name] = {"members": len(part), **stats.to_dict(),
+                                  "median_steps": float(part["steps_used"].median())}
+            out = pd.DataFrame.from_dict(rows, orient="index")
+            out.index.name = "split"
+            return out
         table = table[table["is_final"]] if epoch is None else table[table["epoch"] == epoch]
         groups = table.groupby(["optimizer", "activation"])
         out = groups["test_acc"].agg(["count", "mean", "std", "min", "median", "max"])
@@ -646,7 +671,7 @@ def check_shards(root: Path, spec, space: WeightSpace, plans
         if plan.index not in on_disk:
             missing.append(plan.index)
             continue
-        checkpoints = spec.checkpoint_epochs(plan.members[0].hparams["epochs"])
+        checkpoints = spec.member_checkpoints(plan.members[0])
         try:
             good[plan.index] = check_shard(root, plan.index,
                                            [m.member_id for m in plan.members], space,
