@@ -6,6 +6,8 @@ Subcommands:
   zoo build   train the members of a zoo spec into a resumable zoo directory
   zoo info    summarize a zoo directory (and verify its shards)
   zoo verify  check every shard, the index and the manifest; --repair
+  inr classify  classify the SIRENs of a SIREN zoo by their weights (NFN, StatNN, MLPs)
+  inr edit    learn weight-space edits of SIRENs (dilation, contrast)
   estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
   measures    complexity measures of every member of a zoo, as a table
   predict     fit and score predictors of generalization on a seeded split of a zoo
@@ -489,9 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="random seed")
     ex.set_defaults(func=_cmd_example)
 
+    from gensight.inr.cli import register as register_inr
     from gensight.zoo.cli import register as register_zoo
 
     register_zoo(sub)
+    register_inr(sub)
 
     est = sub.add_parser(
         "estimate", help="label-free accuracy estimates under distribution shift",
