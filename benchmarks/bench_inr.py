@@ -94,8 +94,8 @@ def main() -> None:
         f"{args.batch_size}), best-val checkpoint, NFN channels {args.channels}, "
         f"{args.threads} thread(s); train {sizes['train'][0]} SIRENs ({sizes['train'][1]} "
         f"images), val {sizes['val'][0]} ({sizes['val'][1]}). *NFN paper, MNIST SIRENs "
-        "(unverified, research note 03 §2.3). Ours: 8x8 digits SIRENs, a different and much "
-        "smaller dataset than the paper's MNIST: not comparable. "
+        "(unverified, research note 03 §2.3). Ours: SIRENs of "
+        f"{zoo.manifest['spec']['dataset']}, CPU widths and steps: not comparable. "
         f"Total {total:.0f} s.")
     console.print(table)
     if args.out:

@@ -216,3 +216,10 @@ def test_cli_inr_edit_prints_the_table_and_writes_the_figure(zoo, tmp_path, caps
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "nfn-hnp, nfn-np, mlp" in err
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), float("inf"), "x", True])
+def test_run_edit_refuses_a_bad_lr_or_scale_in_one_line(zoo, bad):
+    for name in ("lr", "scale_init"):
+        with pytest.raises(EditError, match=rf"^{name} must be a positive finite number; got "):
+            run_edit(zoo, methods=["mlp"], steps=1, **{name: bad})

@@ -326,3 +326,10 @@ def test_member_chunks_do_not_change_the_fit(monkeypatch):
     for a, b in zip(whole.population.parameters(), chunked.population.parameters(),
                     strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_non_square_list_input_is_a_one_line_siren_error():
+    from gensight.zoo.siren import SirenError
+
+    with pytest.raises(SirenError, match=r"must be square \(H == W\); got shape \(1, 1, 1, 2\)"):
+        fit_sirens([[[0.0, 0.1]]], [0], steps=1)

@@ -43,6 +43,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,15 @@ def check_positive_int(name: str, value) -> int:
 
 # ---------------------------------------------------------------------------------- data
 
+def _as_zoo(zoo):
+    """A :class:`~gensight.zoo.Zoo`, opening it if given its directory."""
+    if isinstance(zoo, str | Path):
+        from gensight.zoo.store import Zoo
+
+        return Zoo.open(zoo)
+    return zoo
+
+
 def split_rows(zoo) -> dict[str, pd.DataFrame]:
     """The rows of a SIREN zoo each split uses: ``{"train", "val", "test"}`` -> the final,
     finite rows whose ``split`` column has that value (all fits of each image).
@@ -128,6 +138,7 @@ def split_rows(zoo) -> dict[str, pd.DataFrame]:
     Raises :class:`INRClassifyError` for a zoo that is not a SIREN zoo (naming it and its
     family), a split with no rows, or an image listed under two splits.
     """
+    zoo = _as_zoo(zoo)
     family = zoo.family
     name = zoo.manifest.get("name", str(zoo.root))
     if family != "siren":
@@ -176,7 +187,8 @@ class INRData:
 
 def load_inr_data(zoo) -> tuple[dict[str, INRData], int]:
     """The train/val/test :class:`INRData` of a SIREN zoo (see :func:`split_rows`) and the
-    number of classes (largest label in the zoo + 1)."""
+    number of classes (largest label in the zoo + 1). ``zoo``: a Zoo or its directory."""
+    zoo = _as_zoo(zoo)
     rows = split_rows(zoo)
     n_classes = int(zoo.table["label"].max()) + 1
     data = {s: INRData(zoo.weights(r), r["label"].to_numpy(), r["image_id"].to_numpy())

@@ -281,6 +281,17 @@ class EditData:
     splits: dict[str, EditSplit]
 
 
+def _check_positive_float(name: str, value) -> float:
+    """``value`` as a positive finite float, or a one-line :class:`EditError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise EditError(f"{name} must be a positive finite number; got {value!r}")
+    return number
+
+
 def _open_siren_zoo(zoo):
     from gensight.zoo.store import Zoo
 
@@ -308,7 +319,8 @@ def load_edit_data(zoo, edit: str = "dilate", *, max_train: int | None = None,
                    dtype: torch.dtype = torch.float32) -> EditData:
     """The SIRENs of a SIREN zoo (a :class:`~gensight.zoo.Zoo` or its directory) with the
     images they fit and the edited targets, per split (all fits of every image; final,
-    finite rows only). ``max_*`` keep a fixed random subset (seed 0) of that many SIRENs."""
+    finite rows only). ``max_*`` keep a fixed random subset of that many SIRENs (seeds 0, 1, 2
+    for train, val, test)."""
     from gensight.zoo import siren_images
     from gensight.zoo.spec import ZooSpec
 
@@ -397,6 +409,7 @@ def train_edit_model(model: nn.Module, data: EditData, *, steps: int = 500,
     gen = torch.Generator().manual_seed(seed)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise EditError(f"warmup must be an int >= 0; got {warmup!r}")
+    _check_positive_float("lr", lr)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: min(1.0, (k + 1) / warmup) if warmup else 1.0)
@@ -450,6 +463,8 @@ def run_edit(zoo, *, edit: str = "dilate", methods: Sequence[str] = METHODS,
     """
     _check_edit(edit)
     methods = [_check_method(m) for m in methods]
+    for name, value in (("lr", lr), ("scale_init", scale_init)):
+        _check_positive_float(name, value)
     if not methods:
         raise EditError(f"methods is empty; known methods: {', '.join(METHODS)}")
     seeds = [int(s) for s in seeds]
@@ -476,12 +491,9 @@ def run_edit(zoo, *, edit: str = "dilate", methods: Sequence[str] = METHODS,
             model = make_edit_model(method, data.space, width=width, depth=depth,
                                     mlp_width=mlp_width, seed=seed, scale_init=scale_init,
                                     fourier_scale=fourier_scale)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                fit = train_edit_model(model, data, steps=steps, batch_size=batch_size, lr=lr,
-                                       seed=seed, eval_every=eval_every, warmup=warmup,
-                                       method=method,
-                                       log=log)
+            fit = train_edit_model(model, data, steps=steps, batch_size=batch_size, lr=lr,
+                                   seed=seed, eval_every=eval_every, warmup=warmup,
+                                   method=method, log=log)
             results.append(fit)
             if fits is not None:
                 fits[(method, seed)] = fit

@@ -129,9 +129,9 @@ def _check_images(images, batched: bool) -> Tensor:
     if not batched:
         x = x.unsqueeze(0)
     if x.shape[-1] != x.shape[-2]:
-        raise SirenError(f"{name} must be square (H == W); got shape {tuple(images.shape)}")
+        raise SirenError(f"{name} must be square (H == W); got shape {tuple(x.shape)}")
     if x.numel() == 0:
-        raise SirenError(f"{name} is empty; got shape {tuple(images.shape)}")
+        raise SirenError(f"{name} is empty; got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise SirenError(f"{name} contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
