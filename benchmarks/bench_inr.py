@@ -31,7 +31,9 @@ from gensight.zoo import Zoo, ZooSpec, build_zoo
 
 # NFN paper (Zhou et al. 2023, arXiv 2302.14040), INR classification table, MNIST SIRENs;
 # [unverified] per the research note (03 §2.3).
-REFERENCE = {"nfn-np": "≈92.9*", "nfn-hnp": "≈92.5*"}
+REFERENCE = {"nfn-np": "≈92.9*", "nfn-hnp": "≈92.5*",
+             # NFT paper (arXiv 2305.13546): Inr2Array(NFT) MNIST [unverified, note 01 §5]
+             "inr2array": "≈98.5*"}
 
 
 def main() -> None:

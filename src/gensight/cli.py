@@ -492,10 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_example)
 
     from gensight.inr.cli import register as register_inr
+    from gensight.merge.cli import register as register_merge
     from gensight.zoo.cli import register as register_zoo
 
     register_zoo(sub)
     register_inr(sub)
+    register_merge(sub)
 
     est = sub.add_parser(
         "estimate", help="label-free accuracy estimates under distribution shift",
@@ -548,8 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the held-out networks: Kendall's tau, granulated tau, CMI (PGDL), R^2, MAE, time.")
     pre.add_argument("zoo", help="zoo directory")
     pre.add_argument("--methods", default="statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec",
-                     help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, "
-                     "margin-signature, measure:NAME (default: %(default)s)")
+                     help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, nft, "
+                     "nft-np, margin-signature, measure:NAME (default: %(default)s)")
     _add_fit_options(pre)
     pre.add_argument("--test-fraction", type=float, default=0.25)
     pre.add_argument("--out", help="output directory (default: ZOO/predict)")

@@ -13,6 +13,7 @@ from gensight.errors import GensightError
 from gensight.inr import (
     METHODS,
     FlatMLPClassifier,
+    Inr2ArrayClassifier,
     INRClassifier,
     INRClassifyError,
     INRData,
@@ -90,7 +91,7 @@ def _fitted(method, data, **kw):
 
 
 # --- invariance and augmentation ---------------------------------------------------------------
-@pytest.mark.parametrize("method", ["nfn-hnp", "nfn-np", "statnn"])
+@pytest.mark.parametrize("method", ["inr2array", "nft", "nfn-hnp", "nfn-np", "statnn"])
 def test_invariant_methods_ignore_hidden_neuron_permutations(method, data):
     clf = _fitted(method, data, dtype=torch.float64)
     x = data[0]["test"].weights.to(torch.float64)
@@ -216,11 +217,16 @@ def test_every_method_runs_end_to_end_on_a_tiny_zoo(zoo):
     assert ("nfn-np", 1, 4) in calls and ("mlp", 0, 2) in calls
     gaps = summary.set_index("method")["invariance_gap"]
     assert gaps["nfn-hnp"] < 1e-4 and gaps["nfn-np"] < 1e-4 and gaps["mlp"] > 1e-3
+    assert gaps["nft"] < 1e-4 and gaps["inr2array"] < 1e-4
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_black_and_white_sirens_are_separated(method, black_white):
-    clf = make_classifier(method, steps=60, eval_every=20, n_classes=2, channels=(8, 8))
+    if method == "inr2array":   # 8 channels overfit 24 SIRENs: val reconstruction MSE 0.9
+        clf = Inr2ArrayClassifier(steps=60, eval_every=20, n_classes=2, channels=16,
+                                  ae_steps=100, lr=3e-3)
+    else:
+        clf = make_classifier(method, steps=60, eval_every=20, n_classes=2, channels=(8, 8))
     clf.fit(black_white["train"], black_white["val"])
     assert clf.score(black_white["test"]) >= 0.75   # chance: 0.5
     assert clf.history_[-1][0] == 60 and clf.best_step_ in (20, 40, 60)
@@ -258,8 +264,8 @@ def test_cli_prints_the_table_and_writes_scores(zoo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--methods", "nfn-hnp,bogus"], ["unknown method 'bogus'", "known methods: nfn-hnp, "
-                                      "nfn-np, statnn, mlp, mlp-aug"]),
+    (["--methods", "nfn-hnp,bogus"], ["unknown method 'bogus'", "known methods: inr2array, "
+                                      "nft, nfn-hnp, nfn-np, statnn, mlp, mlp-aug"]),
     (["--seeds", "0"], ["--seeds must be a positive integer; got 0"]),
     (["--seeds", "three"], ["--seeds must be a positive integer; got 'three'"]),
     (["--steps", "-5"], ["--steps must be a positive integer; got -5"]),

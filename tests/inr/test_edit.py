@@ -97,7 +97,7 @@ def _sirens():
     return siren_init(range(3), hidden=(8, 8)).to_weight_batch().to(torch.float64)
 
 
-@pytest.mark.parametrize("method", ["nfn-hnp", "nfn-np"])
+@pytest.mark.parametrize("method", ["nft", "nfn-hnp", "nfn-np"])
 def test_nfn_delta_is_hnp_equivariant_and_edits_permuted_sirens_identically(method):
     w = _sirens()
     model = make_edit_model(method, w.space, width=6, depth=2, seed=1, scale_init=0.3)
@@ -141,9 +141,10 @@ def test_targets_are_the_edited_images_the_sirens_fit(zoo):
 
 def test_nfn_training_beats_the_do_nothing_baseline_and_is_seeded(zoo, tmp_path, one_thread):
     fits = {}
-    df = run_edit(zoo, edit="dilate", methods=["nfn-hnp"], seeds=[0], steps=40, width=8,
-                  depth=2, eval_every=10, fits=fits)
-    assert list(df["method"]) == ["none", "nfn-hnp"]
+    df = run_edit(zoo, edit="dilate", methods=["nfn-hnp", "nft"], seeds=[0], steps=40,
+                  width=8, depth=2, eval_every=10, fits=fits)
+    assert list(df["method"]) == ["none", "nfn-hnp", "nft"]
+    assert df.iloc[2].test_mse_mean < 0.9 * df.iloc[0].test_mse_mean
     assert {"test_mse_mean", "test_mse_std", "seconds"} <= set(df.columns)
     none, nfn = df.iloc[0], df.iloc[1]
     assert nfn.test_mse_mean < 0.9 * none.test_mse_mean
@@ -167,7 +168,7 @@ def test_error_paths_are_one_line_gensight_errors(zoo):
         edit_images(torch.zeros(1, 1, 3, 3), "blur")
     with pytest.raises(EditError, match="unknown edit 'blur'"):
         run_edit(zoo, edit="blur")
-    with pytest.raises(EditError, match="unknown method 'cnn'; known methods: nfn-hnp, "
+    with pytest.raises(EditError, match="unknown method 'cnn'; known methods: nft, nfn-hnp, "
                                         "nfn-np, mlp"):
         run_edit(zoo, methods=["cnn"])
     mlp_zoo = Zoo(zoo.root, {"spec": {"architecture": {"family": "mlp"}}}, pd.DataFrame())
@@ -196,7 +197,7 @@ def test_cli_arguments_round_trip_into_run_edit_keywords(capsys):
     assert list(edit_kwargs(parser.parse_args([]))["methods"]) == list(METHODS)
     with pytest.raises(SystemExit):
         parser.parse_args(["--methods", "nfn-hnp,bogus"])
-    assert "known methods: nfn-hnp, nfn-np, mlp" in capsys.readouterr().err
+    assert "known methods: nft, nfn-hnp, nfn-np, mlp" in capsys.readouterr().err
 
 
 def test_cli_inr_edit_prints_the_table_and_writes_the_figure(zoo, tmp_path, capsys, one_thread):
@@ -215,7 +216,7 @@ def test_cli_inr_edit_prints_the_table_and_writes_the_figure(zoo, tmp_path, caps
         main(["inr", "edit", str(zoo.root), "--methods", "cnn"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "nfn-hnp, nfn-np, mlp" in err
+    assert "nft, nfn-hnp, nfn-np, mlp" in err
 
 
 @pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), float("inf"), "x", True])

@@ -7,6 +7,7 @@ from gensight.cli import main
 from gensight.predict import (
     MeasurePredictor,
     NFNPredictor,
+    NFTPredictor,
     PredictError,
     StatNN,
     ZooSplit,
@@ -65,6 +66,29 @@ def test_nfn_learns_on_the_zoo(grid_zoo):
     assert min(model.history_) < model.history_[0]
 
 
+@pytest.mark.parametrize("symmetry", ["hnp", "np"])
+def test_nft_predictions_are_invariant_to_neuron_permutations(grid_zoo, symmetry):
+    train, test = split_zoo(grid_zoo)
+    model = NFTPredictor(symmetry, channels=8, blocks=1, heads=2, epochs=2, seed=0).fit(train)
+    assert model.name == ("nft" if symmetry == "hnp" else "nft-np")
+    before = model.predict(test)
+    perm = random_permutation(test.weights.space, symmetry, batch_size=len(test),
+                              generator=torch.Generator().manual_seed(1))
+    permuted = ZooSplit(test.zoo, test.rows)
+    permuted.weights = permute(test.weights, perm)
+    np.testing.assert_allclose(before, model.predict(permuted), atol=1e-5)
+    assert not np.allclose(before, before[0])
+
+
+def test_nft_learns_on_the_zoo(grid_zoo):
+    train, _ = split_zoo(grid_zoo)
+    model = NFTPredictor(channels=8, blocks=1, heads=2, dropout=0.0, epochs=12, patience=12,
+                         val_fraction=0.25, lr=3e-3, seed=0).fit(train)
+    assert min(model.history_) < model.history_[0]
+    assert isinstance(make_predictor("nft"), NFTPredictor)
+    assert make_predictor("nft-np").symmetry == "np"
+
+
 def test_measure_predictor_is_a_linear_map_of_the_measure(grid_zoo):
     train, test = split_zoo(grid_zoo)
     p = MeasurePredictor("log.prod.of.fro").fit(train)
@@ -115,16 +139,16 @@ def test_unknown_method():
 def test_predict_cli(grid_zoo, tmp_path, capsys):
     out = tmp_path / "p"
     assert main(["predict", str(grid_zoo.root), "--methods",
-                 "statnn,nfn-hnp,measure:log.prod.of.spec", "--epochs", "2",
+                 "statnn,nfn-hnp,nft,measure:log.prod.of.spec", "--epochs", "2",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "granulated_tau" in text and "nfn-hnp" in text
     scores = pd.read_csv(out / "scores.csv")
-    assert list(scores.method) == ["statnn", "nfn-hnp", "measure:log.prod.of.spec"]
+    assert list(scores.method) == ["statnn", "nfn-hnp", "nft", "measure:log.prod.of.spec"]
     assert scores[["tau", "r2", "mae", "seconds"]].notna().all().all()
     assert pd.read_parquet(out / "scores.parquet").shape == scores.shape
     preds = pd.read_csv(out / "predictions.csv")
-    assert len(preds) == 8 and "nfn-hnp" in preds
+    assert len(preds) == 8 and "nfn-hnp" in preds and "nft" in preds
     assert (out / "predicted-measure-log.prod.of.spec.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["predict", str(grid_zoo.root), "--methods", "statnn,oracle"]) == 2
     assert "unknown method 'oracle'" in capsys.readouterr().err

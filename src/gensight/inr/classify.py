@@ -15,6 +15,13 @@ Methods (:data:`METHODS`), each a small class with ``fit(train, val)`` / ``predi
 - ``statnn``: the StatNN features of :func:`gensight.predict.predictors.statnn_features`
   (mean, variance and 5 quantiles of every weight and bias tensor) standardized with train
   statistics, then an MLP (one hidden layer of 256, ReLU). Invariant too.
+- ``nft``: an :class:`~gensight.nf.InvariantNFT` (arXiv 2305.13546): Gaussian Fourier
+  features (16 frequencies of scale 3), learned layer/IO position embedding, 2 NFT blocks of
+  32 channels and 4 heads, HNP mean pool, head 256. Invariant.
+- ``inr2array``: Inr2Array (arXiv 2305.13546, Sec. 4, :mod:`gensight.inr.inr2array`): an NFT
+  autoencoder trained on the train SIRENs to reconstruct their renderings, then a small
+  Transformer (:class:`~gensight.inr.inr2array.LatentTransformer`) on the frozen latent
+  arrays. Invariant.
 - ``mlp``: an MLP (2 hidden layers of 256, ReLU) on the flattened weights; not invariant.
 - ``mlp-aug``: the same with a fresh random hidden-neuron permutation
   (:func:`~gensight.weightspace.random_permutation` + :func:`~gensight.weightspace.permute`)
@@ -61,7 +68,9 @@ __all__ = [
     "INRClassifier",
     "INRClassifyError",
     "INRData",
+    "Inr2ArrayClassifier",
     "NFNClassifier",
+    "NFTClassifier",
     "StatNNClassifier",
     "TensorStandardizer",
     "check_methods",
@@ -73,7 +82,7 @@ __all__ = [
     "summarize",
 ]
 
-METHODS = ("nfn-hnp", "nfn-np", "statnn", "mlp", "mlp-aug")
+METHODS = ("inr2array", "nft", "nfn-hnp", "nfn-np", "statnn", "mlp", "mlp-aug")
 """The method names, in the order the table lists them."""
 
 SPLITS = ("train", "val", "test")
@@ -214,6 +223,13 @@ class TensorStandardizer:
         n = batch.space.n_layers
         return WeightBatch(batch.space, tensors[:n], tensors[n:], check_finite=False)
 
+    def inverse_transform(self, batch: WeightBatch) -> WeightBatch:
+        """The raw weights of a standardized batch."""
+        tensors = [t * s + m for t, m, s in zip(batch.tensors(), self.mean_, self.std_,
+                                                strict=True)]
+        n = batch.space.n_layers
+        return WeightBatch(batch.space, tensors[:n], tensors[n:], check_finite=False)
+
 
 # ----------------------------------------------------------------------------- classifiers
 
@@ -295,7 +311,7 @@ class INRClassifier:
         self._prepare(xtrain)
         xval = None if val is None else self._standardized(val.weights)
         ytrain = torch.tensor(np.array(train.labels), dtype=torch.long)
-        model = self._build(xtrain.space, n_classes, xtrain).to(self.dtype)
+        model = self._build(train.weights.space, n_classes, xtrain).to(self.dtype)
         self.model_ = model
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         loss_fn = nn.CrossEntropyLoss()
@@ -379,6 +395,101 @@ class NFNClassifier(INRClassifier):
                                    head=self.head, dropout=self.dropout, n_classes=n_classes)
 
 
+class NFTClassifier(INRClassifier):
+    """``nft``: an :class:`~gensight.nf.InvariantNFT` classifier (arXiv 2305.13546) with
+    Gaussian Fourier features (``channels / 2`` frequencies of scale ``fourier_scale``), the
+    learned layer/IO position embedding, ``blocks`` NFT blocks, HNP mean pool and a head of
+    ``head`` units. The authors' direct NFT classifier is not in their public code; this is
+    the composition of the paper's layers described in :class:`~gensight.nf.InvariantNFT`."""
+
+    name = "nft"
+
+    def __init__(self, *, channels: int = 32, blocks: int = 2, heads: int = 4,
+                 fourier_scale: float = 3.0, head: int = 256, dropout: float = 0.1,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.blocks, self.heads = int(channels), int(blocks), int(heads)
+        self.fourier_scale, self.head, self.dropout = float(fourier_scale), head, dropout
+
+    def _build(self, space, n_classes, example):
+        from gensight.nf import InvariantNFT
+
+        torch.manual_seed(self.seed)
+        return InvariantNFT(space, channels=self.channels, blocks=self.blocks,
+                            heads=self.heads, dropout=self.dropout,
+                            fourier_scale=self.fourier_scale, out_features=n_classes,
+                            head_hidden=(self.head,))
+
+
+class Inr2ArrayClassifier(INRClassifier):
+    """``inr2array``: the Inr2Array pipeline of arXiv 2305.13546 (Sec. 4).
+
+    ``fit`` first trains an :class:`~gensight.inr.inr2array.Inr2Array` autoencoder on the
+    *train* SIRENs (``ae_steps`` AdamW steps, reconstruction of each SIREN's own rendering
+    at ``size x size`` pixels, best checkpoint on the val SIRENs), freezes it, and then
+    trains a :class:`~gensight.inr.inr2array.LatentTransformer` on the latent arrays with
+    the shared loop (its ``steps``, ``lr``, best val accuracy). ``size`` and ``omega_0`` are
+    the zoo's (``classify_zoo`` passes them).
+
+    Extra fitted attributes: ``autoencoder_``, ``ae_history_`` (``(step, train MSE, val
+    MSE)``), ``ae_val_mse_`` (the kept checkpoint's).
+    """
+
+    name = "inr2array"
+
+    def __init__(self, *, size: int = 8, omega_0: float = 30.0, channels: int = 32,
+                 blocks: int = 2, grid: int = 2, ae_steps: int | None = None,
+                 ae_lr: float = 1e-3, d_model: int = 64, depth: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.size = check_positive_int("size", size)
+        self.omega_0 = float(omega_0)
+        self.channels, self.blocks = int(channels), int(blocks)
+        self.grid = check_positive_int("grid", grid)
+        self.ae_steps = self.steps if ae_steps is None else check_positive_int("ae_steps",
+                                                                               ae_steps)
+        self.ae_lr, self.d_model, self.depth = float(ae_lr), int(d_model), int(depth)
+
+    def fit(self, train: INRData, val: INRData | None = None,
+            progress: Progress | None = None) -> Inr2ArrayClassifier:
+        from gensight.inr.inr2array import Inr2Array, fit_inr2array, reconstruction_mse
+        from gensight.zoo.siren import render
+
+        if len(train) == 0:
+            raise INRClassifyError(f"{self.name}: no training networks")
+        self.standardizer_ = TensorStandardizer().fit(train.weights.to(self.dtype))
+
+        def prepared(data: INRData) -> tuple[WeightBatch, Tensor]:
+            raw = data.weights.to(self.dtype)
+            with torch.no_grad():
+                target = render(raw, self.size, self.omega_0)
+            return self.standardizer_.transform(raw), target
+
+        torch.manual_seed(self.seed)
+        ae = Inr2Array(train.weights.space, channels=self.channels, blocks=self.blocks,
+                       grid=self.grid, omega_0=self.omega_0, seed=self.seed).to(self.dtype)
+        xt = prepared(train)
+        xv = None if val is None else prepared(val)
+        self.ae_history_ = fit_inr2array(
+            ae, *xt, steps=self.ae_steps, batch_size=self.batch_size, lr=self.ae_lr,
+            seed=self.seed, val=xv, eval_every=max(1, self.ae_steps // 10))
+        self.autoencoder_ = ae
+        self.ae_val_mse_ = float("nan") if xv is None else reconstruction_mse(ae, *xv)
+        return super().fit(train, val, progress)
+
+    def _standardized(self, weights: WeightBatch):
+        """Raw SIREN weights -> their latent arrays ``(B, M, D)`` (the classifier's input)."""
+        from gensight.inr.inr2array import embed
+
+        return embed(self.autoencoder_, self.standardizer_.transform(weights.to(self.dtype)))
+
+    def _build(self, space, n_classes, example):
+        from gensight.inr.inr2array import LatentTransformer
+
+        torch.manual_seed(self.seed)
+        return LatentTransformer(example.shape[1], example.shape[2], n_classes,
+                                 d_model=self.d_model, depth=self.depth)
+
+
 def _mlp(d_in: int, hidden: Sequence[int], n_classes: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
@@ -442,13 +553,20 @@ def make_classifier(method: str, *, seed: int = 0, n_classes: int | None = None,
                     steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"],
                     lr: float = DEFAULTS["lr"], eval_every: int = DEFAULTS["eval_every"],
                     channels: Sequence[int] = DEFAULTS["channels"],
-                    dtype: torch.dtype = torch.float32) -> INRClassifier:
-    """A fresh classifier for one of :data:`METHODS` (``channels``: NFN widths only)."""
+                    dtype: torch.dtype = torch.float32, size: int = 8,
+                    omega_0: float = 30.0) -> INRClassifier:
+    """A fresh classifier for one of :data:`METHODS` (``channels``: NFN widths, and the
+    first one the NFT/Inr2Array width; ``size``, ``omega_0``: the zoo's SIRENs, for
+    Inr2Array's renderings)."""
     (method,) = check_methods([method])
     common = {"seed": seed, "n_classes": n_classes, "steps": steps, "batch_size": batch_size,
               "lr": lr, "eval_every": eval_every, "dtype": dtype}
     if method.startswith("nfn-"):
         return NFNClassifier(method[4:], channels=channels, **common)
+    if method == "nft":
+        return NFTClassifier(channels=channels[0], **common)
+    if method == "inr2array":
+        return Inr2ArrayClassifier(size=size, omega_0=omega_0, channels=channels[0], **common)
     if method == "statnn":
         return StatNNClassifier(**common)
     return FlatMLPClassifier(augment=method == "mlp-aug", **common)
@@ -522,13 +640,16 @@ def classify_zoo(zoo, methods: Sequence[str] | str = METHODS, *, seeds: int = 3,
     for m in methods:  # bad settings fail before the data is loaded
         make_classifier(m, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
                         channels=channels)
+    zoo = _as_zoo(zoo)
     data, n_classes = load_inr_data(zoo)
+    siren = zoo.manifest.get("siren", {})
+    drawing = {"size": int(siren.get("size", 8)), "omega_0": float(siren.get("omega_0", 30))}
     records = []
     for method in methods:
         for seed in range(seeds):
             clf = make_classifier(method, seed=seed, n_classes=n_classes, steps=steps,
                                   batch_size=batch_size, lr=lr, eval_every=eval_every,
-                                  channels=channels)
+                                  channels=channels, **drawing)
             start = time.perf_counter()
             cb = None if progress is None else \
                 (lambda step, total, m=method, s=seed: progress(m, s, step, total))

@@ -147,12 +147,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Tasks on the weights of a SIREN zoo's INRs.")
     inr_sub = inr.add_subparsers(dest="inr_command", metavar="INR_COMMAND", required=True)
     cls = inr_sub.add_parser(
-        "classify", help="classify SIRENs by their weights (NFN, StatNN, MLP baselines)",
+        "classify", help="classify SIRENs by their weights (Inr2Array, NFT, NFN, StatNN, "
+        "MLP baselines)",
         description="Train INR classifiers on the train split of a SIREN zoo (every fit of "
         "every train image), keep the checkpoint with the best val accuracy, and report the "
         "test accuracy, mean ± std over seeds. NFN widths are CPU-sized (channels 32,32,32 "
         "by default; the NFN paper uses 512). Each weight/bias tensor is standardized by one "
-        "mean and std from the train SIRENs.")
+        "mean and std from the train SIRENs. inr2array first trains its autoencoder for "
+        "--steps steps on the train SIRENs' renderings, then its latent classifier.")
     cls.add_argument("zoo", help="SIREN zoo directory (family 'siren')")
     cls.add_argument("--methods", default=",".join(METHODS),
                      help="comma-separated subset of: " + ", ".join(METHODS)
@@ -167,7 +169,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     cls.add_argument("--eval-every", default=None,
                      help="steps between val evaluations (default: steps / 10)")
     cls.add_argument("--channels", default=",".join(map(str, DEFAULTS["channels"])),
-                     help="NFN NF-Layer widths (default %(default)s)")
+                     help="NFN NF-Layer widths; nft and inr2array use the first as their "
+                     "width (default %(default)s)")
     cls.add_argument("--out", help="directory for scores.csv (per method) and runs.csv "
                      "(per seed)")
     cls.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,7 +15,8 @@ what the research note (Spec 3, Sec. 3 and Sec. 6) prescribes. The do-nothing ba
 - Edits of images ``(..., H, W)`` in [-1, 1]: :func:`dilate` (3x3 grayscale dilation, the
   paper's MNIST task) and :func:`contrast` (linear contrast stretch about the image mean, a
   documented grayscale substitute for the paper's CIFAR-10 CLAHE task; *not* CLAHE).
-- Editing models: :class:`EditNFN` (``nfn-hnp``, ``nfn-np``) and :class:`EditMLP` (``mlp``),
+- Editing models: :class:`EditNFN` (``nfn-hnp``, ``nfn-np``), :class:`EditNFT` (``nft``,
+  weight-space attention, arXiv 2305.13546) and :class:`EditMLP` (``mlp``),
   built by :func:`make_edit_model`; all end in a ``LearnedScale`` initialised small, so the
   delta starts near zero.
 - :func:`load_edit_data`, :func:`train_edit_model`, :func:`run_edit` (the experiment: one row
@@ -59,6 +60,7 @@ __all__ = [
     "EditData",
     "EditError",
     "EditFit",
+    "EditNFT",
     "EditMLP",
     "EditNFN",
     "EditSplit",
@@ -75,7 +77,7 @@ __all__ = [
     "train_edit_model",
 ]
 
-METHODS = ("nfn-hnp", "nfn-np", "mlp")
+METHODS = ("nft", "nfn-hnp", "nfn-np", "mlp")
 SPLITS = ("train", "val", "test")
 
 
@@ -199,6 +201,51 @@ class EditNFN(nn.Module):
         return self.net(batch)
 
 
+class EditNFT(nn.Module):
+    """An NFT editing model (arXiv 2305.13546, INR editing): equivariant weights -> delta.
+
+    ``GaussianFourierFeatures(1, channels / 2, fourier_scale)`` ->
+    :class:`~gensight.nf.LearnedPositionEmbedding` -> ``blocks``
+    :class:`~gensight.nf.NFTBlock` s (``heads`` heads, feed-forward factor 2, no dropout) ->
+    :class:`~gensight.nf.ChannelLayerNorm` -> :class:`~gensight.nf.BlockPointwise` to 1
+    channel -> :class:`~gensight.nf.LearnedScale` (``scale_init``). The authors' editing NFT
+    is built the same way from their blocks (Fourier features, position embedding, NFT
+    blocks, a pointwise read-out, a learned scale); sizes here are CPU sized.
+
+    ``forward``: ``WeightBatch (B, 1, ...)`` -> delta ``WeightBatch (B, 1, ...)``; equivariant
+    to hidden-neuron permutations (HNP: the position embedding tells input and output neurons
+    apart).
+    """
+
+    def __init__(self, space: WeightSpace, *, channels: int = 32, blocks: int = 2,
+                 heads: int = 4, fourier_scale: float = 3.0, fourier_seed: int | None = 0,
+                 scale_init: float = 1e-2):
+        from gensight.nf import (
+            BlockPointwise,
+            ChannelLayerNorm,
+            LearnedPositionEmbedding,
+            NFTBlock,
+        )
+
+        super().__init__()
+        if channels < 2 or channels % 2:
+            raise EditError(f"the NFT width must be an even number >= 2 (sine and cosine "
+                            f"Fourier features); got {channels}")
+        if channels % heads:
+            heads = math.gcd(channels, heads)
+        self.space = space
+        self.net = nn.Sequential(
+            GaussianFourierFeatures(1, channels // 2, fourier_scale, seed=fourier_seed),
+            LearnedPositionEmbedding(space, channels),
+            *(NFTBlock(space, channels, heads=heads, dropout=0.0) for _ in range(blocks)),
+            ChannelLayerNorm(space, channels),
+            BlockPointwise(space, channels, 1),
+            LearnedScale(space, scale_init))
+
+    def forward(self, batch: WeightBatch) -> WeightBatch:
+        return self.net(batch)
+
+
 class EditMLP(nn.Module):
     """The NFN paper's ``MLPTransferNet`` baseline at CPU sizes: flatten the weights, an MLP
     (``hidden`` widths, ReLU) to a vector of the same size, unflatten, and
@@ -236,7 +283,9 @@ def make_edit_model(method: str, space: WeightSpace, *, width: int = 32, depth: 
     """The editing model ``method`` (one of :data:`METHODS`) for SIRENs of ``space``.
 
     ``nfn-hnp`` / ``nfn-np``: :class:`EditNFN` with ``depth`` hidden NF-Layers of ``width``
-    channels and ``fourier`` Gaussian Fourier features of scale ``fourier_scale``; ``mlp``:
+    channels and ``fourier`` Gaussian Fourier features of scale ``fourier_scale``; ``nft``:
+    :class:`EditNFT` with ``max(1, depth - 1)`` NFT blocks of ``width`` channels (the
+    width rounded up to even); ``mlp``:
     :class:`EditMLP` with ``depth - 1`` hidden layers of ``mlp_width``. Parameters (and the
     Fourier frequencies) are drawn from ``seed``.
     """
@@ -248,6 +297,10 @@ def make_edit_model(method: str, space: WeightSpace, *, width: int = 32, depth: 
         torch.manual_seed(seed)
         if method == "mlp":
             return EditMLP(space, hidden=(mlp_width,) * max(depth - 1, 1),
+                           scale_init=scale_init)
+        if method == "nft":
+            return EditNFT(space, channels=width + width % 2, blocks=max(depth - 1, 1),
+                           fourier_scale=fourier_scale, fourier_seed=seed,
                            scale_init=scale_init)
         return EditNFN(space, "hnp" if method == "nfn-hnp" else "np",
                        channels=(width,) * depth, fourier=fourier, fourier_scale=fourier_scale,

@@ -4,6 +4,15 @@ Layers map a :class:`~gensight.weightspace.WeightBatch` to a ``WeightBatch`` (eq
 or to a tensor (invariant pools), and compose like ``torch.nn`` layers.
 """
 
+from gensight.nf.attention import (
+    BlockPointwise,
+    ChannelLayerNorm,
+    CrossAttentionPool,
+    LearnedPositionEmbedding,
+    NFTAttention,
+    NFTBlock,
+    WeightTokens,
+)
 from gensight.nf.inr_blocks import (
     ChannelDropout,
     GaussianFourierFeatures,
@@ -13,11 +22,18 @@ from gensight.nf.inr_blocks import (
 )
 from gensight.nf.layers import HNPLinear, NPLinear, num_parameters
 from gensight.nf.layout import Block, Layout
-from gensight.nf.models import InvariantNFN
+from gensight.nf.models import InvariantNFN, InvariantNFT
 from gensight.nf.pointwise import Elementwise, WeightSpaceNorm
 from gensight.nf.pooling import HNPPool, NPPool
 
 __all__ = [
+    "BlockPointwise",
+    "ChannelLayerNorm",
+    "CrossAttentionPool",
+    "LearnedPositionEmbedding",
+    "NFTAttention",
+    "NFTBlock",
+    "WeightTokens",
     "Block",
     "ChannelDropout",
     "Elementwise",
@@ -26,6 +42,7 @@ __all__ = [
     "HNPPool",
     "IOSinusoidalEncoding",
     "InvariantNFN",
+    "InvariantNFT",
     "LearnedScale",
     "Layout",
     "NPLinear",

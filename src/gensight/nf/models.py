@@ -95,3 +95,109 @@ class InvariantNFN(nn.Module):
 
     def forward(self, batch: WeightBatch) -> Tensor:
         return self.head(self.embed(batch))
+
+
+class InvariantNFT(nn.Module):
+    """A permutation-invariant neural functional Transformer: the NFT counterpart of
+    :class:`InvariantNFN`, with the same interface (arXiv 2305.13546, Sec. 3 and 5).
+
+    ``input`` (``BlockPointwise(in_channels, C)``, or Gaussian Fourier features of
+    ``C / 2`` frequencies when ``fourier_scale`` is set) -> ``LearnedPositionEmbedding`` (HNP
+    only: tells the input and output neurons apart) -> ``blocks`` pre-norm
+    :class:`~gensight.nf.NFTBlock` s -> a final :class:`~gensight.nf.ChannelLayerNorm` ->
+    ``pool`` -> MLP ``head``. ``pool="mean"`` is the NF-Layers' invariant pool
+    (:class:`HNPPool` or :class:`NPPool`); ``pool="attention"`` is the Inr2Array
+    cross-attention pool to ``num_latents`` latents of C channels, flattened.
+
+    The authors did not publish their NFT generalization predictor (their experiments' config
+    references a class missing from the public code); this composition of the paper's layers
+    is ours, and follows the Inr2Array encoder and the NFN predictor's head.
+
+    Args:
+        space: weight space of the input networks.
+        symmetry: ``"hnp"`` (invariant to hidden-neuron permutations, the networks' own
+            symmetry) or ``"np"`` (also to input/output permutations: no position embedding,
+            NP pool).
+        channels, blocks, heads, ff_factor, dropout: width (C), depth and the NFT blocks'
+            settings.
+        share_projections: see :class:`~gensight.nf.NFTAttention` (``None``: automatic).
+
+    ``forward``: ``WeightBatch (B, in_channels, ...)`` -> ``(B, out_features)``.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> batch = WeightBatch.from_modules([net])
+        >>> model = InvariantNFT(batch.space, channels=8, heads=2, blocks=1)
+        >>> model(batch).shape
+        torch.Size([1, 1])
+    """
+
+    def __init__(
+        self,
+        space: WeightSpace,
+        *,
+        symmetry: Symmetry = "hnp",
+        channels: int = 32,
+        blocks: int = 2,
+        heads: int = 4,
+        ff_factor: int = 2,
+        dropout: float = 0.1,
+        in_channels: int = 1,
+        out_features: int = 1,
+        head_hidden: Sequence[int] = (256,),
+        fourier_scale: float | None = None,
+        pool: str = "mean",
+        num_latents: int = 4,
+        share_projections: bool | None = None,
+    ):
+        from gensight.nf.attention import (
+            BlockPointwise,
+            ChannelLayerNorm,
+            CrossAttentionPool,
+            LearnedPositionEmbedding,
+            NFTBlock,
+        )
+        from gensight.nf.inr_blocks import GaussianFourierFeatures
+
+        super().__init__()
+        if symmetry not in ("hnp", "np"):
+            raise GensightError(f"unknown symmetry {symmetry!r}; expected 'hnp' or 'np'")
+        if pool not in ("mean", "attention"):
+            raise GensightError(f"unknown pool {pool!r}; expected 'mean' or 'attention'")
+        if not isinstance(blocks, int) or blocks < 1:
+            raise GensightError(f"InvariantNFT needs at least one NFT block; got {blocks!r}")
+        if fourier_scale is not None and channels % 2:
+            raise GensightError(f"Fourier features give an even number of channels; got "
+                                f"channels={channels}")
+        self.space = space
+        self.symmetry = symmetry
+        stem: list[nn.Module] = [
+            GaussianFourierFeatures(in_channels, channels // 2, fourier_scale)
+            if fourier_scale is not None else BlockPointwise(space, in_channels, channels)]
+        if symmetry == "hnp":
+            stem.append(LearnedPositionEmbedding(space, channels))
+        body = [NFTBlock(space, channels, ff_factor=ff_factor, heads=heads, dropout=dropout,
+                         share_projections=share_projections) for _ in range(blocks)]
+        self.encoder = nn.Sequential(*stem, *body, ChannelLayerNorm(space, channels))
+        if pool == "attention":
+            self.pool = nn.Sequential(CrossAttentionPool(channels, num_latents), nn.Flatten())
+            width = num_latents * channels
+        else:
+            self.pool = HNPPool(space) if symmetry == "hnp" else NPPool(space)
+            width = self.pool.out_features(channels)
+        head: list[nn.Module] = []
+        for h in head_hidden:
+            head += [nn.Linear(width, h), nn.ReLU()]
+            if dropout:
+                head.append(nn.Dropout(dropout))
+            width = h
+        head.append(nn.Linear(width, out_features))
+        self.head = nn.Sequential(*head)
+
+    def embed(self, batch: WeightBatch) -> Tensor:
+        """The pooled invariant representation ``(B, width)``."""
+        return self.pool(self.encoder(batch))
+
+    def forward(self, batch: WeightBatch) -> Tensor:
+        return self.head(self.embed(batch))

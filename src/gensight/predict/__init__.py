@@ -8,6 +8,8 @@ accuracy, where ``split`` is a :class:`ZooSplit` (a zoo and a subset of its tabl
 - :class:`NFNPredictor`: an HNP or NP :class:`~gensight.nf.InvariantNFN` trained with the
   recipe of arXiv 2302.14040 (BCE on accuracy in [0, 1], Adam), early stopping on a validation
   part of the training split, optional permutation augmentation.
+- :class:`NFTPredictor`: the same recipe with an :class:`~gensight.nf.InvariantNFT`
+  (weight-space attention, arXiv 2305.13546).
 - :class:`MeasurePredictor`: one complexity measure, mapped to accuracy by a linear fit.
 - :class:`MarginSignature` (arXiv 1810.00113): margin-distribution signatures -> linear
   regression to the gap.
@@ -22,6 +24,7 @@ from gensight.predict.predictors import (
     MarginSignature,
     MeasurePredictor,
     NFNPredictor,
+    NFTPredictor,
     PredictError,
     Predictor,
     StatNN,
@@ -35,7 +38,7 @@ from gensight.predict.predictors import (
 from gensight.predict.scoring import evaluate_predictors, score_predictions
 
 __all__ = [
-    "MarginSignature", "MeasurePredictor", "NFNPredictor", "PredictError", "Predictor",
-    "StatNN", "ZooSplit", "check_target", "evaluate_predictors", "make_predictor",
+    "MarginSignature", "MeasurePredictor", "NFNPredictor", "NFTPredictor", "PredictError",
+    "Predictor", "StatNN", "ZooSplit", "check_target", "evaluate_predictors", "make_predictor",
     "make_predictors", "score_predictions", "split_zoo", "statnn_features",
 ]

@@ -1,4 +1,4 @@
-"""The predictors: StatNN, NFN (HNP/NP), measure-based and margin signatures."""
+"""The predictors: StatNN, NFN (HNP/NP), NFT, measure-based and margin signatures."""
 
 from __future__ import annotations
 
@@ -336,8 +336,12 @@ class NFNPredictor(Predictor):
                                f"{split.target!r} ranges over [{y.min():.4g}, {y.max():.4g}]: "
                                f"predict an accuracy column, or use statnn")
 
-    def fit(self, split: ZooSplit) -> NFNPredictor:
+    def _make_model(self, space) -> nn.Module:
         from gensight.nf import InvariantNFN
+
+        return InvariantNFN(space, symmetry=self.symmetry, channels=self.channels)
+
+    def fit(self, split: ZooSplit) -> NFNPredictor:
         from gensight.weightspace import permute, random_permutation
 
         self.check_split(split)
@@ -353,7 +357,7 @@ class NFNPredictor(Predictor):
         order = torch.randperm(n, generator=gen)
         n_val = max(1, int(round(n * self.val_fraction)))
         val_idx, train_idx = order[:n_val], order[n_val:]
-        model = InvariantNFN(batch.space, symmetry=self.symmetry, channels=self.channels)
+        model = self._make_model(batch.space)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         loss_fn = nn.BCEWithLogitsLoss()
         best, best_state, bad = float("inf"), None, 0
@@ -395,6 +399,31 @@ class NFNPredictor(Predictor):
             for start in range(0, len(batch), 256):
                 out.append(torch.sigmoid(self.model_(batch[start:start + 256]).squeeze(-1)))
         return torch.cat(out).numpy().astype(np.float64)
+
+
+class NFTPredictor(NFNPredictor):
+    """An invariant NFT (:class:`~gensight.nf.InvariantNFT`, arXiv 2305.13546) predicting
+    test accuracy, trained exactly as :class:`NFNPredictor` (sigmoid + BCE, Adam, early
+    stopping on a held-out part of the training split, per-tensor weight scaling).
+
+    Defaults: HNP (learned input/output position embedding), C = 16, 2 NFT blocks of 4 heads,
+    feed-forward factor 2, dropout 0.1, mean pool, one hidden head layer of 256.
+    """
+
+    def __init__(self, symmetry: str = "hnp", channels: int = 16, blocks: int = 2,
+                 heads: int = 4, dropout: float = 0.1, epochs: int = 60, batch_size: int = 32,
+                 lr: float = 1e-3, patience: int = 10, val_fraction: float = 0.15,
+                 augment: bool = False, seed: int = 0, verbose: bool = False):
+        super().__init__(symmetry, (channels,), epochs, batch_size, lr, patience,
+                         val_fraction, augment, seed, verbose)
+        self.blocks, self.heads, self.dropout = blocks, heads, dropout
+        self.name = "nft" if symmetry == "hnp" else "nft-np"
+
+    def _make_model(self, space) -> nn.Module:
+        from gensight.nf import InvariantNFT
+
+        return InvariantNFT(space, symmetry=self.symmetry, channels=self.channels[0],
+                            blocks=self.blocks, heads=self.heads, dropout=self.dropout)
 
 
 # ------------------------------------------------------------------------ measure based
@@ -521,7 +550,7 @@ class MarginSignature(Predictor):
         return np.clip(pred, 0, 1) if self.clip_ else pred
 
 
-METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, margin-signature, "
+METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, nft, nft-np, margin-signature, "
                "measure:NAME (any registered measure)")
 
 
@@ -551,6 +580,8 @@ def make_predictor(method: str, *, seed: int = 0, epochs: int = 60,
         return StatNN("mlp", seed)
     if method in ("nfn-hnp", "nfn-np"):
         return NFNPredictor(method.split("-")[1], epochs=epochs, seed=seed)
+    if method in ("nft", "nft-np"):
+        return NFTPredictor("np" if method == "nft-np" else "hnp", epochs=epochs, seed=seed)
     if method == "margin-signature":
         return MarginSignature(n_examples=min(n_examples or 500, 500))
     if method.startswith("measure:"):
