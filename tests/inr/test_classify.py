@@ -241,6 +241,11 @@ def test_nfn_classifier_uses_the_cpu_widths_and_checks_its_arguments():
         make_classifier("mlp", lr=-1.0)
     with pytest.raises(INRClassifyError, match="not fitted"):
         make_classifier("mlp").predict(None)
+    # NFT widths are checked when the classifier is made, before any data or training
+    with pytest.raises(INRClassifyError, match="nft needs a width .* 4 attention heads; got 30"):
+        make_classifier("nft", channels=(30, 30))
+    with pytest.raises(INRClassifyError, match="inr2array needs a width .*; got 7"):
+        make_classifier("inr2array", channels=(7,))
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gensight.errors import GensightError, ShapeMismatchError
+from gensight.errors import GensightError, IncompatibleSpaceError, ShapeMismatchError
 from gensight.nf import (
     BlockPointwise,
     ChannelLayerNorm,
@@ -151,20 +151,32 @@ def test_sensitivity_to_entry_permutations_of_a_weight():
 # --- the terms against a direct, loop-based implementation ---------------------------------------
 
 def direct_attention(att: NFTAttention, x: WeightBatch) -> WeightBatch:
-    """The table of the module docstring, one entry and one token at a time (heads = 1, MLP
-    space, shared projections)."""
-    assert att.heads == 1 and att.share_projections
-    space, c = x.space, att.channels
+    """The table of the module docstring, one entry and one token at a time, head by head
+    (MLP space, shared projections)."""
+    assert att.share_projections
+    out = [_direct_head(att, x, h) for h in range(att.heads)]   # heads own channel blocks
+    return WeightBatch(x.space, [torch.cat([o.weights[i] for o in out], 1)
+                                 for i in range(x.space.n_layers)],
+                       [torch.cat([o.biases[i] for o in out], 1)
+                        for i in range(x.space.n_layers)])
+
+
+def _direct_head(att: NFTAttention, x: WeightBatch, head: int) -> WeightBatch:
+    """Head ``head``'s output channels: within the projection, head h owns channels
+    [3h*ch, 3h*ch + ch) for q, the next ch for k, the next ch for v."""
+    space, ch = x.space, att.ch
     n = space.neurons
     n_layers = space.n_layers
     lin = att.to_qkv
+    base = 3 * head * ch
 
     def qkv(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         y = lin(t)                                        # (..., 3C)
-        return y[..., :c], y[..., c:2 * c], y[..., 2 * c:]
+        return (y[..., base:base + ch], y[..., base + ch:base + 2 * ch],
+                y[..., base + 2 * ch:base + 3 * ch])
 
-    out_w = [torch.zeros_like(w) for w in x.weights]
-    out_v = [torch.zeros_like(v) for v in x.biases]
+    out_w = [torch.zeros_like(w[:, :ch]) for w in x.weights]
+    out_v = [torch.zeros_like(v[:, :ch]) for v in x.biases]
     for b in range(x.batch_size):
         W = [w[b].permute(1, 2, 0) for w in x.weights]   # (n_i, n_{i-1}, C)
         V = [v[b].t() for v in x.biases]                  # (n_i, C)
@@ -182,7 +194,7 @@ def direct_attention(att: NFTAttention, x: WeightBatch) -> WeightBatch:
                         tokens.append(W[lay][j, :])
                         where.append(("row", j))
                 q, k_, v = zip(*(qkv(t) for t in tokens), strict=True)
-                d = c * n[lay]
+                d = ch * n[lay]
                 for t, (kind, idx) in enumerate(where):
                     scores = torch.stack([(q[t] * k_[s]).sum() for s in range(len(tokens))])
                     a = torch.softmax(scores / math.sqrt(d), 0)
@@ -195,11 +207,11 @@ def direct_attention(att: NFTAttention, x: WeightBatch) -> WeightBatch:
                         out_w[lay][b, :, idx, :] += o.t()
         if "global" in att.terms:
             blocks = W + V
-            means = [qkv(t.reshape(-1, c)) for t in blocks]
+            means = [qkv(t.reshape(-1, t.shape[-1])) for t in blocks]
             qm = torch.stack([m[0].mean(0) for m in means])
             km = torch.stack([m[1].mean(0) for m in means])
             vm = torch.stack([m[2].mean(0) for m in means])
-            g = torch.softmax(qm @ km.t() / math.sqrt(c), 1) @ vm       # (2L, C)
+            g = torch.softmax(qm @ km.t() / math.sqrt(ch), 1) @ vm      # (2L, ch)
             for i in range(n_layers):
                 out_w[i][b] += g[i][:, None, None]
                 out_v[i][b] += g[n_layers + i][:, None]
@@ -207,12 +219,13 @@ def direct_attention(att: NFTAttention, x: WeightBatch) -> WeightBatch:
 
 
 @pytest.mark.parametrize("terms", [("neighbour",), ("global",), ("global", "neighbour")])
-@pytest.mark.parametrize("widths", [[3, 2, 2], [2, 3, 4, 2]])
-def test_against_direct_implementation(terms, widths):
+@pytest.mark.parametrize("widths, heads", [([3, 2, 2], 1), ([2, 3, 4, 2], 1),
+                                           ([3, 2, 4, 2], 2)])
+def test_against_direct_implementation(terms, widths, heads):
     space = WeightSpace.from_module(make_mlp(widths))
-    x = batch64(space, 2, 2, seed=12)
+    x = batch64(space, 2, 4 if heads > 1 else 2, seed=12)
     torch.manual_seed(1)
-    att = NFTAttention(space, 2, heads=1, terms=terms).double()
+    att = NFTAttention(space, x.channels, heads=heads, terms=terms).double()
     assert close(att(x), direct_attention(att, x))
 
 
@@ -359,7 +372,7 @@ def test_errors_name_the_culprit():
         ChannelLayerNorm(mlp, 1)
     with pytest.raises(ShapeMismatchError, match="expects 4 channels; the batch has 3"):
         NFTAttention(mlp, 4, heads=2)(random_batch(mlp, 1, 3, seed=0))
-    with pytest.raises(ShapeMismatchError, match="built for"):
+    with pytest.raises(IncompatibleSpaceError, match="BlockPointwise built for"):
         BlockPointwise(mlp, 3, 3)(random_batch(cnn, 1, 3, seed=0))
     with pytest.raises(ShapeMismatchError, match=r"tokens \(B, N, 6\)"):
         CrossAttentionPool(6, 2)(torch.zeros(2, 3, 5))

@@ -395,6 +395,15 @@ class NFNClassifier(INRClassifier):
                                    head=self.head, dropout=self.dropout, n_classes=n_classes)
 
 
+def _check_nft_width(name: str, channels: int, heads: int) -> None:
+    """An NFT width must be even (sine and cosine Fourier features) and split into heads;
+    checked when a classifier is made, before any data is loaded or anything trained."""
+    if channels < 2 or channels % 2 or channels % heads:
+        raise INRClassifyError(f"{name} needs a width (the first of --channels) that is even "
+                               f"and divisible by its {heads} attention heads; got "
+                               f"{channels}")
+
+
 class NFTClassifier(INRClassifier):
     """``nft``: an :class:`~gensight.nf.InvariantNFT` classifier (arXiv 2305.13546) with
     Gaussian Fourier features (``channels / 2`` frequencies of scale ``fourier_scale``), the
@@ -410,6 +419,7 @@ class NFTClassifier(INRClassifier):
         super().__init__(**kwargs)
         self.channels, self.blocks, self.heads = int(channels), int(blocks), int(heads)
         self.fourier_scale, self.head, self.dropout = float(fourier_scale), head, dropout
+        _check_nft_width(self.name, self.channels, self.heads)
 
     def _build(self, space, n_classes, example):
         from gensight.nf import InvariantNFT
@@ -448,6 +458,7 @@ class Inr2ArrayClassifier(INRClassifier):
         self.ae_steps = self.steps if ae_steps is None else check_positive_int("ae_steps",
                                                                                ae_steps)
         self.ae_lr, self.d_model, self.depth = float(ae_lr), int(d_model), int(depth)
+        _check_nft_width(self.name, self.channels, 4)
 
     def fit(self, train: INRData, val: INRData | None = None,
             progress: Progress | None = None) -> Inr2ArrayClassifier:

@@ -208,9 +208,9 @@ class EditNFT(nn.Module):
     :class:`~gensight.nf.LearnedPositionEmbedding` -> ``blocks``
     :class:`~gensight.nf.NFTBlock` s (``heads`` heads, feed-forward factor 2, no dropout) ->
     :class:`~gensight.nf.ChannelLayerNorm` -> :class:`~gensight.nf.BlockPointwise` to 1
-    channel -> :class:`~gensight.nf.LearnedScale` (``scale_init``). The authors' editing NFT
-    is built the same way from their blocks (Fourier features, position embedding, NFT
-    blocks, a pointwise read-out, a learned scale); sizes here are CPU sized.
+    channel -> :class:`~gensight.nf.LearnedScale` (``scale_init``). The NFT paper reports
+    editing results but the research notes do not give its editing architecture; this is the
+    NFN editing model's structure with NFT blocks in place of the NF-Layers, CPU sized.
 
     ``forward``: ``WeightBatch (B, 1, ...)`` -> delta ``WeightBatch (B, 1, ...)``; equivariant
     to hidden-neuron permutations (HNP: the position embedding tells input and output neurons
@@ -228,11 +228,9 @@ class EditNFT(nn.Module):
         )
 
         super().__init__()
-        if channels < 2 or channels % 2:
+        if channels < 2 or channels % 2 or channels % heads:
             raise EditError(f"the NFT width must be an even number >= 2 (sine and cosine "
-                            f"Fourier features); got {channels}")
-        if channels % heads:
-            heads = math.gcd(channels, heads)
+                            f"Fourier features) divisible by heads={heads}; got {channels}")
         self.space = space
         self.net = nn.Sequential(
             GaussianFourierFeatures(1, channels // 2, fourier_scale, seed=fourier_seed),
@@ -284,8 +282,8 @@ def make_edit_model(method: str, space: WeightSpace, *, width: int = 32, depth: 
 
     ``nfn-hnp`` / ``nfn-np``: :class:`EditNFN` with ``depth`` hidden NF-Layers of ``width``
     channels and ``fourier`` Gaussian Fourier features of scale ``fourier_scale``; ``nft``:
-    :class:`EditNFT` with ``max(1, depth - 1)`` NFT blocks of ``width`` channels (the
-    width rounded up to even); ``mlp``:
+    :class:`EditNFT` with ``max(1, depth - 1)`` NFT blocks of ``width`` channels (rounded up
+    to even; 4 heads, or 2 when 4 do not divide it); ``mlp``:
     :class:`EditMLP` with ``depth - 1`` hidden layers of ``mlp_width``. Parameters (and the
     Fourier frequencies) are drawn from ``seed``.
     """
@@ -299,9 +297,10 @@ def make_edit_model(method: str, space: WeightSpace, *, width: int = 32, depth: 
             return EditMLP(space, hidden=(mlp_width,) * max(depth - 1, 1),
                            scale_init=scale_init)
         if method == "nft":
-            return EditNFT(space, channels=width + width % 2, blocks=max(depth - 1, 1),
-                           fourier_scale=fourier_scale, fourier_seed=seed,
-                           scale_init=scale_init)
+            channels = width + width % 2
+            return EditNFT(space, channels=channels, blocks=max(depth - 1, 1),
+                           heads=4 if channels % 4 == 0 else 2, fourier_scale=fourier_scale,
+                           fourier_seed=seed, scale_init=scale_init)
         return EditNFN(space, "hnp" if method == "nfn-hnp" else "np",
                        channels=(width,) * depth, fourier=fourier, fourier_scale=fourier_scale,
                        fourier_seed=seed, scale_init=scale_init)

@@ -8,9 +8,10 @@ a permutation-invariant array of latent vectors and decodes it back into SIRENs.
   input SIREN (attention over the flattened set of entries ignores their order).
 - **Decoder** (:meth:`Inr2Array.decode`): every latent is decoded *separately* into a whole
   SIREN of the input's architecture, one MLP ``D -> H -> ReLU -> H -> ReLU -> numel`` per
-  weight and bias tensor (Sitzmann et al.'s hypernetwork, last layer initialised with
-  Kaiming-normal / 100 weights and ``U(-1/fan_in, 1/fan_in)`` biases, the authors' ``sitzmann``
-  decoder).
+  weight and bias tensor (Sitzmann et al.'s hypernetwork init, the authors' ``sitzmann``
+  decoder: the last layer's weights are Kaiming-normal / 100; its bias is
+  ``U(-1/n_in, 1/n_in)`` with ``n_in`` the decoded layer's fan-in for weight tensors and
+  ``U(-1/H, 1/H)`` with H the decoder's own last fan-in for bias tensors).
 - **Spatial rendering** (:meth:`Inr2Array.render`): the M decoded SIRENs tile the image as a
   ``grid x grid`` array: a pixel at coordinates ``(r, c)`` in [-1, 1]^2 is drawn by SIREN
   ``round((grid-1)(r+1)/2) * grid + round((grid-1)(c+1)/2)``.
@@ -127,7 +128,8 @@ class Inr2Array(nn.Module):
                                                              layer.bias_shape)]
         self.decoders = nn.ModuleList()
         for layer in space.layers:
-            for shape in (layer.weight_shape, layer.bias_shape):
+            for shape, fan_in in ((layer.weight_shape, layer.n_in),
+                                  (layer.bias_shape, decoder_hidden)):
                 mlp = nn.Sequential(nn.Linear(d, decoder_hidden), nn.ReLU(),
                                     nn.Linear(decoder_hidden, decoder_hidden), nn.ReLU(),
                                     nn.Linear(decoder_hidden, math.prod(shape)))
@@ -135,8 +137,7 @@ class Inr2Array(nn.Module):
                 nn.init.kaiming_normal_(last.weight, nonlinearity="relu")
                 with torch.no_grad():
                     last.weight.div_(100.0)
-                    bound = 1.0 / layer.n_in
-                    last.bias.uniform_(-bound, bound)
+                    last.bias.uniform_(-1.0 / fan_in, 1.0 / fan_in)
                 self.decoders.append(mlp)
 
     def encode(self, batch: WeightBatch) -> Tensor:

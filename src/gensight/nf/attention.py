@@ -37,16 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gensight.errors import GensightError, ShapeMismatchError
+from gensight.nf.inr_blocks import _check_space
 from gensight.nf.layout import Layout
 from gensight.weightspace import WeightBatch, WeightSpace
 
 TERMS = ("global", "neighbour")
-
-
-def _check_space(module: nn.Module, space: WeightSpace, batch: WeightBatch) -> None:
-    if batch.space != space:
-        raise ShapeMismatchError(f"{type(module).__name__} built for {space!r} got a batch of "
-                                 f"{batch.space!r}")
 
 
 def _check_channels(module: str, batch: WeightBatch, channels: int) -> None:
