@@ -12,9 +12,9 @@
 
    - each member alone on its own task (no communication);
    - one-shot merging of the members (no communication during training): FLEET-MERGE's
-     alignment by weight matching to member 0, to the running average, activation matching
-     on 256 pooled training inputs (shares inputs, which a fleet would not), and naive
-     averaging;
+     alignment by weight matching to member 0, to the others' average (MergeMany),
+     activation matching on 256 random pooled training inputs (shares inputs, which a fleet
+     would not), and naive averaging;
    - the ensemble of all members (mean softmax; K times the compute);
    - ``rounds`` rounds of ``steps`` local steps with align-and-average + broadcast after each
      (FLEET-MERGE) vs the same loop with naive averaging (FedAvg), from independent inits;
@@ -44,6 +44,7 @@ from gensight.data import load_dataset
 from gensight.merge import (
     RecurrentClassifier,
     align,
+    alignment_inputs,
     average,
     compare_merges,
     fleet_merge,
@@ -75,7 +76,7 @@ def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float) -> pd.
     inits = [factory(s) for s in range(k)]
     t0 = time.perf_counter()
     members = train_members(inits, tasks, steps=rounds * steps, lr=lr)
-    x = pooled.x_train[:256]
+    x = alignment_inputs(pooled)  # 256 seeded random pooled inputs, every task's
     one_shot = {
         "one-shot FLEET-MERGE (weight, ref 0)": merge(members).model,
         "one-shot weight, ref average": merge(members, reference="average").model,

@@ -493,11 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gensight.inr.cli import register as register_inr
     from gensight.merge.cli import register as register_merge
+    from gensight.mixing.cli import register as register_mixing
     from gensight.zoo.cli import register as register_zoo
 
     register_zoo(sub)
     register_inr(sub)
     register_merge(sub)
+    register_mixing(sub)
 
     est = sub.add_parser(
         "estimate", help="label-free accuracy estimates under distribution shift",

@@ -13,6 +13,8 @@ from gensight.merge import (
     align,
     alignment_objective,
     apply_permutation,
+    find_permutation,
+    merge,
     perm_spec,
     weight_matching,
 )
@@ -123,6 +125,40 @@ def test_recurrent_alignment_recovers_a_known_permutation(cell, method):
     assert all(torch.equal(u, v) for u, v in zip(back.parameters(), a.parameters(), strict=True))
 
 
+def test_cost_and_permutations_stay_on_the_cpu_for_float32_networks():
+    # the assignment runs on the CPU whatever the parameters' dtype/device; results are
+    # CPU int64 permutations that validate on their own device
+    torch.manual_seed(16)
+    a, b = RecurrentClassifier(3, 8, 4, "gru"), RecurrentClassifier(3, 8, 4, "gru")
+    x = torch.randn(16, 5, 3)
+    for method in ("weight", "activation"):
+        p = find_permutation(a, b, method=method, x=x).perms["hidden"]
+        assert p.dtype == torch.int64 and p.device.type == "cpu"
+        Alignment(perm_spec(a), {"hidden": p.clone()})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_networks_align_as_on_the_cpu(cell):
+    import copy
+
+    torch.manual_seed(15)
+    a = RecurrentClassifier(3, 8, 4, cell).double()
+    b = RecurrentClassifier(3, 8, 4, cell).double()
+    x = torch.randn(32, 5, 3, dtype=torch.float64)
+    ac, bc, xc = copy.deepcopy(a).cuda(), copy.deepcopy(b).cuda(), x.cuda()
+    for method in ("weight", "activation"):
+        cpu = find_permutation(a, b, method=method, x=x).perms["hidden"]
+        gpu = find_permutation(ac, bc, method=method, x=xc).perms["hidden"]
+        assert torch.equal(cpu, gpu.cpu())
+        Alignment(perm_spec(a), {"hidden": gpu.cuda()})  # checked on the perm's device
+        out = merge([ac, bc, ac], method=method, x=xc, reference="average")
+        assert next(out.model.parameters()).is_cuda
+        ref = merge([a, b, a], method=method, x=x, reference="average")
+        for p, q in zip(out.model.parameters(), ref.model.parameters(), strict=True):
+            assert torch.allclose(p.cpu(), q, atol=1e-10)
+
+
 def test_residual_stream_is_tied_and_recovered():
     torch.manual_seed(15)
     a = ResidualMLP(6, 5, 4, 2, 3).double()
@@ -158,3 +194,11 @@ def test_bad_input_is_named():
         activation_matching(a, make_mlp([5, 8, 3]), torch.randn(1, 5))
     with pytest.raises(Exception, match="unknown alignment method 'cosine'"):
         align(a, make_mlp([5, 8, 3]), method="cosine")
+
+
+def test_one_parameter_loader_is_shared():
+    import importlib
+
+    align_mod, fleet_mod, merge_mod = (importlib.import_module(f"gensight.merge.{m}")
+                                       for m in ("align", "fleet", "merge"))
+    assert merge_mod._load is align_mod._load and fleet_mod._load is align_mod._load

@@ -96,3 +96,47 @@ def test_merge_refuses_bad_weights(tmp_path, capsys, weights, message):
     assert main(["merge", a, a, "--weights", weights, "--joint-steps", "0",
                  "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+
+
+def _gru_state(**changes):
+    torch.manual_seed(3)
+    state = {k: v.detach().contiguous()
+             for k, v in RecurrentClassifier(8, 5, 10, "gru").named_parameters()}
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"rnn__weight_ih_l0": None}, "has rnn.weight_hh_l0 but no 'rnn.weight_ih_l0'"),
+    ({"readout__weight": None}, "has rnn.weight_hh_l0 but no 'readout.weight'"),
+    ({"rnn__weight_hh_l0": torch.zeros(15)}, "'rnn.weight_hh_l0' has shape (15,)"),
+    ({"rnn__weight_hh_l0": torch.zeros(0, 0)}, "'rnn.weight_hh_l0' has shape (0, 0)"),
+    ({"rnn__weight_ih_l0": torch.zeros(15)}, "'rnn.weight_ih_l0' has shape (15,)"),
+    ({"rnn__weight_hh_l0": torch.zeros(10, 5)}, "is neither a GRU's (3 gates) nor an LSTM's"),
+])
+def test_merge_refuses_malformed_recurrent_checkpoints(tmp_path, capsys, changes, message):
+    good = _save(RecurrentClassifier(8, 5, 10, "gru"), tmp_path / "good.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    save_file(_gru_state(**changes), str(bad))
+    assert main(["merge", good, str(bad), "--joint-steps", "0", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "bad.safetensors" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_activations_are_the_zoo_activations(monkeypatch):
+    # one table of activations (gensight.zoo.train), not a copy that can drift from it
+    from gensight.merge.cli import module_from_state
+    from gensight.zoo import train
+
+    monkeypatch.setitem(train._ACT_MODULES, "mish", nn.Mish)
+    state = {k: v.detach() for k, v in nn.Sequential(
+        nn.Flatten(), nn.Linear(4, 6), nn.Mish(), nn.Linear(6, 3)).named_parameters()}
+    net = module_from_state(state, "mish", "x")
+    assert any(isinstance(m, nn.Mish) for m in net.modules())

@@ -84,6 +84,27 @@ def test_fleet_merge_rounds_and_table(tasks):
         train_members(models, tasks, steps=0)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"method": "wieght"}, "unknown alignment method 'wieght'"),
+    ({"method": "activation"}, "method 'activation' needs inputs x"),
+    ({"method": "activation", "x": torch.zeros(1, 64)}, "a batch of at least 2 inputs"),
+    ({"reference": "mean"}, "reference must be a member index or 'average'"),
+    ({"reference": 3}, r"reference 3 is not a member index 0..2"),
+    ({"reference": nn.Sequential(nn.Flatten(), nn.Linear(64, 7), nn.ReLU(),
+                                 nn.Linear(7, 10))}, "member 3 has another architecture"),
+])
+def test_fleet_merge_refuses_bad_arguments_before_training(tasks, monkeypatch, kwargs,
+                                                           message):
+    import gensight.merge.fleet as fleet_mod
+
+    calls = []
+    monkeypatch.setattr(fleet_mod, "train_members",
+                        lambda members, *a, **k: calls.append(1) or list(members))
+    with pytest.raises(GensightError, match=message):
+        fleet_merge([_mlp(s) for s in range(3)], tasks, rounds=1, local_steps=1, **kwargs)
+    assert calls == []  # no local training ran
+
+
 def test_common_init_starts_every_member_from_member_0(tasks):
     models = [_mlp(s) for s in range(3)]
     out = fleet_merge(models, tasks, rounds=1, local_steps=3, align=False, common_init=True)

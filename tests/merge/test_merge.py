@@ -94,14 +94,51 @@ def test_weighted_merge_of_aligned_networks_by_hand():
     assert torch.equal(b_aligned[0].weight, b[0].weight[perm.perms[1]])
 
 
-def test_merge_to_running_average_aligns_every_member():
-    torch.manual_seed(6)
-    nets = [make_mlp([4, 10, 3]).double() for _ in range(4)]
+def _spread(out) -> float:
+    """``sum_i ||aligned_i - merged||^2`` over all parameters."""
+    return sum(float(((p - q) ** 2).sum()) for a in out.aligned
+               for p, q in zip(_params(a), _params(out.model), strict=True))
+
+
+def _others_mean(aligned: list[nn.Module], i: int) -> nn.Module:
+    others = [a for j, a in enumerate(aligned) if j != i]
+    return average(others)
+
+
+@pytest.mark.parametrize("seed", [6, 16, 26])
+def test_merge_to_average_is_mergemany(seed):
+    # Git Re-Basin's MergeMany (Alg. 3): at convergence no member can be re-aligned to the
+    # mean of the *other* members; the members end up closer together than when aligned to
+    # member 0, and some permutations differ from that alignment.
+    torch.manual_seed(seed)
+    nets = [make_mlp([4, 12, 10, 3]).double() for _ in range(4)]
     x = torch.randn(16, 4, dtype=torch.float64)
-    out = merge(nets, reference="average")
-    assert out.iterations >= 2
-    for net, aligned in zip(nets, out.aligned, strict=True):
+    out = merge(nets, reference="average", max_rounds=50, seed=seed)
+    to_first = merge(nets, reference=0, seed=seed)
+    assert 1 <= out.iterations < 50  # converged
+    for i, (net, aligned) in enumerate(zip(nets, out.aligned, strict=True)):
         assert torch.allclose(net(x), aligned(x), atol=1e-12)
+        perm = weight_matching(_others_mean(out.aligned, i), aligned, seed=seed)
+        assert all(torch.equal(p, torch.arange(len(p))) for p in perm.perms), i
+    assert _spread(out) < _spread(to_first) - 1e-9
+    assert any(not torch.equal(p, q) for a, b in zip(out.permutations, to_first.permutations,
+                                                     strict=True)
+               for p, q in zip(a.perms, b.perms, strict=True))
+
+
+def test_merge_to_average_is_seeded_and_weighted():
+    torch.manual_seed(3)
+    nets = [make_mlp([4, 10, 3]).double() for _ in range(3)]
+    a = merge(nets, reference="average", seed=1)
+    b = merge(nets, reference="average", seed=1)
+    assert _equal(a.model, b.model)
+    # all the weight on member 1: merged = member 1 (permuted), the others aligned to it
+    x = torch.randn(8, 4, dtype=torch.float64)
+    one = merge(nets, reference="average", weights=[0, 1, 0])
+    assert _equal(one.model, one.aligned[1])
+    assert torch.allclose(one.model(x), nets[1](x), atol=1e-12)
+    single = merge(nets[:1], reference="average")
+    assert _equal(single.model, nets[0]) and single.iterations == 1
 
 
 def test_barrier_is_zero_at_the_endpoints_and_for_identical_networks():

@@ -20,7 +20,7 @@ align-and-average and broadcast, so a fleet shares weights instead of data.
   :func:`linear_path` and :func:`loss_barrier`.
 - Fleets (:mod:`gensight.merge.fleet`): :class:`Task`, :func:`label_subset_tasks`,
   :func:`train_members` (members trained together with ``torch.func.vmap``, or as Ray
-  tasks), :func:`fleet_merge` and :func:`compare_merges`.
+  tasks), :func:`fleet_merge`, :func:`compare_merges` and :func:`alignment_inputs`.
 
 Example::
 
@@ -45,6 +45,7 @@ from gensight.merge.align import (
 from gensight.merge.fleet import (
     FleetResult,
     Task,
+    alignment_inputs,
     compare_merges,
     fleet_merge,
     label_subset_tasks,
@@ -83,6 +84,7 @@ __all__ = [
     "Task",
     "activation_matching",
     "align",
+    "alignment_inputs",
     "alignment_objective",
     "apply_permutation",
     "as_sequence",

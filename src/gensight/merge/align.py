@@ -68,7 +68,8 @@ class Alignment:
             p = self.perms.get(name)
             if p is None:
                 raise GensightError(f"alignment lacks the permutation {name!r}")
-            if p.shape != (n,) or not torch.equal(p.sort().values, torch.arange(n)):
+            if p.shape != (n,) or not torch.equal(p.sort().values,
+                                                  torch.arange(n, device=p.device)):
                 raise GensightError(f"alignment entry {name!r} is not a permutation of "
                                     f"range({n})")
 
@@ -86,6 +87,15 @@ Permutation = NeuronPermutation | Alignment
 def params(model: nn.Module) -> dict[str, Tensor]:
     """``model``'s parameters by name, detached."""
     return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def _load(template: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """A copy of ``template`` with its parameters replaced by ``state[name]``."""
+    out = copy.deepcopy(template)
+    with torch.no_grad():
+        for key, p in out.named_parameters():
+            p.copy_(state[key])
+    return out
 
 
 def check_models(models: list[nn.Module], what: str = "network") -> PermSpec:
@@ -138,12 +148,7 @@ def apply_permutation(model: nn.Module, perm: Permutation) -> nn.Module:
         return permute_module(model, perm)
     check_models([model])
     perm.spec.check(params(model), "model")
-    out = copy.deepcopy(model)
-    new = perm.apply(params(model))
-    with torch.no_grad():
-        for key, p in out.named_parameters():
-            p.copy_(new[key])
-    return out
+    return _load(model, perm.apply(params(model)))
 
 
 def _objective(spec: PermSpec, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
@@ -183,7 +188,7 @@ def _weight_matching(spec: PermSpec, sa: Mapping[str, Tensor], sb: Mapping[str, 
     if max_iter < 1:
         raise GensightError(f"max_iter must be a positive integer; got {max_iter!r}")
     perms = {k: torch.arange(n) for k, n in spec.sizes.items()} if init is None else \
-        {k: v.clone() for k, v in init.items()}
+        {k: v.detach().cpu().clone() for k, v in init.items()}
     names = list(spec.sizes)
     rng = np.random.default_rng(seed)
     best, best_perms = _objective(spec, sa, sb, perms), dict(perms)
@@ -191,14 +196,15 @@ def _weight_matching(spec: PermSpec, sa: Mapping[str, Tensor], sb: Mapping[str, 
         progress = False
         for i in rng.permutation(len(names)):
             name, n = names[i], spec.sizes[names[i]]
-            cost = torch.zeros(n, n, dtype=torch.float64)
+            cost = None  # on the parameters' device; the assignment runs on the CPU
             for key, axis, blocks in spec.users(name):
                 wb = permute_state(spec, {key: sb[key]}, perms, skip=(key, axis))[key]
-                cost += torch.einsum("gik,gjk->ij", _rows(sa[key], axis, blocks, n),
-                                     _rows(wb, axis, blocks, n))
-            c = cost.numpy()
+                term = torch.einsum("gik,gjk->ij", _rows(sa[key], axis, blocks, n),
+                                    _rows(wb.to(sa[key].device), axis, blocks, n))
+                cost = term if cost is None else cost + term
+            c = cost.cpu().numpy() if cost is not None else np.zeros((n, n))
             _, col = linear_sum_assignment(c, maximize=True)
-            old = c[np.arange(n), perms[name].numpy()].sum()
+            old = c[np.arange(n), perms[name].cpu().numpy()].sum()
             if c[np.arange(n), col].sum() > old + 1e-12 * max(1.0, abs(old)):
                 progress = True
                 perms[name] = torch.as_tensor(col, dtype=torch.long)
@@ -298,7 +304,8 @@ def activation_matching(a: nn.Module, b: nn.Module, x: Tensor) -> Permutation:
     za, zb = unit_activations(a, x), unit_activations(b, x)
     perms = {}
     for name in spec.sizes:
-        _, col = linear_sum_assignment(_correlation(za[name], zb[name]).numpy(), maximize=True)
+        corr = _correlation(za[name], zb[name].to(za[name].device)).cpu().numpy()
+        _, col = linear_sum_assignment(corr, maximize=True)
         perms[name] = torch.as_tensor(col, dtype=torch.long)
     return _to_result(a, spec, perms)
 

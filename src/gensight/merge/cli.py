@@ -10,9 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from gensight.errors import GensightError
-
-_ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
-         "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
+from gensight.zoo.train import _ACT_MODULES as _ACTS  # the zoo's activations, by name
 
 
 class MergeCLIError(GensightError):
@@ -60,12 +58,20 @@ def module_from_state(state: dict, activation: str, where: str) -> nn.Module:
     from gensight.merge.spec import RecurrentClassifier
 
     if "rnn.weight_hh_l0" in state:
+        for key in ("rnn.weight_ih_l0", "readout.weight"):
+            if key not in state:
+                raise MergeCLIError(f"{where}: has rnn.weight_hh_l0 but no {key!r}; expected a "
+                                    "gensight RecurrentClassifier (GRU/LSTM and a readout)")
+        for key in ("rnn.weight_ih_l0", "rnn.weight_hh_l0", "readout.weight"):
+            if state[key].dim() != 2 or 0 in state[key].shape:
+                raise MergeCLIError(f"{where}: {key!r} has shape {tuple(state[key].shape)}; "
+                                    "expected a non-empty 2-D weight matrix")
         w_ih, w_hh = state["rnn.weight_ih_l0"], state["rnn.weight_hh_l0"]
         hidden = w_hh.shape[1]
-        gates = w_hh.shape[0] // hidden
-        if gates not in (3, 4) or "readout.weight" not in state:
-            raise MergeCLIError(f"{where}: rnn.weight_hh_l0 of shape {tuple(w_hh.shape)} is "
-                                "neither a GRU (3 gates) nor an LSTM (4 gates) with a readout")
+        gates, rest = divmod(w_hh.shape[0], hidden)
+        if rest or gates not in (3, 4):
+            raise MergeCLIError(f"{where}: 'rnn.weight_hh_l0' of shape {tuple(w_hh.shape)} is "
+                                "neither a GRU's (3 gates) nor an LSTM's (4 gates)")
         net = RecurrentClassifier(w_ih.shape[1], hidden, state["readout.weight"].shape[0],
                                   "gru" if gates == 3 else "lstm")
     else:

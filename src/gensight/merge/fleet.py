@@ -31,7 +31,7 @@ from torch.func import functional_call, vmap
 
 from gensight.errors import GensightError
 from gensight.merge.align import check_models
-from gensight.merge.merge import _load, average, evaluate, merge
+from gensight.merge.merge import _check_merge_args, _load, average, evaluate, merge
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,15 @@ def pooled_task(tasks: Sequence[Task], name: str = "pooled") -> Task:
     return Task(name, torch.cat([t.x_train for t in tasks]), torch.cat([t.y_train for t in tasks]),
                 torch.cat([t.x_test for t in tasks]), torch.cat([t.y_test for t in tasks]),
                 classes)
+
+
+def alignment_inputs(pooled: Task, n: int = 256, seed: int = 0) -> Tensor:
+    """``n`` training inputs drawn without replacement (seeded) from the pooled task, so
+    activation matching sees every task's inputs (``pooled_task`` concatenates the tasks in
+    order; its first ``n`` rows would be the first task's only). All of them if fewer."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(pooled.x_train), generator=g)[:n]
+    return pooled.x_train[idx.to(pooled.x_train.device)]
 
 
 def _index_stream(n: int, count: int, seed: Sequence[int]) -> Tensor:
@@ -203,6 +212,10 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
     averaged as they are (naive averaging, FedAvg). The merged weights are broadcast to all
     members. ``common_init=True`` broadcasts ``models[0]`` before round 1 (a fleet that
     starts from one initialization); by default every member starts from its own.
+
+    Raises:
+        GensightError: bad ``method``, ``reference`` or ``x`` (as :func:`merge`), checked
+            before any local training; and as :func:`train_members`.
     """
     models = list(models)
     if len(tasks) != len(models):
@@ -210,6 +223,9 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
                             "per member")
     if not isinstance(rounds, int) or rounds < 1:
         raise GensightError(f"rounds must be a positive integer; got {rounds!r}")
+    _check_merge_args(len(models), method, x, reference)  # before any local training
+    if isinstance(reference, nn.Module):
+        check_models([*models, reference], "member")
     rows = []
     members = [copy.deepcopy(models[0]) for _ in models] if common_init else models
     merged = models[0]
@@ -268,6 +284,7 @@ def compare_merges(members: Sequence[nn.Module], tasks: Sequence[Task],
 __all__ = [
     "FleetResult",
     "Task",
+    "alignment_inputs",
     "compare_merges",
     "ensemble_accuracy",
     "fleet_merge",

@@ -4,8 +4,10 @@ Naive averaging of independently trained networks mixes unrelated hidden units. 
 network to a common reference first (FLEET-MERGE, arXiv 2310.01362; Git Re-Basin,
 arXiv 2209.04836) makes the average a network whose units each combine matching
 units. The reference is one member (``reference=0``, FLEET-MERGE's common reference) or the
-running average itself (``reference="average"``: align every member to the current average,
-re-average, repeat until no permutation changes; as Git Re-Basin's MergeMany).
+other members' average (``reference="average"``: Git Re-Basin's MergeMany, arXiv 2209.04836,
+Alg. 3: in a seeded random order, each member in turn is aligned to the mean of the other
+N-1 aligned members and replaced by its aligned self at once; full passes repeat until one
+changes no permutation).
 
 The loss barrier along the linear path between two networks (arXiv 2209.04836, Sec. 2, and
 Frankle et al. 2020) is ``max_alpha L((1-alpha) theta_a + alpha theta_b) -
@@ -14,7 +16,6 @@ Frankle et al. 2020) is ``max_alpha L((1-alpha) theta_a + alpha theta_b) -
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from gensight.errors import GensightError
 from gensight.merge.align import (
     Permutation,
+    _load,
     _objective,
     _to_result,
     _weight_matching,
@@ -49,14 +51,6 @@ def _normalized(weights: Sequence[float] | None, n: int) -> np.ndarray:
         raise GensightError(f"weights must be finite, non-negative and not all zero; got "
                             f"{w.tolist()}")
     return w / w.sum()
-
-
-def _load(template: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
-    out = copy.deepcopy(template)
-    with torch.no_grad():
-        for key, p in out.named_parameters():
-            p.copy_(state[key])
-    return out
 
 
 def average_state(states: Sequence[Mapping[str, Tensor]], w: np.ndarray) -> dict[str, Tensor]:
@@ -83,13 +77,38 @@ def average(models: Sequence[nn.Module], weights: Sequence[float] | None = None)
 class MergeResult:
     """``model``: the merged network; ``aligned``: each member permuted to the reference
     frame (same functions as the members); ``permutations[i]`` takes member i there;
-    ``iterations``: alignment rounds run (``reference="average"``)."""
+    ``iterations``: MergeMany's passes over the members (``reference="average"``; 1
+    otherwise)."""
 
     model: nn.Module
     aligned: list[nn.Module]
     permutations: list[Permutation]
     iterations: int = 1
     notes: list[str] = field(default_factory=list)
+
+
+def _check_merge_args(n: int, method: str, x: Tensor | None,
+                     reference: int | str | nn.Module) -> None:
+    """Raise :class:`~gensight.errors.GensightError` for a bad ``method``, ``x`` or
+    ``reference`` of :func:`merge` with ``n`` networks (before any work is done)."""
+    if method not in ("weight", "activation"):
+        raise GensightError(f"unknown alignment method {method!r}; expected 'weight' or "
+                            "'activation'")
+    if method == "activation":
+        if x is None:
+            raise GensightError("method 'activation' needs inputs x (a batch of examples)")
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 2:
+            raise GensightError("activation matching needs a batch of at least 2 inputs; got "
+                                f"{getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(reference, nn.Module):
+        return
+    if isinstance(reference, str):
+        if reference != "average":
+            raise GensightError(f"reference must be a member index or 'average'; got "
+                                f"{reference!r}")
+        return
+    if not isinstance(reference, int | np.integer) or not 0 <= reference < n:
+        raise GensightError(f"reference {reference!r} is not a member index 0..{n - 1}")
 
 
 def merge(models: Sequence[nn.Module], *, method: str = "weight", x: Tensor | None = None,
@@ -103,68 +122,66 @@ def merge(models: Sequence[nn.Module], *, method: str = "weight", x: Tensor | No
             ``x``, a batch of inputs ``(batch, *input)``).
         reference: index of the member the others are aligned to (FLEET-MERGE), a network
             of the same architecture to align every member to (e.g. the weights a fleet
-            broadcast before local training), or ``"average"``: align all to their running
-            average until no permutation changes (at most ``max_rounds`` rounds).
+            broadcast before local training), or ``"average"``: Git Re-Basin's MergeMany
+            (arXiv 2209.04836, Alg. 3). Starting from the members aligned to member 0 (a warm
+            start; Alg. 3 starts from the members as they are), each pass visits the members
+            in a random order (seeded by ``seed``) and aligns member i to the average of the
+            other N-1 aligned members (with ``weights`` renormalized over them; a member whose
+            others all have weight 0 is left as it is), replacing it by its aligned self
+            before the next member is visited. Passes repeat until one changes no
+            permutation, at most ``max_rounds``. With weight matching every step can only
+            lower ``sum_i w_i ||aligned_i - merged||^2``, so the result is never further
+            apart than with ``reference=0``.
         weights: per-network averaging weights (normalized to sum to 1); uniform if None.
         max_iter, seed: weight matching's sweeps and visiting order.
     """
     models = list(models)
     spec = check_models(models)
     w = _normalized(weights, len(models))
-    if method not in ("weight", "activation"):
-        raise GensightError(f"unknown alignment method {method!r}; expected 'weight' or "
-                            "'activation'")
-    if method == "activation" and x is None:
-        raise GensightError("method 'activation' needs inputs x (a batch of examples)")
+    _check_merge_args(len(models), method, x, reference)
     external = isinstance(reference, nn.Module)
     if external:
         check_models([*models, reference])
-        ref_index = 0
-    elif isinstance(reference, str):
-        if reference != "average":
-            raise GensightError(f"reference must be a member index or 'average'; got "
-                                f"{reference!r}")
-        ref_index = 0
-    else:
-        if not isinstance(reference, int | np.integer) or not 0 <= reference < len(models):
-            raise GensightError(f"reference {reference!r} is not a member index 0.."
-                                f"{len(models) - 1}")
-        ref_index = int(reference)
+    ref_index = int(reference) if isinstance(reference, int | np.integer) else 0
     states = [params(m) for m in models]
 
-    def align_to(target: nn.Module, prev: list[dict[str, Tensor]] | None
-                 ) -> list[dict[str, Tensor]]:
-        out = []
-        ts = params(target)
-        for i, m in enumerate(models):
-            if method == "weight":
-                init = None if prev is None else prev[i]
-                out.append(_weight_matching(spec, ts, states[i], max_iter, seed, init))
-            else:
-                out.append(named_permutations(activation_matching(target, m, x)))
-        return out
+    def match(target: Mapping[str, Tensor], i: int, init: dict[str, Tensor] | None
+              ) -> dict[str, Tensor]:
+        """Member i's permutation onto the network with parameters ``target``."""
+        if method == "weight":
+            return _weight_matching(spec, target, states[i], max_iter, seed, init)
+        return named_permutations(activation_matching(_load(models[0], target), models[i], x))
 
-    perms = align_to(reference if external else models[ref_index], None)
-    if not external and reference == ref_index:  # the reference stays as it is
+    target = params(reference) if external else states[ref_index]
+    perms = [match(target, i, None) for i in range(len(models))]
+    if not external:  # the reference stays as it is
         perms[ref_index] = {k: torch.arange(n) for k, n in spec.sizes.items()}
     rounds = 1
+    if isinstance(reference, str):  # MergeMany, sequential updates
+        rng = np.random.default_rng(seed)
+        aligned = [permute_state(spec, s, p) for s, p in zip(states, perms, strict=True)]
+        rounds = 0
+        for _ in range(max_rounds):
+            rounds += 1
+            changed = False
+            for i in rng.permutation(len(models)):
+                others = [j for j in range(len(models)) if j != i]
+                w_others = w[others]
+                if w_others.sum() <= 0:  # also N = 1: nothing to align to
+                    continue
+                new = match(average_state([aligned[j] for j in others],
+                                          w_others / w_others.sum()), i, perms[i])
+                if not all(torch.equal(new[k], perms[i][k]) for k in perms[i]):
+                    changed = True
+                    perms[i] = new
+                    aligned[i] = permute_state(spec, states[i], new)
+            if not changed:
+                break
     merged_state = average_state([permute_state(spec, s, p) for s, p in
                                   zip(states, perms, strict=True)], w)
-    if reference == "average":
-        for _ in range(max_rounds):
-            target = _load(models[0], merged_state)
-            new = align_to(target, perms)
-            rounds += 1
-            same = all(torch.equal(a[k], b[k]) for a, b in zip(new, perms, strict=True)
-                       for k in a)
-            perms = new
-            merged_state = average_state([permute_state(spec, s, p) for s, p in
-                                          zip(states, perms, strict=True)], w)
-            if same:
-                break
     results = [_to_result(models[0], spec, p) for p in perms]
-    aligned = [apply_permutation(m, r) for m, r in zip(models, results, strict=True)]
-    return MergeResult(_load(models[0], merged_state), aligned, results, rounds)
+    aligned_models = [apply_permutation(m, r) for m, r in zip(models, results, strict=True)]
+    return MergeResult(_load(models[0], merged_state), aligned_models, results, rounds)
 
 
 def interpolate(a: nn.Module, b: nn.Module, alpha: float) -> nn.Module:

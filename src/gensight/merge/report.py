@@ -23,8 +23,15 @@ import torch
 from torch import nn
 
 from gensight import __version__
+from gensight.errors import GensightError
 from gensight.merge.align import align, check_models
-from gensight.merge.fleet import Task, compare_merges, pooled_task, train_members
+from gensight.merge.fleet import (
+    Task,
+    alignment_inputs,
+    compare_merges,
+    pooled_task,
+    train_members,
+)
 from gensight.merge.merge import average, linear_path, merge
 
 
@@ -49,6 +56,12 @@ def merge_report(models: Sequence[nn.Module], tasks: Sequence[Task], out: str | 
     Writes ``out/merged.safetensors`` (the merged network's parameters by name),
     ``out/accuracy.csv``, ``out/barrier.csv``, ``out/barrier.png`` and ``out/index.html``;
     every file is written atomically. ``joint_steps=0`` leaves out joint training.
+    Activation matching (``method="activation"``) uses :func:`alignment_inputs`: a seeded
+    random subset of the pooled training inputs of all tasks.
+
+    Raises:
+        GensightError: fewer than 2 models (nothing to merge, no path between members 0
+            and 1), and as :func:`~gensight.merge.merge`.
     """
     from safetensors.torch import save
 
@@ -56,8 +69,11 @@ def merge_report(models: Sequence[nn.Module], tasks: Sequence[Task], out: str | 
 
     models = list(models)
     check_models(models)
+    if len(models) < 2:
+        raise GensightError(f"merge_report needs at least 2 networks to merge; got "
+                            f"{len(models)}")
     pooled = pooled_task(tasks)
-    x_align = pooled.x_train[:256]
+    x_align = alignment_inputs(pooled, seed=seed)
     result = merge(models, method=method, x=x_align, reference=reference, weights=weights,
                    seed=seed)
     naive = average(models, weights)
@@ -73,14 +89,12 @@ def merge_report(models: Sequence[nn.Module], tasks: Sequence[Task], out: str | 
                      "pooled training data of all tasks")
     accuracy = compare_merges(models, tasks, {"fleet-merge": result.model,
                                               "naive average": naive}, joint=joint)
-    barrier = pd.DataFrame()
-    if len(models) >= 2:
-        b_aligned = align(models[0], models[1], method=method, x=x_align, seed=seed)
-        before = linear_path(models[0], models[1], pooled.x_test, pooled.y_test, points=points)
-        after = linear_path(models[0], b_aligned, pooled.x_test, pooled.y_test, points=points)
-        barrier = pd.concat([before.assign(path="before alignment"),
-                             after.assign(path="after alignment")], ignore_index=True)
-        barrier = barrier[["path", "alpha", "loss", "acc", "barrier"]]
+    b_aligned = align(models[0], models[1], method=method, x=x_align, seed=seed)
+    before = linear_path(models[0], models[1], pooled.x_test, pooled.y_test, points=points)
+    after = linear_path(models[0], b_aligned, pooled.x_test, pooled.y_test, points=points)
+    barrier = pd.concat([before.assign(path="before alignment"),
+                         after.assign(path="after alignment")], ignore_index=True)
+    barrier = barrier[["path", "alpha", "loss", "acc", "barrier"]]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"merged": out / "merged.safetensors", "accuracy": out / "accuracy.csv",
