@@ -13,7 +13,36 @@ from gensight.nf.pooling import HNPPool, NPPool
 from gensight.weightspace import Symmetry, WeightBatch, WeightSpace
 
 
-class InvariantNFN(nn.Module):
+def mlp_head(width: int, hidden: Sequence[int], out_features: int,
+             activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0) -> nn.Sequential:
+    """``Linear -> activation (-> Dropout)`` per width in ``hidden``, then ``Linear`` to
+    ``out_features``: the head of the invariant models."""
+    head: list[nn.Module] = []
+    for h in hidden:
+        head += [nn.Linear(width, h), activation()]
+        if dropout:
+            head.append(nn.Dropout(dropout))
+        width = h
+    head.append(nn.Linear(width, out_features))
+    return nn.Sequential(*head)
+
+
+class _Invariant(nn.Module):
+    """``encoder -> pool -> head``; :meth:`embed` is the pooled invariant representation."""
+
+    encoder: nn.Module
+    pool: nn.Module
+    head: nn.Module
+
+    def embed(self, batch: WeightBatch) -> Tensor:
+        """The pooled invariant representation ``(B, width of the pool's output)``."""
+        return self.pool(self.encoder(batch))
+
+    def forward(self, batch: WeightBatch) -> Tensor:
+        return self.head(self.embed(batch))
+
+
+class InvariantNFN(_Invariant):
     """A permutation-invariant network on weights: NF-Layers -> invariant pool -> MLP head.
 
     The architecture of the paper's generalization predictor (arXiv 2302.14040, Sec. 3.1):
@@ -79,25 +108,11 @@ class InvariantNFN(nn.Module):
             c_prev = c
         self.encoder = nn.Sequential(*blocks)
         self.pool = HNPPool(space, agg) if symmetry == "hnp" else NPPool(space, agg)
-        head: list[nn.Module] = []
-        width = self.pool.out_features(c_prev)
-        for h in head_hidden:
-            head += [nn.Linear(width, h), activation()]
-            if dropout:
-                head.append(nn.Dropout(dropout))
-            width = h
-        head.append(nn.Linear(width, out_features))
-        self.head = nn.Sequential(*head)
-
-    def embed(self, batch: WeightBatch) -> Tensor:
-        """The pooled invariant representation ``(B, pool.out_features(channels[-1]))``."""
-        return self.pool(self.encoder(batch))
-
-    def forward(self, batch: WeightBatch) -> Tensor:
-        return self.head(self.embed(batch))
+        self.head = mlp_head(self.pool.out_features(c_prev), head_hidden, out_features,
+                             activation, dropout)
 
 
-class InvariantNFT(nn.Module):
+class InvariantNFT(_Invariant):
     """A permutation-invariant neural functional Transformer: the NFT counterpart of
     :class:`InvariantNFN`, with the same interface (arXiv 2305.13546, Sec. 3 and 5).
 
@@ -186,18 +201,4 @@ class InvariantNFT(nn.Module):
         else:
             self.pool = HNPPool(space) if symmetry == "hnp" else NPPool(space)
             width = self.pool.out_features(channels)
-        head: list[nn.Module] = []
-        for h in head_hidden:
-            head += [nn.Linear(width, h), nn.ReLU()]
-            if dropout:
-                head.append(nn.Dropout(dropout))
-            width = h
-        head.append(nn.Linear(width, out_features))
-        self.head = nn.Sequential(*head)
-
-    def embed(self, batch: WeightBatch) -> Tensor:
-        """The pooled invariant representation ``(B, width)``."""
-        return self.pool(self.encoder(batch))
-
-    def forward(self, batch: WeightBatch) -> Tensor:
-        return self.head(self.embed(batch))
+        self.head = mlp_head(width, head_hidden, out_features, nn.ReLU, dropout)
