@@ -39,7 +39,9 @@ def _run(args: tuple) -> dict:
     res = train_mixture(cfg, Path(out) / f"{policy}-{seed}", domains=load_domains(),
                         resume=False)
     res["wall_s"] = time.perf_counter() - t
-    res["config"]["policy"] = policy
+    # the variant ("ado-total" is config.policy "ado" with count="total"): summarize groups
+    # seeds by it, so variants of one policy stay separate
+    res["label"] = policy
     import pandas as pd
 
     log = pd.read_parquet(Path(out) / f"{policy}-{seed}" / "log.parquet")
@@ -95,10 +97,10 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     print("\nper seed (mean validation loss over domains / uniform mix):")
     for p in policies:
-        rs = [r for r in results if r["config"]["policy"] == p]
+        rs = [r for r in results if r["label"] == p]
         print(f"  {p:8s} " + "  ".join(f"s{r['config']['seed']}: {r['val_mean']:.4f} / "
                                        f"{r['test_uniform_mix']:.4f}" for r in rs))
-    ado = [r for r in results if r["config"]["policy"] == "ado"]
+    ado = [r for r in results if r["label"] == "ado"]
     if ado:
         print(f"\nADO overhead: {100 * np.mean([r['policy_time_share'] for r in ado]):.2f}% of "
               f"step time; step {np.mean([r['step_ms'] for r in ado]):.1f} ms; ADO "
@@ -108,7 +110,9 @@ def main() -> None:
         print("final ADO mixture (seed " + str(ado[0]["config"]["seed"]) + "): " + ", ".join(
             f"{k} {v:.3f}" for k, v in ado[0]["final_mixture"].items()))
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        from gensight.zoo.store import atomic_write_bytes
+
+        atomic_write_bytes(Path(a.json), json.dumps(results, indent=1).encode())
     page = write_report([Path(out) / f"{p}-{s}" for s in seeds for p in policies],
                         Path(out) / "report.html")
     print(f"report: {page}")

@@ -187,3 +187,49 @@ def test_errors_name_the_fault():
         ADO(["a", "b", "c"], [1, 1, 1], min_prob=0.5)
     with pytest.raises(MixingError, match="unique"):
         Uniform(["a", "a"])
+
+
+def test_ado_floor_holds_for_a_skewed_prior():
+    """A domain whose natural share is below min_prob gets min_prob from the first step on."""
+    ado = ADO(["a", "b"], [999, 1])
+    np.testing.assert_allclose(ado.policy(), [0.99, 0.01])
+    np.testing.assert_allclose(ado.pi_bar, [0.99, 0.01])
+    np.testing.assert_allclose(ado.prior, [0.999, 0.001])  # the preference keeps the raw prior
+    ado = ADO(list("abc"), [990, 9, 1], warmup=20, ignore=2, refit_every=10, min_prob=0.02)
+    pis = _random_run(ado, 80, seed=3)
+    assert ado.n_fits >= 2
+    assert np.all(pis >= 0.02 - 1e-12)
+    np.testing.assert_allclose(pis.sum(1), 1.0)
+    np.testing.assert_allclose(pis[:18], np.tile(floor_distribution([0.99, 0.009, 0.001], 0.02),
+                                                 (18, 1)))
+
+
+def test_ado_history_is_not_copied_on_every_update():
+    ado = ADO(list("ab"), [1, 1], warmup=10_000)
+    hist = []
+    for t in range(300):
+        before = ado.loss_hist
+        loss = [2.0 + t, 3.0 + t]
+        ado.update(loss, [1, 1])
+        hist.append(loss)
+        if 0 < t < 256 and t & (t - 1):  # not at a doubling of the buffer
+            assert np.shares_memory(before, ado.loss_hist)
+    np.testing.assert_array_equal(ado.loss_hist, hist)
+    np.testing.assert_array_equal(ado.n_hist[:, 0], np.arange(1, 301))
+    state = ado.state_dict()
+    assert state["loss_hist"].shape == (300, 2) and state["n_hist"].shape == (300, 2)
+    b = ADO(list("ab"), [1, 1], warmup=10_000)
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.loss_hist, ado.loss_hist)
+    b.update([1.0, 1.0], [1, 1])
+    assert b.loss_hist.shape == (301, 2)
+
+
+@pytest.mark.parametrize("kw", [{"max_fit_points": 1}, {"max_fit_points": 2},
+                                {"warmup": float("nan")}, {"ignore": float("nan")},
+                                {"refit_every": True}, {"smooth_window": 2.5}])
+def test_ado_integer_settings_are_checked(kw):
+    name = next(iter(kw))
+    with pytest.raises(MixingError, match=f"ADO {name} must be an integer"):
+        ADO(["a", "b"], [1, 1], **kw)
+    ADO(["a", "b"], [1, 1], max_fit_points=3)  # the smallest that can fit

@@ -130,8 +130,150 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, gensight.mixing, gensight.mixing.cli; "
-            "print('torch' in sys.modules)")
+    code = ("import sys, gensight.mixing, gensight.mixing.cli; print(sorted(m for m in "
+            "('torch', 'scipy', 'pandas', 'matplotlib', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out == "False"
+    assert out == "[]"
+
+
+def test_short_test_splits_are_refused_before_training(tmp_path):
+    doms = _domains()
+    d = doms["num"]  # 30 test bytes: enough windows (context + 1 = 13), but no 48-byte piece
+    doms["num"] = TextDomain("num", d.train, d.val, d.test[:30])
+    called = []
+    with pytest.raises(MixingError, match=r"domain 'num' has too little test data: 30 bytes.* "
+                                          r"= 48"):
+        train_mixture(_cfg("uniform", steps=3), tmp_path, domains=doms,
+                      progress=lambda *a: called.append(a))
+    assert not called and not (tmp_path / "checkpoint.safetensors").exists()
+
+
+def _garbage(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
+
+
+def test_a_foreign_or_corrupt_checkpoint_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    doms = _domains()
+    _garbage(tmp_path / "a")
+    with pytest.raises(MixingError, match="not a gensight mix checkpoint .*delete it or use "
+                                          "another --out"):
+        train_mixture(_cfg("uniform", steps=3), tmp_path / "a", domains=doms)
+    (tmp_path / "b").mkdir()
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "b" / "checkpoint.safetensors"))
+    with pytest.raises(MixingError, match="not a gensight mix checkpoint .*no gensight metadata"):
+        train_mixture(_cfg("uniform", steps=3), tmp_path / "b", domains=doms)
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "b" / "checkpoint.safetensors"),
+              metadata={"gensight": json.dumps({"step": 1})})
+    with pytest.raises(MixingError, match="not a gensight mix checkpoint .*lacks config"):
+        train_mixture(_cfg("uniform", steps=3), tmp_path / "b", domains=doms)
+
+
+def test_cli_refuses_a_corrupt_checkpoint_in_one_line(tmp_path, capsys):
+    from gensight.cli import main
+
+    out = tmp_path / "run"
+    _garbage(out)
+    args = ["mix", "train", "--policy", "uniform", "--steps", "2", "--max-bytes", "6000",
+            "--domains", "pydoc,arithmetic", "--context", "16", "--d", "16", "--layers", "1",
+            "--batch-size", "4", "--quiet", "--no-report", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gensight: error: ") and "not a gensight mix checkpoint" in err[-1]
+    assert "internal error" not in "\n".join(err)
+
+
+def test_resume_needs_the_same_domains_in_order_and_the_log(tmp_path):
+    doms = _domains()
+    from gensight.mixing.train import _load_checkpoint
+
+    train_mixture(_cfg("uniform", steps=3), tmp_path, domains=doms)
+    meta, _ = _load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["domains"] == ["abc", "num", "noise"]
+    swapped = {k: doms[k] for k in ("num", "abc", "noise")}  # same data, another order
+    with pytest.raises(MixingError, match="written for the domains abc, num, noise"):
+        train_mixture(_cfg("uniform", steps=3), tmp_path, domains=swapped)
+    (tmp_path / "log.parquet").unlink()
+    with pytest.raises(MixingError, match="no log.parquet"):
+        train_mixture(_cfg("uniform", steps=3), tmp_path, domains=doms)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("heads", 3, "heads \\(3\\) must divide d \\(16\\)"),
+    ("seed", -1, "seed must be a non-negative integer"),
+    ("steps", True, "steps must be a positive integer"),
+    ("weight_decay", -0.1, "weight_decay must be a non-negative number"),
+    ("weight_decay", float("nan"), "weight_decay must be a non-negative number"),
+    ("max_bytes", 0, "max_bytes must be a positive integer"),
+    ("policy_kwargs", {"warmpu": 3}, "policy_kwargs: unknown key\\(s\\) warmpu"),
+    ("policy_kwargs", {"warmup": float("nan")}, "policy_kwargs: ADO warmup must be an integer"),
+    ("policy_kwargs", {"max_fit_points": 2}, "policy_kwargs: ADO max_fit_points must be"),
+])
+def test_config_check_names_the_field(field, value, match):
+    cfg = _cfg("ado")
+    setattr(cfg, field, value)
+    with pytest.raises(MixingError, match=match) as info:
+        cfg.check()
+    assert "\n" not in str(info.value)
+    odm = _cfg("odm")
+    odm.policy_kwargs = {"smoothing": 0.5}
+    odm.check()
+    odm.policy_kwargs = {"warmup": 3}
+    with pytest.raises(MixingError, match="unknown key\\(s\\) warmup for policy 'odm'"):
+        odm.check()
+
+
+def _result(policy, seed, val, kwargs=None, label=None):
+    r = {"config": {"policy": policy, "seed": seed, "steps": 10, "policy_kwargs": kwargs or {}},
+         "val": {"a": val, "b": val + 1}, "val_mean": val + 0.5, "test_uniform_mix": val,
+         "policy_time_share": 0.01}
+    if label:
+        r["label"] = label
+    return r
+
+
+def test_summarize_keeps_variants_of_a_policy_apart():
+    from gensight.mixing.report import summarize
+
+    results = [_result("ado", 0, 1.0), _result("ado", 1, 1.2),
+               _result("ado", 0, 2.0, {"count": "total"}),
+               _result("ado", 1, 2.2, {"count": "total"})]
+    s = summarize(results).set_index("policy")
+    assert list(s.index) == ["ado", "ado (count=total)"]
+    assert list(s["seeds"]) == [2, 2]
+    assert s.loc["ado", "a"] == pytest.approx(1.1)
+    assert s.loc["ado (count=total)", "a"] == pytest.approx(2.1)
+    labelled = summarize([_result("ado", 0, 1.0), _result("ado", 0, 3.0, label="ado-total")])
+    assert list(labelled["policy"]) == ["ado", "ado-total"]
+    longer = _result("ado", 1, 5.0)
+    longer["config"]["steps"] = 20
+    assert list(summarize([_result("ado", 0, 1.0), longer])["policy"]) == [
+        "ado, 10 steps", "ado, 20 steps"]
+
+
+def test_scaling_figure_labels_the_sample_count(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from gensight.mixing.report import scaling_figure
+
+    labels = []
+    real = matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel",
+                        lambda self, s, *a, **k: (labels.append(s), real(self, s, *a, **k))[1])
+    n = np.arange(1, 41, dtype=float)
+    log = pd.DataFrame({"step": np.arange(1, 41), "pi_a": 1.0, "n_a": 6 * n,
+                        "train_loss_a": 2 + n ** -0.5, "eps_a": 2.0, "beta_a": 1.0,
+                        "alpha_a": 0.5})
+    scaling_figure(log, {"steps": 40, "policy_kwargs": {"count": "total"}}, tmp_path / "t.png")
+    scaling_figure(log, {"steps": 40, "policy_kwargs": {}}, tmp_path / "d.png")
+    assert labels == ["samples seen in total (all domains)", "samples seen from the domain"]
+
+
+def test_report_uses_the_shared_pyplot():
+    from gensight.mixing import report
+    from gensight.report import figures
+
+    assert report._pyplot is figures._pyplot

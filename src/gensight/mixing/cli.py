@@ -61,14 +61,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr = float("nan")
     if not 0 < lr < float("inf"):
         raise MixingError(f"--lr must be a positive number; got {args.lr!r}")
+    if ints["d"] % ints["heads"]:
+        raise MixingError(f"--d ({ints['d']}) must be divisible by --heads ({ints['heads']})")
     cfg = MixTrainConfig(policy=args.policy, steps=ints["steps"],
                          batch_size=ints["batch_size"], context=ints["context"], d=ints["d"],
                          layers=ints["layers"], heads=ints["heads"], lr=lr,
                          seed=_positive_int("--seed", args.seed, 0), eval_every=ints["eval_every"],
                          checkpoint_every=ints["checkpoint_every"], domains=domains,
                          max_bytes=max_bytes).check()
-    if cfg.d % cfg.heads:
-        raise MixingError(f"--d ({cfg.d}) must be divisible by --heads ({cfg.heads})")
     if args.threads:
         import torch
 

@@ -15,6 +15,7 @@ numpy and scipy only; no torch. Every policy has ``state_dict()`` / ``load_state
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -215,19 +216,23 @@ class ADO(MixingPolicy):
        ``mu`` (the natural proportions), normalised, then floored at ``min_prob``
        (:func:`floor_distribution`; 0.01 as in the authors' code).
     4. Time smoothing (4): ``pi(t) = g2 pi_bar(t-1) + (1 - g2) rho(t)`` with ``g2 = 0.9``
-       and ``pi_bar(t) = mean of rho(1..t)``, where ``rho = mu`` during the warm-up.
+       and ``pi_bar(t) = mean of rho(1..t)``, where ``rho = mu_floor`` during the warm-up.
 
-    Before ``warmup`` updates, and until a fit exists, ``pi = mu``. The scaling laws are
+    ``mu_floor`` is the prior floored at ``min_prob`` (:func:`floor_distribution`); the
+    preference (3) uses the raw prior ``mu``. Before ``warmup`` updates, and until a fit
+    exists, ``pi = mu_floor``; ``pi_bar`` starts at ``mu_floor``. The scaling laws are
     (re)fitted when ``t >= warmup`` and ``(t - warmup) % refit_every == 0``, on the per-step
     training losses of each domain from step ``ignore + 1`` on, smoothed (Savitzky-Golay, window
     101, order 3), subsampled to at most ``max_fit_points`` points, against the cumulative
     samples of that domain. A domain absent from a batch keeps its previous loss (or the batch
     mean at step 1), as in the authors' code. Every ``pi`` is a distribution with all entries
-    >= ``min_prob`` (a convex combination of floored distributions).
+    >= ``min_prob`` (a convex combination of floored distributions). ``max_fit_points`` must
+    be at least 3 (a fit needs 3 points).
 
-    ``count='domain'`` (default) uses each domain's own sample count ``n_k``, as the paper's
-    law (1) is stated; ``count='total'`` uses the total samples seen, as the authors' code does
-    by default.
+    ``count='domain'`` (default) uses each domain's own sample count ``n_k`` as the ``n`` of
+    the scaling laws, as the paper's law (1) is stated. The authors' reference code defaults
+    to the total number of samples seen (all domains together) instead; ``count='total'``
+    reproduces that default.
     A refit starts from the 2 best of 512 grid points (first fit) or from the previous fit and
     the best grid point (later fits); see :func:`fit_power_law`.
     ``fitter(n (T,), loss (T,)) -> PowerLaw`` replaces the fit (for tests)."""
@@ -249,12 +254,12 @@ class ADO(MixingPolicy):
         if not 0.0 <= min_prob <= 1.0 / self.k:
             raise MixingError(f"ADO min_prob must be in [0, 1/K] = [0, {1 / self.k:g}]; "
                               f"got {min_prob!r}")
-        for name, v in (("warmup", warmup), ("ignore", ignore), ("refit_every", refit_every),
-                        ("max_fit_points", max_fit_points), ("smooth_window", smooth_window)):
-            if int(v) != v or v < (1 if name in ("refit_every", "max_fit_points",
-                                                 "smooth_window") else 0):
-                raise MixingError(f"ADO {name} must be a non-negative integer (positive for "
-                                  f"refit_every, max_fit_points, smooth_window); got {v!r}")
+        for name, v, lo in (("warmup", warmup, 0), ("ignore", ignore, 0),
+                            ("refit_every", refit_every, 1), ("max_fit_points", max_fit_points, 3),
+                            ("smooth_window", smooth_window, 1)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                    or int(v) != v or v < lo:
+                raise MixingError(f"ADO {name} must be an integer >= {lo}; got {v!r}")
         if count not in ("domain", "total"):
             raise MixingError(f"ADO count must be 'domain' or 'total'; got {count!r}")
         self.warmup, self.ignore, self.refit_every = int(warmup), int(ignore), int(refit_every)
@@ -265,18 +270,48 @@ class ADO(MixingPolicy):
         if fitter is None:  # import scipy now, not inside the first refit of a training loop
             import scipy.optimize  # noqa: F401
             import scipy.signal  # noqa: F401
+        # the prior floored at min_prob: the mixture during the warm-up, so that every pi is
+        # >= min_prob even for a domain whose natural share is below it
+        self.prior_floored = floor_distribution(self.prior, self.min_prob)
         self.n = np.zeros(self.k)
-        self.loss_hist = np.zeros((0, self.k))
-        self.n_hist = np.zeros((0, self.k))
+        self._set_history(np.zeros((0, self.k)), np.zeros((0, self.k)))
         self.h = self.prior.copy()
-        self.pi_bar = self.prior.copy()
-        self.pi = self.prior.copy()
-        self.rho = self.prior.copy()
+        self.pi_bar = self.prior_floored.copy()
+        self.pi = self.prior_floored.copy()
+        self.rho = self.prior_floored.copy()
         self.params = np.full((self.k, 3), np.nan)  # (eps, beta, alpha) per domain
         self.n_fits = 0
 
     def policy(self) -> np.ndarray:
         return self.pi.copy()
+
+    # --- history: (T, K) buffers that double in size (amortised O(1) per update) ----------
+    def _set_history(self, loss_hist: np.ndarray, n_hist: np.ndarray) -> None:
+        t = loss_hist.shape[0]
+        cap = max(64, 1 << max(0, t - 1).bit_length())
+        self._loss_buf = np.zeros((cap, self.k))
+        self._n_buf = np.zeros((cap, self.k))
+        self._loss_buf[:t] = loss_hist
+        self._n_buf[:t] = n_hist
+        self._len = t
+
+    def _append_history(self, loss: np.ndarray, n: np.ndarray) -> None:
+        if self._len == self._loss_buf.shape[0]:
+            self._loss_buf = np.concatenate([self._loss_buf, np.zeros_like(self._loss_buf)])
+            self._n_buf = np.concatenate([self._n_buf, np.zeros_like(self._n_buf)])
+        self._loss_buf[self._len] = loss
+        self._n_buf[self._len] = n
+        self._len += 1
+
+    @property
+    def loss_hist(self) -> np.ndarray:
+        """Per-step training loss of each domain (T, K) (a view; do not modify)."""
+        return self._loss_buf[:self._len]
+
+    @property
+    def n_hist(self) -> np.ndarray:
+        """The sample count the laws use after each step (T, K) (a view; do not modify)."""
+        return self._n_buf[:self._len]
 
     @property
     def fitted(self) -> bool:
@@ -330,15 +365,13 @@ class ADO(MixingPolicy):
     def update(self, domain_losses, counts) -> np.ndarray:
         losses, counts = self._check_update(domain_losses, counts)
         seen = counts > 0
-        if self.loss_hist.shape[0]:
-            prev = self.loss_hist[-1]
+        if self._len:
+            prev = self._loss_buf[self._len - 1]
         else:
             prev = np.full(self.k, float(np.sum(losses[seen] * counts[seen]) / counts.sum()))
         filled = np.where(seen, losses, prev)
         self.n = self.n + counts
-        self.loss_hist = np.vstack([self.loss_hist, filled[None]])
-        self.n_hist = np.vstack([self.n_hist,
-                                 (self.n_total() if self.count == "total" else self.n)[None]])
+        self._append_history(filled, self.n_total() if self.count == "total" else self.n)
         self.h = self.gamma1 * self.h + (1 - self.gamma1) * counts / counts.sum()
         self.t += 1
         if self.t >= self.warmup and (self.t - self.warmup) % self.refit_every == 0:
@@ -346,10 +379,10 @@ class ADO(MixingPolicy):
         if self.t >= self.warmup and self.fitted:
             self.rho = self.preference()
         else:
-            self.rho = self.prior.copy()
+            self.rho = self.prior_floored.copy()
         self.pi = self.gamma2 * self.pi_bar + (1 - self.gamma2) * self.rho
         if self.t < self.warmup or not self.fitted:
-            self.pi = self.prior.copy()
+            self.pi = self.prior_floored.copy()
         self.pi_bar = self.pi_bar + (self.rho - self.pi_bar) / self.t
         return self.policy()
 
@@ -363,8 +396,8 @@ class ADO(MixingPolicy):
         super().load_state_dict(state)
         for key in ("n", "h", "pi_bar", "pi", "rho", "params"):
             setattr(self, key, np.array(state[key], dtype=np.float64))
-        self.loss_hist = np.array(state["loss_hist"], dtype=np.float64).reshape(-1, self.k)
-        self.n_hist = np.array(state["n_hist"], dtype=np.float64).reshape(-1, self.k)
+        self._set_history(np.array(state["loss_hist"], dtype=np.float64).reshape(-1, self.k),
+                          np.array(state["n_hist"], dtype=np.float64).reshape(-1, self.k))
         self.n_fits = int(state["n_fits"][0])
 
 

@@ -13,15 +13,7 @@ import numpy as np
 import pandas as pd
 
 from gensight.mixing.scaling import MixingError, PowerLaw, smooth_losses
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+from gensight.report.figures import _pyplot
 
 
 def load_run(run_dir) -> tuple[pd.DataFrame, dict, dict | None]:
@@ -42,7 +34,28 @@ def _domains(log: pd.DataFrame) -> list[str]:
 
 
 def _label(cfg: dict) -> str:
-    return f"{cfg.get('policy', '?')} (seed {cfg.get('seed', '?')})"
+    return f"{run_label(cfg)} (seed {cfg.get('seed', '?')})"
+
+
+def run_label(cfg: dict, with_steps: bool = False) -> str:
+    """What a run is, short of its seed: the policy, its ``policy_kwargs`` (if any) and, with
+    ``with_steps``, its number of steps; e.g. ``"ado (count=total)"``. Runs with the same label
+    are seeds of one variant."""
+    label = str(cfg.get("policy", "?"))
+    kwargs = cfg.get("policy_kwargs") or {}
+    if kwargs:
+        label += " (" + ", ".join(f"{k}={kwargs[k]}" for k in sorted(kwargs)) + ")"
+    if with_steps:
+        label += f", {cfg.get('steps', '?')} steps"
+    return label
+
+
+def _labels(items: list[tuple[dict, dict | None]]) -> list[str]:
+    """One label per run ``(config, results or None)``: the results' ``label`` where given,
+    else :func:`run_label` (with the steps where the runs differ in them)."""
+    with_steps = len({json.dumps(c.get("steps")) for c, _ in items}) > 1
+    return [str(r["label"]) if r is not None and r.get("label") else run_label(c, with_steps)
+            for c, r in items]
 
 
 def mixture_figure(runs: list[tuple[pd.DataFrame, dict]], path) -> Path:
@@ -67,8 +80,9 @@ def mixture_figure(runs: list[tuple[pd.DataFrame, dict]], path) -> Path:
 
 def scaling_figure(log: pd.DataFrame, cfg: dict, path) -> Path:
     """ADO's last fitted scaling law of each domain (ADO's law (1)) against the observed per-step
-    training loss (dots) and its Savitzky-Golay smoothing (what the fit sees), over the
-    samples seen from the domain; dotted: the law extrapolated to the steps the fit ignores."""
+    training loss (dots) and its Savitzky-Golay smoothing (what the fit sees), over the sample
+    count the laws use (the domain's own samples, or all samples with ``count='total'``);
+    dotted: the law extrapolated to the steps the fit ignores."""
     plt = _pyplot()
     doms = _domains(log)
     fig, axes = plt.subplots(1, len(doms), figsize=(3.3 * len(doms), 3.2), dpi=100,
@@ -76,6 +90,9 @@ def scaling_figure(log: pd.DataFrame, cfg: dict, path) -> Path:
     last = log.iloc[-1]
     steps = int(cfg.get("steps", len(log)))
     ignore = int((cfg.get("policy_kwargs") or {}).get("ignore", max(2, steps // 20)))
+    count = (cfg.get("policy_kwargs") or {}).get("count", "domain")
+    xlabel = ("samples seen in total (all domains)" if count == "total"
+              else "samples seen from the domain")
     for ax, d in zip(axes[0], doms, strict=True):
         n = log[f"n_{d}"].to_numpy()
         loss = log[f"train_loss_{d}"].ffill().bfill().to_numpy()
@@ -93,7 +110,7 @@ def scaling_figure(log: pd.DataFrame, cfg: dict, path) -> Path:
         ax.set_xscale("log")
         ax.set_ylim(0.95 * np.min(loss), 1.05 * np.max(loss))
         ax.set_title(d, fontsize=10)
-        ax.set_xlabel("samples seen from the domain")
+        ax.set_xlabel(xlabel)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("training loss (nats/byte)")
     fig.suptitle(f"ADO scaling laws, {_label(cfg)}", fontsize=10)
@@ -104,9 +121,10 @@ def scaling_figure(log: pd.DataFrame, cfg: dict, path) -> Path:
 
 
 def validation_figure(summary: pd.DataFrame, curves: list[tuple[pd.DataFrame, dict]],
-                      path) -> Path:
+                      path, labels: list[str] | None = None) -> Path:
     """Left: final validation loss of each domain per policy (mean over seeds, bars with the
-    std). Right: the mean validation loss over the domains during training, per run."""
+    std). Right: the mean validation loss over the domains during training, per run
+    (``labels``: one per curve, the policy of :func:`summarize`; default :func:`run_label`)."""
     plt = _pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=100)
     doms = [c for c in summary.columns if c not in ("policy", "seeds", "uniform mix (test)",
@@ -127,10 +145,11 @@ def validation_figure(summary: pd.DataFrame, curves: list[tuple[pd.DataFrame, di
     ax.legend(fontsize=7)
     colors = {p: f"C{i}" for i, p in enumerate(pols)}
     labelled = set()
-    for log, cfg in curves:
+    if labels is None:
+        labels = _labels([(cfg, None) for _, cfg in curves])
+    for (log, _), p in zip(curves, labels, strict=True):
         if "val_loss_mean" in log:
             v = log.dropna(subset=["val_loss_mean"])
-            p = cfg.get("policy", "?")
             bx.plot(v["step"], v["val_loss_mean"], lw=1, color=colors.get(p, "gray"),
                     label=None if p in labelled else p)
             labelled.add(p)
@@ -144,12 +163,19 @@ def validation_figure(summary: pd.DataFrame, curves: list[tuple[pd.DataFrame, di
     return Path(path)
 
 
-def summarize(results: list[dict]) -> pd.DataFrame:
-    """One row per policy: mean (and ``*_std``) over seeds of each domain's final validation
-    loss, their mean, the uniform-mix test loss and the policy's share of step time."""
+def summarize(results: list[dict], labels: list[str] | None = None) -> pd.DataFrame:
+    """One row per variant: mean (and ``*_std``) over seeds of each domain's final validation
+    loss, their mean, the uniform-mix test loss and the policy's share of step time.
+
+    A variant (column ``policy``) is the result's ``label`` where it has one, else the policy
+    with its ``policy_kwargs`` (and its steps where the runs differ in them), so that e.g. ADO
+    with ``count='total'`` is not counted as another seed of ADO (:func:`run_label`).
+    ``labels`` (one per result) overrides this."""
     rows = []
-    for r in results:
-        row = {"policy": r["config"]["policy"], "seed": r["config"]["seed"], **r["val"],
+    if labels is None:
+        labels = _labels([(r["config"], r) for r in results])
+    for r, label in zip(results, labels, strict=True):
+        row = {"policy": label, "seed": r["config"]["seed"], **r["val"],
                "mean": r["val_mean"], "uniform mix (test)": r["test_uniform_mix"],
                "policy time %": 100 * r["policy_time_share"]}
         rows.append(row)
@@ -173,16 +199,19 @@ def write_report(run_dirs, out_path) -> Path:
     runs = [load_run(r) for r in run_dirs]
     if not runs:
         raise MixingError("mix report: no run directories given")
+    labels = _labels([(cfg, r) for _, cfg, r in runs])
     results = [r for _, _, r in runs if r is not None]
+    result_labels = [lab for (_, _, r), lab in zip(runs, labels, strict=True) if r is not None]
     parts = [f"<h1>gensight mix: data mixtures</h1><p class='meta'>{len(runs)} run(s); "
              f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}</p>"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if results:
-            summary = summarize(results)
+            summary = summarize(results, result_labels)
             show = summary[[c for c in summary.columns if not c.endswith("_std")]]
             parts.append("<h2>Final validation loss per domain (nats/byte)</h2>" + _table(show))
-            validation_figure(summary, [(log, cfg) for log, cfg, _ in runs], tmp / "val.png")
+            validation_figure(summary, [(log, cfg) for log, cfg, _ in runs], tmp / "val.png",
+                              labels)
             parts.append(_figure(tmp / "val.png", "Left: each domain's final validation loss "
                                  "per policy (mean over seeds; bars: std). Right: the mean "
                                  "validation loss over domains during training.",

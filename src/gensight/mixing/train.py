@@ -1,17 +1,21 @@
 """Train the byte-level LM on a mixture of text domains chosen online by a mixing policy.
 
 :func:`train_mixture` is resumable: every ``checkpoint_every`` steps it writes, atomically,
-``checkpoint.safetensors`` (model, AdamW state, policy state; the sampler's generator state and
-the config in its metadata) and ``log.parquet`` (one row per step: the mixture, each domain's
-samples and training loss, validation losses at evaluation steps, ADO's current fits, timings).
-A killed run started again with the same config continues from its last checkpoint and writes
-the same log as an uninterrupted run (timing columns aside).
+``checkpoint.safetensors`` (model, AdamW state, policy state; the sampler's generator state,
+the config and the domain names in order in its metadata) and ``log.parquet`` (one row per step:
+the mixture, each domain's samples and training loss, validation losses at evaluation steps,
+ADO's current fits, timings). A killed run started again with the same config continues from its
+last checkpoint and writes the same log as an uninterrupted run (timing columns aside). Resuming
+is refused (:class:`MixingError`) for another config, other domains or another order of them,
+changed domain data, a missing ``log.parquet``, or a file that is not such a checkpoint.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from gensight.mixing.data import DOMAINS, TextDomain, load_domains
-from gensight.mixing.policies import ADO, POLICIES, MixingPolicy, make_policy
+from gensight.mixing.policies import ADO, ODM, POLICIES, MixingPolicy, make_policy
 from gensight.mixing.sampler import MixtureSampler, domain_losses
 from gensight.mixing.scaling import MixingError
 
@@ -51,21 +55,81 @@ class MixTrainConfig:
     policy_kwargs: dict = field(default_factory=dict)
 
     def check(self) -> MixTrainConfig:
+        """Validate every field (a one-line :class:`MixingError` naming it); return self."""
         if self.policy not in POLICIES:
             raise MixingError(f"unknown mixing policy {self.policy!r}; choose from "
                               f"{', '.join(POLICIES)}")
         for name in ("steps", "batch_size", "context", "d", "layers", "heads", "eval_every",
-                     "eval_windows", "checkpoint_every"):
+                     "eval_windows", "checkpoint_every", "seed"):
             v = getattr(self, name)
-            if not isinstance(v, int | np.integer) or v < 1:
-                raise MixingError(f"config field {name} must be a positive integer; got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MixingError(f"config field lr must be a positive number; got {self.lr!r}")
+            lo = 0 if name == "seed" else 1
+            if not _is_int(v) or v < lo:
+                kind = "a non-negative" if lo == 0 else "a positive"
+                raise MixingError(f"config field {name} must be {kind} integer; got {v!r}")
+        if self.d % self.heads:
+            raise MixingError(f"config field heads ({self.heads}) must divide d ({self.d})")
+        for name, lo_ok in (("lr", False), ("weight_decay", True)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                    or v < 0 or (v == 0 and not lo_ok):
+                kind = "a non-negative" if lo_ok else "a positive"
+                raise MixingError(f"config field {name} must be {kind} number; got {v!r}")
+        mb = self.max_bytes
+        if mb is not None and not (_is_int(mb) and mb > 0) and not (
+                isinstance(mb, dict) and all(_is_int(v) and v > 0 for v in mb.values())):
+            raise MixingError(f"config field max_bytes must be a positive integer or None; "
+                              f"got {mb!r}")
+        if isinstance(self.domains, str) or not self.domains:
+            raise MixingError(f"config field domains must be a non-empty sequence of domain "
+                              f"names; got {self.domains!r}")
         self.domains = tuple(self.domains)
+        if not isinstance(self.policy_kwargs, dict):
+            raise MixingError(f"config field policy_kwargs must be a dict; got "
+                              f"{self.policy_kwargs!r}")
+        allowed = _policy_keys(self.policy)
+        unknown = sorted(set(self.policy_kwargs) - allowed)
+        if unknown:
+            raise MixingError(f"config field policy_kwargs: unknown key(s) {', '.join(unknown)} "
+                              f"for policy {self.policy!r}; allowed: "
+                              f"{', '.join(sorted(allowed)) or 'none'}")
+        try:  # the values, checked by the policy itself on stand-in sizes (no data needed)
+            kwargs = dict(self.policy_kwargs)
+            if self.policy == "ado":
+                kwargs["fitter"] = _no_fit  # do not import scipy just to check
+            make_policy(self.policy, [str(i) for i in range(len(self.domains))],
+                        [1.0] * len(self.domains), **kwargs)
+        except MixingError as exc:
+            raise MixingError(f"config field policy_kwargs: {exc}") from None
         return self
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+
+def _is_int(v) -> bool:
+    """An integer, but not a bool."""
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _policy_keys(policy: str) -> set[str]:
+    """The keyword arguments a policy accepts in ``policy_kwargs`` (JSON values only, so not
+    ADO's ``fitter``)."""
+    cls = {"ado": ADO, "odm": ODM}.get(policy)
+    if cls is None:
+        return set()
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY
+            or (p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("self", "domains", "sizes"))} \
+        - {"fitter"}
+
+
+def _no_fit(n, loss):  # stands in for the fitter while a config is checked
+    raise AssertionError("not called")
+
+
+def _mix_chunk(cfg: MixTrainConfig) -> int:
+    """The piece length of the uniform mix of held-out text (:func:`uniform_mix`)."""
+    return min(512, 4 * cfg.context)
 
 
 def _lr(cfg: MixTrainConfig, step: int) -> float:
@@ -137,16 +201,36 @@ def _save_checkpoint(path: Path, step: int, cfg, model, opt, policy, sampler, sh
         tensors[f"policy.{key}"] = v.reshape(1, -1) if v.size == 0 else v  # no empty tensors
         tensors[f"policy_shape.{key}"] = np.array(v.shape, dtype=np.int64)
     meta = {"step": step, "config": cfg.to_json(), "param_groups": osd["param_groups"],
-            "sampler": sampler.state_dict(), "domains_sha256": shas}
+            "sampler": sampler.state_dict(), "domains": list(shas), "domains_sha256": shas}
     atomic_write_bytes(path, save(tensors, metadata={"gensight": json.dumps(meta)}))
 
 
+_META_KEYS = ("step", "config", "param_groups", "sampler", "domains_sha256")
+
+
+def _not_ours(path: Path, why: str) -> MixingError:
+    return MixingError(f"{path}: not a gensight mix checkpoint ({why}); delete it or use "
+                       "another --out")
+
+
 def _load_checkpoint(path: Path):
+    """``(meta, tensors)`` of a checkpoint; a :class:`MixingError` for a file that is not one
+    written by :func:`train_mixture` (corrupt, truncated, or another program's)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as fh:
-        meta = json.loads((fh.metadata() or {})["gensight"])
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = json.loads((fh.metadata() or {})["gensight"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except OSError:
+        raise
+    except KeyError:
+        raise _not_ours(path, "no gensight metadata") from None
+    except Exception as exc:  # SafetensorError, bad JSON, ...
+        raise _not_ours(path, f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    if not isinstance(meta, dict) or any(k not in meta for k in _META_KEYS):
+        raise _not_ours(path, "its metadata lacks " + ", ".join(
+            k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta))
     return meta, tensors
 
 
@@ -194,6 +278,7 @@ def train_mixture(cfg: MixTrainConfig, out_dir, *, domains: dict[str, TextDomain
         domains = load_domains(cfg.domains, cfg.max_bytes)
     names = list(domains)
     k = len(names)
+    chunk = _mix_chunk(cfg)
     for n, d in domains.items():
         if d.train.size == 0:
             raise MixingError(f"domain {n!r} has no data: its training split is empty")
@@ -202,6 +287,12 @@ def train_mixture(cfg: MixTrainConfig, out_dir, *, domains: dict[str, TextDomain
                 raise MixingError(f"domain {n!r} has too little {split} data: "
                                   f"{getattr(d, split).size} bytes, needs at least context + 1 "
                                   f"= {cfg.context + 1} (raise max_bytes or lower context)")
+        # checked now, not after training: the final uniform mix of test text needs one piece
+        if d.test.size < chunk:
+            raise MixingError(f"domain {n!r} has too little test data: {d.test.size} bytes, "
+                              f"the uniform mix of held-out text needs at least "
+                              f"min(512, 4 x context) = {chunk} (raise max_bytes or lower "
+                              "context)")
     shas = {n: d.sha256 for n, d in domains.items()}
     torch.manual_seed(cfg.seed)
     model = ByteLM(cfg.context, cfg.d, cfg.layers, cfg.heads)
@@ -219,13 +310,26 @@ def train_mixture(cfg: MixTrainConfig, out_dir, *, domains: dict[str, TextDomain
             diff = [f for f in meta["config"] if meta["config"][f] != cfg.to_json().get(f)]
             raise MixingError(f"{ckpt}: the checkpoint was written with a different config "
                               f"(fields {', '.join(diff)}); use another output directory")
+        saved = meta.get("domains", list(meta["domains_sha256"]))  # older: the dict's order
+        if list(saved) != names:
+            raise MixingError(f"{ckpt}: the checkpoint was written for the domains "
+                              f"{', '.join(map(str, saved))} (in this order), not "
+                              f"{', '.join(names)}; use the same domains or another output "
+                              "directory")
         if meta["domains_sha256"] != shas:
             raise MixingError(f"{ckpt}: the text domains changed since the checkpoint "
                               "(SHA-256 differs); use another output directory")
-        _restore(meta, tensors, model, opt, policy, sampler)
+        if not log_path.exists():
+            raise MixingError(f"{ckpt}: the checkpoint has no {LOG} beside it (deleted?), so "
+                              "the run cannot be resumed with its log; delete the checkpoint or "
+                              "use another output directory")
+        try:
+            _restore(meta, tensors, model, opt, policy, sampler)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise _not_ours(ckpt, f"cannot restore it: {type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
         start = int(meta["step"])
-        if log_path.exists():
-            rows = pd.read_parquet(log_path).query("step <= @start").to_dict("records")
+        rows = pd.read_parquet(log_path).query("step <= @start").to_dict("records")
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         pi = policy.policy()
@@ -279,7 +383,7 @@ def train_mixture(cfg: MixTrainConfig, out_dir, *, domains: dict[str, TextDomain
     val = evaluate(model, domains, "val", cfg.context, cfg.eval_windows)
     test = evaluate(model, domains, "test", cfg.context, cfg.eval_windows)
     mix = TextDomain("uniform_mix", np.zeros(1, np.uint8), np.zeros(1, np.uint8),
-                     uniform_mix(domains, "test", chunk=min(512, 4 * cfg.context)))
+                     uniform_mix(domains, "test", chunk=chunk))
     mix_loss = evaluate(model, {"mix": mix}, "test", cfg.context, cfg.eval_windows * k)["mix"]
     results = {
         "config": cfg.to_json(), "domains": names, "val": val, "test": test,
