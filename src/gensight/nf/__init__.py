@@ -1,4 +1,5 @@
-"""NF-Layers and models: permutation-equivariant neural functionals (arXiv 2302.14040).
+"""Permutation-equivariant neural functionals: NF-Layers (arXiv 2302.14040), NFT weight-space
+attention (arXiv 2305.13546) and UNF layers for any permutation spec (arXiv 2402.05232).
 
 Layers map a :class:`~gensight.weightspace.WeightBatch` to a ``WeightBatch`` (equivariant)
 or to a tensor (invariant pools), and compose like ``torch.nn`` layers.
@@ -25,29 +26,35 @@ from gensight.nf.layout import Block, Layout
 from gensight.nf.models import InvariantNFN, InvariantNFT
 from gensight.nf.pointwise import Elementwise, WeightSpaceNorm
 from gensight.nf.pooling import HNPPool, NPPool
+from gensight.nf.unf import PermSpec, UNFLinear, UNFPool, unf_bias_counts, unf_term_counts
 
 __all__ = [
+    "Block",
     "BlockPointwise",
+    "ChannelDropout",
     "ChannelLayerNorm",
     "CrossAttentionPool",
-    "LearnedPositionEmbedding",
-    "NFTAttention",
-    "NFTBlock",
-    "WeightTokens",
-    "Block",
-    "ChannelDropout",
     "Elementwise",
     "GaussianFourierFeatures",
     "HNPLinear",
     "HNPPool",
-    "IOSinusoidalEncoding",
     "InvariantNFN",
     "InvariantNFT",
-    "LearnedScale",
+    "IOSinusoidalEncoding",
     "Layout",
+    "LearnedPositionEmbedding",
+    "LearnedScale",
+    "make_inr_classifier",
+    "NFTAttention",
+    "NFTBlock",
     "NPLinear",
     "NPPool",
-    "WeightSpaceNorm",
-    "make_inr_classifier",
     "num_parameters",
+    "PermSpec",
+    "unf_bias_counts",
+    "unf_term_counts",
+    "UNFLinear",
+    "UNFPool",
+    "WeightSpaceNorm",
+    "WeightTokens",
 ]
