@@ -215,6 +215,8 @@ def test_every_method_runs_end_to_end_on_a_tiny_zoo(zoo):
     assert summary["test_acc_std"].ge(0).all() and (summary["seeds"] == 2).all()
     assert result.sizes["train"] == (28, 14) and result.sizes["test"] == (10, 5)
     assert ("nfn-np", 1, 4) in calls and ("mlp", 0, 2) in calls
+    # inr2array reports its autoencoder steps, then its classifier steps, out of 4 + 4
+    assert [c[2] for c in calls if c[:2] == ("inr2array", 0)] == [1, 2, 3, 4, 6, 8]
     gaps = summary.set_index("method")["invariance_gap"]
     assert gaps["nfn-hnp"] < 1e-4 and gaps["nfn-np"] < 1e-4 and gaps["mlp"] > 1e-3
     assert gaps["nft"] < 1e-4 and gaps["inr2array"] < 1e-4

@@ -223,13 +223,6 @@ class TensorStandardizer:
         n = batch.space.n_layers
         return WeightBatch(batch.space, tensors[:n], tensors[n:], check_finite=False)
 
-    def inverse_transform(self, batch: WeightBatch) -> WeightBatch:
-        """The raw weights of a standardized batch."""
-        tensors = [t * s + m for t, m, s in zip(batch.tensors(), self.mean_, self.std_,
-                                                strict=True)]
-        n = batch.space.n_layers
-        return WeightBatch(batch.space, tensors[:n], tensors[n:], check_finite=False)
-
 
 # ----------------------------------------------------------------------------- classifiers
 
@@ -480,12 +473,19 @@ class Inr2ArrayClassifier(INRClassifier):
                        grid=self.grid, omega_0=self.omega_0, seed=self.seed).to(self.dtype)
         xt = prepared(train)
         xv = None if val is None else prepared(val)
+        # progress over both phases: autoencoder steps, then classifier steps
+        total = self.ae_steps + self.steps
+        ae_progress = None if progress is None else \
+            (lambda step, steps, val_mse: progress(step, total))
         self.ae_history_ = fit_inr2array(
             ae, *xt, steps=self.ae_steps, batch_size=self.batch_size, lr=self.ae_lr,
-            seed=self.seed, val=xv, eval_every=max(1, self.ae_steps // 10))
+            seed=self.seed, val=xv, eval_every=max(1, self.ae_steps // 10),
+            progress=ae_progress)
         self.autoencoder_ = ae
         self.ae_val_mse_ = float("nan") if xv is None else reconstruction_mse(ae, *xv)
-        return super().fit(train, val, progress)
+        cls_progress = None if progress is None else \
+            (lambda step, steps: progress(self.ae_steps + step, total))
+        return super().fit(train, val, cls_progress)
 
     def _standardized(self, weights: WeightBatch):
         """Raw SIREN weights -> their latent arrays ``(B, M, D)`` (the classifier's input)."""

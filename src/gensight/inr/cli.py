@@ -60,7 +60,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         f"{s} {len(r)} SIRENs ({r['image_id'].nunique()} images)" for s, r in rows.items())
         + f"; methods {', '.join(methods)}; {seeds} seed(s), {steps} steps, batch {batch_size}"
         f", lr {lr:g}, NFN channels {','.join(map(str, channels))}", markup=False)
-    total = len(methods) * seeds * steps
+    # inr2array trains its autoencoder for --steps steps before its classifier
+    total = seeds * steps * sum(2 if m == "inr2array" else 1 for m in methods)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, disable=args.quiet) as bar:
         task = bar.add_task("training", total=total)
