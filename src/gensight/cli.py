@@ -553,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("zoo", help="zoo directory")
     pre.add_argument("--methods", default="statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec",
                      help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, nft, "
-                     "nft-np, margin-signature, measure:NAME (default: %(default)s)")
+                     "nft-np, unf, unf-np, deepsets, margin-signature, measure:NAME "
+                     "(default: %(default)s)")
     _add_fit_options(pre)
     pre.add_argument("--test-fraction", type=float, default=0.25)
     pre.add_argument("--out", help="output directory (default: ZOO/predict)")

@@ -80,6 +80,20 @@ def test_nft_predictions_are_invariant_to_neuron_permutations(grid_zoo, symmetry
     assert not np.allclose(before, before[0])
 
 
+@pytest.mark.parametrize("method", ["unf", "deepsets"])
+def test_unf_and_deepsets_predictors_are_invariant(grid_zoo, method):
+    train, test = split_zoo(grid_zoo)
+    model = make_predictor(method, epochs=2).fit(train)
+    assert model.name == method
+    before = model.predict(test)
+    perm = random_permutation(test.weights.space, "hnp", batch_size=len(test),
+                              generator=torch.Generator().manual_seed(1))
+    permuted = ZooSplit(test.zoo, test.rows)
+    permuted.weights = permute(test.weights, perm)
+    np.testing.assert_allclose(before, model.predict(permuted), atol=1e-5)
+    assert not np.allclose(before, before[0])
+
+
 def test_nft_learns_on_the_zoo(grid_zoo):
     train, _ = split_zoo(grid_zoo)
     model = NFTPredictor(channels=8, blocks=1, heads=2, dropout=0.0, epochs=12, patience=12,

@@ -23,10 +23,17 @@ from gensight.nf.inr_blocks import (
 )
 from gensight.nf.layers import HNPLinear, NPLinear, num_parameters
 from gensight.nf.layout import Block, Layout
-from gensight.nf.models import InvariantNFN, InvariantNFT
+from gensight.nf.models import InvariantDeepSets, InvariantNFN, InvariantNFT
 from gensight.nf.pointwise import Elementwise, WeightSpaceNorm
 from gensight.nf.pooling import HNPPool, NPPool
-from gensight.nf.unf import PermSpec, UNFLinear, UNFPool, unf_bias_counts, unf_term_counts
+from gensight.nf.unf import (
+    InvariantUNF,
+    PermSpec,
+    UNFLinear,
+    UNFPool,
+    unf_bias_counts,
+    unf_term_counts,
+)
 
 __all__ = [
     "Block",
@@ -38,8 +45,10 @@ __all__ = [
     "GaussianFourierFeatures",
     "HNPLinear",
     "HNPPool",
+    "InvariantDeepSets",
     "InvariantNFN",
     "InvariantNFT",
+    "InvariantUNF",
     "IOSinusoidalEncoding",
     "Layout",
     "LearnedPositionEmbedding",

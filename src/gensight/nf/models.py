@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
-from gensight.errors import GensightError
+from gensight.errors import GensightError, ShapeMismatchError
 from gensight.nf.layers import HNPLinear, NPLinear
 from gensight.nf.pointwise import Elementwise, WeightSpaceNorm
 from gensight.nf.pooling import HNPPool, NPPool
@@ -202,3 +203,52 @@ class InvariantNFT(_Invariant):
             self.pool = HNPPool(space) if symmetry == "hnp" else NPPool(space)
             width = self.pool.out_features(channels)
         self.head = mlp_head(width, head_hidden, out_features, nn.ReLU, dropout)
+
+
+class InvariantDeepSets(_Invariant):
+    """The Deep Sets baseline of the UNF paper (arXiv 2402.05232): every weight and bias
+    tensor is a *set* of scalars. A per-tensor ``phi`` MLP (``1 -> channels...``, ReLU) maps
+    each entry, the mean over the tensor's entries pools it, and the per-tensor vectors are
+    concatenated into an MLP head. Invariant to any permutation of the entries within each
+    tensor (a much larger group than the neuron permutations, so it cannot see how weights
+    connect).
+
+    ``forward``: ``WeightBatch (B, 1, ...)`` -> ``(B, out_features)``.
+    """
+
+    def __init__(self, space: WeightSpace, *, channels: Sequence[int] = (32, 32),
+                 out_features: int = 1, head_hidden: Sequence[int] = (256,),
+                 dropout: float = 0.0):
+        super().__init__()
+        if not channels:
+            raise GensightError("InvariantDeepSets needs at least one phi layer (channels is "
+                                "empty)")
+        self.space = space
+        n_tensors = 2 * space.n_layers
+
+        def phi() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            width = 1
+            for c in channels:
+                layers += [nn.Linear(width, c), nn.ReLU()]
+                width = c
+            return nn.Sequential(*layers)
+
+        self.phis = nn.ModuleList(phi() for _ in range(n_tensors))
+        self.head = mlp_head(n_tensors * channels[-1], head_hidden, out_features, nn.ReLU,
+                             dropout)
+
+    def embed(self, batch: WeightBatch) -> Tensor:
+        """Per-tensor means of ``phi`` over the entries, concatenated: ``(B, 2L *
+        channels[-1])``."""
+        if batch.space != self.space:
+            raise ShapeMismatchError(f"InvariantDeepSets built for {self.space!r} got a batch "
+                                     f"of {batch.space!r}")
+        if batch.channels != 1:
+            raise ShapeMismatchError(f"InvariantDeepSets takes raw weights (1 channel); the "
+                                     f"batch has {batch.channels}")
+        feats = []
+        for phi, t in zip(self.phis, (*batch.weights, *batch.biases), strict=True):
+            entries = t.reshape(t.shape[0], -1, 1)             # (B, entries, 1)
+            feats.append(phi(entries).mean(1))
+        return torch.cat(feats, 1)

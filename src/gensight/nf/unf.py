@@ -38,6 +38,10 @@ from gensight.errors import GensightError, KeyMismatchError, ShapeMismatchError
 from gensight.weightspace import WeightBatch, WeightSpace
 
 Label = int | str | None
+
+_SMALL = 64
+"""Reductions with at most this many positions per channel are mixed with one GEMM over the
+batch (``UNFLinear.forward``); larger ones with a batched GEMM."""
 BiasMode = Literal["maximal", "reference"]
 
 __all__ = [
@@ -605,9 +609,16 @@ class UNFLinear(nn.Module):
                     cache[ck] = r * t.scale if t.scale != 1.0 else r
                 parts.append(cache[ck])
             r = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-            # (D, C) @ (B, C, N) -> (B, D, N): channel mixing without moving C last
+            # channel mixing (D, C) x (B, C, N) -> (B, D, N)
             r3 = r.reshape(r.shape[0], r.shape[1], -1)
-            y = torch.bmm(w.t().expand(r.shape[0], -1, -1), r3)
+            if r3.shape[2] <= _SMALL:
+                # few positions: one GEMM over (C, B*N) instead of B tiny ones, and a plain
+                # weight gradient instead of a per-member one summed over the batch
+                b_, c_, n_ = r3.shape
+                y = (w.t() @ r3.transpose(0, 1).reshape(c_, b_ * n_))
+                y = y.view(-1, b_, n_).transpose(0, 1)
+            else:
+                y = torch.bmm(w.t().expand(r.shape[0], -1, -1), r3)
             shape = [y.shape[0], y.shape[1]] + [1] * group.n_blocks
             for j, size in zip(group.kept_axes, r.shape[2:], strict=True):
                 shape[2 + j] = size
@@ -618,14 +629,34 @@ class UNFLinear(nn.Module):
         out = {}
         for key in self.spec:
             fold = self.folds[key]
-            # add broadcast terms smallest first: few full-size additions
-            parts = sorted(acc[key].values(), key=lambda t: t.numel())
-            y = parts[0]
-            for t in parts[1:]:
-                y = y + t
-            y = y.expand(batch, -1, *fold.labelled_shape)
-            out[key] = fold.unfold(y, self.out_channels)
+            full = (batch, self.out_channels * fold.factor, *fold.labelled_shape)
+            out[key] = fold.unfold(_sum_broadcast(list(acc[key].values()), full),
+                                   self.out_channels)
         return out
+
+
+def _sum_broadcast(parts: list[Tensor], full: tuple[int, ...]) -> Tensor:
+    """The broadcast sum of ``parts`` with shape ``full``: the smaller parts are summed among
+    themselves while that stays below full size, then added to the largest part with one
+    fresh full-size result and in-place additions into it (fresh full-size buffers are
+    costly on CPU; in-place adds into views of other results are costly for autograd)."""
+    parts = sorted(parts, key=lambda t: t.numel())
+    target = math.prod(full)
+    merged: list[Tensor] = []
+    for t in parts[:-1]:
+        if merged:
+            shape = torch.broadcast_shapes(merged[-1].shape, t.shape)
+            if math.prod(shape) < target:
+                merged[-1] = merged[-1] + t
+                continue
+        merged.append(t)
+    y, fresh = parts[-1], False
+    for t in merged:
+        if fresh and torch.broadcast_shapes(y.shape, t.shape) == y.shape:
+            y = y.add_(t)                        # y is this function's own result
+        else:
+            y, fresh = y + t, True
+    return y.expand(full)
 
 
 def _accumulate(bucket: dict[tuple[int, ...], Tensor], y: Tensor) -> None:
@@ -670,3 +701,61 @@ class UNFPool(nn.Module):
             y = fold.fold(x)
             feats.append(y.mean(dim=tuple(range(2, y.dim()))) if y.dim() > 2 else y)
         return torch.cat(feats, 1)
+
+
+class InvariantUNF(nn.Module):
+    """An invariant universal neural functional: :class:`UNFLinear` layers with ReLU between
+    them, :class:`UNFPool`, an MLP head (arXiv 2402.05232, the generalization predictor of
+    its Sec. 5: UNF layers, invariant pooling, a fully connected head).
+
+    ``forward``: ``{key: (B, in_channels, *shape)}`` (or a ``WeightBatch`` for a model built
+    with :meth:`from_weight_space`) -> ``(B, out_features)``, invariant to every permutation
+    the spec allows.
+    """
+
+    def __init__(self, spec: PermSpec | Mapping[str, Sequence[Label]],
+                 shapes: Mapping[str, Sequence[int]], *, channels: Sequence[int] = (16, 16, 16),
+                 in_channels: int = 1, out_features: int = 1,
+                 head_hidden: Sequence[int] = (256,), dropout: float = 0.0,
+                 bias: BiasMode = "maximal"):
+        from gensight.nf.models import mlp_head
+
+        super().__init__()
+        if not channels:
+            raise GensightError("InvariantUNF needs at least one UNF layer (channels is empty)")
+        spec = spec if isinstance(spec, PermSpec) else PermSpec(spec)
+        self.spec, self.space = spec, None
+        widths = (in_channels, *channels)
+        self.layers = nn.ModuleList(UNFLinear(spec, shapes, a, b, bias=bias)
+                                    for a, b in zip(widths, widths[1:], strict=False))
+        self.pool = UNFPool(spec, shapes)
+        self.head = mlp_head(self.pool.out_features(widths[-1]), head_hidden, out_features,
+                             nn.ReLU, dropout)
+
+    @classmethod
+    def from_weight_space(cls, space: WeightSpace, symmetry: str = "hnp",
+                          **kwargs) -> InvariantUNF:
+        """The model on an MLP/CNN weight space (HNP by default: the networks' own
+        symmetry); ``forward`` then takes a ``WeightBatch``."""
+        model = cls(PermSpec.from_weight_space(space, symmetry), weight_space_shapes(space),
+                    **kwargs)
+        model.space = space
+        return model
+
+    def embed(self, params: Mapping[str, Tensor] | WeightBatch) -> Tensor:
+        """The pooled invariant representation ``(B, pool.out_features(channels[-1]))``."""
+        if isinstance(params, WeightBatch):
+            if self.space is None or params.space != self.space:
+                raise ShapeMismatchError(
+                    f"InvariantUNF got a WeightBatch of {params.space!r}; build it with "
+                    "InvariantUNF.from_weight_space(space, ...) for that space")
+            params = weight_batch_to_dict(params)
+        x = dict(params)
+        for k, layer in enumerate(self.layers):
+            x = layer(x)
+            if k < len(self.layers) - 1:
+                x = {key: torch.relu(t) for key, t in x.items()}
+        return self.pool({key: torch.relu(t) for key, t in x.items()})
+
+    def forward(self, params: Mapping[str, Tensor] | WeightBatch) -> Tensor:
+        return self.head(self.embed(params))

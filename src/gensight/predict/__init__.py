@@ -10,6 +10,8 @@ accuracy, where ``split`` is a :class:`ZooSplit` (a zoo and a subset of its tabl
   part of the training split, optional permutation augmentation.
 - :class:`NFTPredictor`: the same recipe with an :class:`~gensight.nf.InvariantNFT`
   (weight-space attention, arXiv 2305.13546).
+- :class:`UNFPredictor`, :class:`DeepSetsPredictor`: the same recipe with an
+  :class:`~gensight.nf.InvariantUNF` or the Deep Sets baseline (arXiv 2402.05232).
 - :class:`MeasurePredictor`: one complexity measure, mapped to accuracy by a linear fit.
 - :class:`MarginSignature` (arXiv 1810.00113): margin-distribution signatures -> linear
   regression to the gap.
@@ -21,6 +23,7 @@ are refused by name); :func:`evaluate_predictors` fits and scores predictors sid
 """
 
 from gensight.predict.predictors import (
+    DeepSetsPredictor,
     MarginSignature,
     MeasurePredictor,
     NFNPredictor,
@@ -28,6 +31,7 @@ from gensight.predict.predictors import (
     PredictError,
     Predictor,
     StatNN,
+    UNFPredictor,
     ZooSplit,
     check_target,
     make_predictor,
@@ -38,7 +42,8 @@ from gensight.predict.predictors import (
 from gensight.predict.scoring import evaluate_predictors, score_predictions
 
 __all__ = [
-    "MarginSignature", "MeasurePredictor", "NFNPredictor", "NFTPredictor", "PredictError",
-    "Predictor", "StatNN", "ZooSplit", "check_target", "evaluate_predictors", "make_predictor",
-    "make_predictors", "score_predictions", "split_zoo", "statnn_features",
+    "DeepSetsPredictor", "MarginSignature", "MeasurePredictor", "NFNPredictor",
+    "NFTPredictor", "PredictError", "Predictor", "StatNN", "UNFPredictor", "ZooSplit",
+    "check_target", "evaluate_predictors", "make_predictor", "make_predictors",
+    "score_predictions", "split_zoo", "statnn_features",
 ]

@@ -1,4 +1,5 @@
-"""The predictors: StatNN, NFN (HNP/NP), NFT, measure-based and margin signatures."""
+"""The predictors: StatNN, NFN (HNP/NP), NFT, UNF, Deep Sets, measure-based and margin
+signatures."""
 
 from __future__ import annotations
 
@@ -426,6 +427,36 @@ class NFTPredictor(NFNPredictor):
                             blocks=self.blocks, heads=self.heads, dropout=self.dropout)
 
 
+class UNFPredictor(NFNPredictor):
+    """An :class:`~gensight.nf.InvariantUNF` (arXiv 2402.05232) on the zoo's weight space
+    (HNP spec by default), trained as :class:`NFNPredictor`. On MLP/CNN spaces its layers span
+    the NF-Layers' maps; the class exists so that any :class:`~gensight.nf.PermSpec` space
+    gets the same predictor."""
+
+    def __init__(self, symmetry: str = "hnp", channels=(16, 16, 16), **kwargs):
+        super().__init__(symmetry, channels, **kwargs)
+        self.name = "unf" if symmetry == "hnp" else "unf-np"
+
+    def _make_model(self, space) -> nn.Module:
+        from gensight.nf import InvariantUNF
+
+        return InvariantUNF.from_weight_space(space, self.symmetry, channels=self.channels)
+
+
+class DeepSetsPredictor(NFNPredictor):
+    """The Deep Sets baseline of arXiv 2402.05232 (:class:`~gensight.nf.InvariantDeepSets`:
+    every tensor a set of scalars), trained as :class:`NFNPredictor`."""
+
+    def __init__(self, channels=(32, 32), **kwargs):
+        super().__init__("hnp", channels, **kwargs)
+        self.name = "deepsets"
+
+    def _make_model(self, space) -> nn.Module:
+        from gensight.nf import InvariantDeepSets
+
+        return InvariantDeepSets(space, channels=self.channels)
+
+
 # ------------------------------------------------------------------------ measure based
 
 class MeasurePredictor(Predictor):
@@ -550,7 +581,8 @@ class MarginSignature(Predictor):
         return np.clip(pred, 0, 1) if self.clip_ else pred
 
 
-METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, nft, nft-np, margin-signature, "
+METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, nft, nft-np, unf, unf-np, deepsets, "
+               "margin-signature, "
                "measure:NAME (any registered measure)")
 
 
@@ -580,6 +612,10 @@ def make_predictor(method: str, *, seed: int = 0, epochs: int = 60,
         return StatNN("mlp", seed)
     if method in ("nfn-hnp", "nfn-np"):
         return NFNPredictor(method.split("-")[1], epochs=epochs, seed=seed)
+    if method in ("unf", "unf-np"):
+        return UNFPredictor("np" if method == "unf-np" else "hnp", epochs=epochs, seed=seed)
+    if method == "deepsets":
+        return DeepSetsPredictor(epochs=epochs, seed=seed)
     if method in ("nft", "nft-np"):
         return NFTPredictor("np" if method == "nft-np" else "hnp", epochs=epochs, seed=seed)
     if method == "margin-signature":
