@@ -34,6 +34,7 @@ from gensight.nf.unf import (
     unf_bias_counts,
     unf_term_counts,
 )
+from gensight.nf.unf_trace import PermSpecTraceError, perm_spec
 
 __all__ = [
     "Block",
@@ -59,7 +60,9 @@ __all__ = [
     "NPLinear",
     "NPPool",
     "num_parameters",
+    "perm_spec",
     "PermSpec",
+    "PermSpecTraceError",
     "unf_bias_counts",
     "unf_term_counts",
     "UNFLinear",

@@ -1,0 +1,404 @@
+"""perm_spec: deriving UNF permutation specs (arXiv 2402.05232) by tracing modules.
+
+Every supported kind is checked by *function preservation*: permute the parameters (float64)
+by a random permutation drawn from the derived ``"hnp"`` spec and compare eval-mode outputs;
+and by a *broken tie*: moving one tensor axis to its own label (so it is permuted
+independently) must change the output, which shows the derived tie is needed.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from gensight.errors import GensightError
+from gensight.nf.unf import PermSpec, permute, random_permutation
+from gensight.nf.unf_trace import PermSpecTraceError, apply_params, module_params, perm_spec
+from gensight.weightspace import WeightSpace
+from tests.factories import make_cnn, make_mlp, seeded
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _shapes(params):
+    return {k: tuple(v.shape[2:]) for k, v in params.items()}
+
+
+def _permuted(model, spec, seed=0, buffers=False):
+    params = module_params(model, buffers=buffers)
+    params = {k: v for k, v in params.items() if k in spec}
+    perms = random_permutation(spec, _shapes(params), seeded(seed))
+    return apply_params(model, permute(params, spec, perms)), perms
+
+
+def _untie(spec, axes):
+    """``spec`` with each ``(key, axis)`` in ``axes`` given the fresh label "untied"."""
+    out = {k: list(v) for k, v in spec.items()}
+    for key, axis in axes:
+        assert out[key][axis] is not None
+        out[key][axis] = "untied"
+    return PermSpec({k: tuple(v) for k, v in out.items()})
+
+
+def _check(model, x, untie, buffers=False, seed=0, example=False):
+    """Function preservation under the derived hnp spec, and change under a broken tie."""
+    model = model.double().eval()
+    x = x.double()
+    spec = perm_spec(model, "hnp", example_inputs=[x] if example else None, buffers=buffers)
+    y = model(x)
+    moved, perms = _permuted(model, spec, seed, buffers)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perms.values())
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), moved.parameters(),
+                                                      strict=True))
+    torch.testing.assert_close(moved(x), y, rtol=1e-10, atol=1e-10)
+    broken, _ = _permuted(model, _untie(spec, untie), seed + 1, buffers)
+    assert (broken(x) - y).abs().max() > 1e-6
+    return spec
+
+
+class Residual(nn.Module):
+    def __init__(self, d_in=3, h=6, d_out=2):
+        super().__init__()
+        self.inp = nn.Linear(d_in, h)
+        self.f = nn.Sequential(nn.Linear(h, 5), nn.GELU(), nn.Linear(5, h))
+        self.out = nn.Linear(h, d_out)
+
+    def forward(self, x):
+        x = torch.tanh(self.inp(x))
+        x = x + self.f(x)
+        return self.out(torch.relu(x))
+
+
+class Normed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(5)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(5, 6)
+        self.bn1 = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 7)
+        self.ln = nn.LayerNorm(7)
+        self.head = nn.Linear(7, 2)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn2(self.conv(x)))).flatten(1)
+        x = torch.sigmoid(self.bn1(self.fc(x)))
+        return self.head(self.ln(self.fc2(x)))
+
+
+class RNNReadout(nn.Module):
+    def __init__(self, layers=1, batch_first=True):
+        super().__init__()
+        self.rnn = nn.RNN(3, 5, num_layers=layers, batch_first=batch_first)
+        self.head = nn.Linear(5, 2)
+        self.batch_first = batch_first
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        last = out[:, -1] if self.batch_first else out[-1]
+        return self.head(last)
+
+
+def _randomize_stats(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+        if isinstance(m, nn.LayerNorm):
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+
+
+# --- function preservation and broken ties ----------------------------------------------------
+
+def test_mlp_preserved_and_tie():
+    torch.manual_seed(0)
+    m = make_mlp([3, 6, 5, 2])
+    # untie layer 1's output rows from layer 2's input columns
+    _check(m, torch.randn(4, 3), untie=[("2.weight", 1)])
+
+
+def test_cnn_global_pool_preserved_and_tie():
+    torch.manual_seed(1)
+    m = make_cnn([3, 4, 5], n_classes=2)
+    spec = _check(m, torch.randn(2, 3, 6, 6), untie=[("6.weight", 1)])
+    assert spec["0.weight"] == (1, None, None, None)
+    assert spec["6.weight"] == (None, 2)
+
+
+def test_residual_ties_branch_to_trunk():
+    torch.manual_seed(2)
+    m = Residual()
+    spec = _check(m, torch.randn(4, 3), untie=[("f.2.weight", 0), ("f.2.bias", 0)])
+    trunk = spec["inp.weight"][0]
+    assert trunk is not None
+    assert spec["f.2.weight"][0] == trunk == spec["out.weight"][1] == spec["f.0.weight"][1]
+    assert spec["f.0.weight"][0] not in (None, trunk)
+
+
+def test_norm_layers_preserved_with_buffers():
+    torch.manual_seed(3)
+    m = Normed()
+    _randomize_stats(m)
+    spec = _check(m, torch.randn(3, 3, 5, 5), untie=[("bn1.running_mean", 0)], buffers=True)
+    assert spec["bn2.weight"] == spec["bn2.running_var"] == (spec["conv.weight"][0],)
+    assert spec["ln.weight"] == spec["ln.bias"] == (spec["fc2.weight"][0],)
+    assert "bn2.num_batches_tracked" not in spec
+    # without buffers the spec covers exactly the parameters
+    assert set(perm_spec(m, "hnp")) == {k for k, _ in m.named_parameters()}
+
+
+def test_norm_affine_tie_matters():
+    torch.manual_seed(4)
+    m = Normed()
+    _randomize_stats(m)
+    _check(m, torch.randn(3, 3, 5, 5), untie=[("ln.weight", 0)], buffers=True)
+
+
+@pytest.mark.parametrize("layers,batch_first", [(1, True), (2, False)])
+def test_rnn_preserved_and_recurrent_tie(layers, batch_first):
+    torch.manual_seed(5)
+    m = RNNReadout(layers, batch_first)
+    x = torch.randn(2, 4, 3) if batch_first else torch.randn(4, 2, 3)
+    spec = _check(m, x, untie=[("rnn.weight_hh_l0", 1)])
+    h = spec["rnn.weight_hh_l0"][0]
+    assert spec["rnn.weight_hh_l0"] == (h, h) and h is not None
+    assert spec["rnn.weight_ih_l0"] == (h, None)
+    if layers == 2:
+        assert spec["rnn.weight_ih_l1"] == (spec["rnn.weight_hh_l1"][0], h)
+
+
+def test_shared_module_called_twice_ties_inputs():
+    torch.manual_seed(6)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.sq = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.sq(torch.relu(self.sq(torch.relu(self.a(x))))))
+
+    spec = _check(Twice(), torch.randn(5, 3), untie=[("a.weight", 0), ("a.bias", 0)])
+    assert spec["sq.weight"][0] == spec["sq.weight"][1] == spec["a.weight"][0]
+
+
+class Sine(nn.Module):
+    """A SIREN-style activation, traced through (not a torch.nn leaf)."""
+
+    def __init__(self, w0=3.0):
+        super().__init__()
+        self.w0 = w0
+
+    def forward(self, x):
+        return torch.sin(self.w0 * x)
+
+
+def test_sine_activation_and_scaled_input():
+    torch.manual_seed(8)
+
+    class Siren(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(2, 6), Sine(), nn.Linear(6, 6), Sine(),
+                                     nn.Linear(6, 1))
+
+        def forward(self, x):
+            return self.net(2.0 * x - 1.0)
+
+    spec = _check(Siren(), torch.rand(5, 2), untie=[("net.2.weight", 0)])
+    assert spec["net.0.weight"] == (1, None)
+
+
+def test_layernorm_over_feature_maps():
+    torch.manual_seed(9)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.LayerNorm([4, 5, 5]), nn.ReLU(),
+                      nn.AvgPool2d(5), nn.Flatten(), nn.Linear(4, 3))
+    _randomize_stats(m)
+    spec = _check(m, torch.randn(3, 2, 5, 5), untie=[("1.weight", 0)],
+                  example=True)
+    assert spec["1.weight"] == spec["1.bias"] == (1, None, None)
+
+
+# --- agreement with the hand-written MLP/CNN specs --------------------------------------------
+
+@pytest.mark.parametrize("symmetry", ["np", "hnp"])
+@pytest.mark.parametrize("factory", [lambda: make_mlp([3, 6, 5, 2]), lambda: make_mlp([4, 2]),
+                                     lambda: make_cnn([3, 4, 5], n_classes=2)])
+def test_matches_from_weight_space(symmetry, factory):
+    m = factory()
+    assert perm_spec(m, symmetry) == PermSpec.from_weight_space(WeightSpace.from_module(m),
+                                                                symmetry)
+
+
+def test_bias_free_layers_have_no_bias_key():
+    # from_weight_space keys a bias-less layer by the bias key it would have; the traced spec
+    # describes the module's real parameters only
+    m = make_mlp([3, 4, 2], bias=False)
+    assert perm_spec(m, "hnp") == PermSpec({"0.weight": (1, None), "2.weight": (None, 1)})
+
+
+def test_np_permutes_inputs_and_outputs():
+    torch.manual_seed(7)
+    m = make_mlp([3, 6, 5, 2]).double().eval()
+    spec = perm_spec(m, "np")
+    moved, perms = _permuted(m, spec)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    p_in, p_out = perms[spec["0.weight"][1]], perms[spec["4.weight"][0]]
+    torch.testing.assert_close(moved(x[:, p_in]), m(x)[:, p_out])
+    assert not torch.allclose(moved(x), m(x)[:, p_out])
+
+
+def test_bare_layer_and_explicit_example_inputs():
+    assert perm_spec(nn.Linear(3, 4), "np") == PermSpec({"weight": (1, 0), "bias": (1,)})
+    m = make_cnn([2, 3], n_classes=2)
+    assert perm_spec(m, "hnp", example_inputs=[torch.randn(1, 2, 7, 9)]) == \
+        perm_spec(m, "hnp")
+
+
+def test_training_flags_restored():
+    m = Normed().train()
+    stats = m.bn1.running_mean.clone()
+    perm_spec(m)
+    assert all(mod.training for mod in m.modules())
+    assert torch.equal(m.bn1.running_mean, stats)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+def _one_line(exc_info, *words):
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+    assert isinstance(exc_info.value, GensightError)
+
+
+def test_untraceable_control_flow():
+    class Inner(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x
+            return -x
+
+    m = nn.Sequential(nn.Linear(3, 3), Inner(), nn.Linear(3, 2))
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(m)
+    _one_line(e, "1 (Inner)", "cannot trace")
+
+
+class _Op(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.fc = nn.Linear(3, 6)
+        self.op = op
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.op(self.fc(x)))
+
+
+@pytest.mark.parametrize("op,words", [
+    (lambda x: x.view(x.shape[0], 2, 3).sum(1), ["view"]),
+    (lambda x: x[:, :3], ["getitem", "feature axis"]),
+    (lambda x: x.reshape(-1, 3), ["reshape"]),
+])
+def test_feature_mixing_ops_rejected(op, words):
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(_Op(op))
+    _one_line(e, *words)
+
+
+@pytest.mark.parametrize("mod,words", [
+    (nn.GRU(3, 4), ["rnn", "GRU", "gate"]),
+    (nn.LSTM(3, 4), ["rnn", "LSTM", "gate"]),
+    (nn.RNN(3, 4, bidirectional=True), ["rnn", "bidirectional"]),
+])
+def test_unsupported_recurrent(mod, words):
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = mod
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(Wrap())
+    _one_line(e, *words)
+
+
+def test_unsupported_modules():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(4, 2)
+
+        def forward(self, x):
+            return self.mha(x, x, x)[0]
+
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(Attn(), example_inputs=[torch.randn(3, 2, 4)])
+    _one_line(e, "mha", "MultiheadAttention")
+    gn = nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4))
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(gn)
+    _one_line(e, "1", "GroupNorm")
+    grouped = nn.Sequential(nn.Conv2d(2, 4, 1, groups=2))
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(grouped)
+    _one_line(e, "0", "groups=2")
+
+
+def test_flatten_of_feature_maps_and_direct_parameter_rejected():
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 30 * 30, 2))
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(m)
+    _one_line(e, "1", "Flatten", "feature axis")
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.scale = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(Scaled())
+    _one_line(e, "scale")
+
+
+def test_unused_parameters_and_bad_example_rejected():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.spare = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(Unused())
+    _one_line(e, "spare.weight", "not used")
+    ln = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.LayerNorm([4, 5, 5]))
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(ln)  # the guessed 32x32 input does not fit the LayerNorm
+    _one_line(e, "does not run", "normalized_shape")
+
+
+def test_bad_symmetry():
+    with pytest.raises(GensightError):
+        perm_spec(make_mlp([2, 2]), "xyz")
