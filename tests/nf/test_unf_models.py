@@ -77,3 +77,71 @@ def test_errors():
         InvariantDeepSets(space)(random_batch(space, 1, 2, seed=0))
     with pytest.raises(ShapeMismatchError, match="built for"):
         InvariantDeepSets(space)(random_batch(other, 1, 1, seed=0))
+
+
+def _gru_spec(cell: str):
+    from gensight.nf.unf import Gated
+
+    g = 3 if cell == "gru" else 4
+    return {"rnn.weight_ih_l0": (Gated(g, "h"), None), "rnn.weight_hh_l0": (Gated(g, "h"), "h"),
+            "rnn.bias_ih_l0": (Gated(g, "h"),), "rnn.bias_hh_l0": (Gated(g, "h"),),
+            "head.weight": (None, "h"), "head.bias": (None,)}
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self, cell: str):
+        super().__init__()
+        kind = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+        self.rnn = kind(3, 5, batch_first=True)
+        self.head = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_spec_preserves_gru_and_lstm_functions(cell):
+    """Gated(g, "h"): the hidden permutation acts inside every gate block of the input and
+    recurrent weights and biases, on the columns of the recurrent weight and of the head."""
+    from gensight.nf.unf import PermSpec
+
+    torch.manual_seed(6)
+    net = _Recurrent(cell).double().eval()
+    spec = PermSpec(_gru_spec(cell))
+    sd = {k: v.detach()[None, None] for k, v in net.state_dict().items()}
+    shapes = {k: tuple(v.shape[2:]) for k, v in sd.items()}
+    perms = unf.random_permutation(spec, shapes, seeded(8))
+    moved = unf.permute(sd, spec, perms)
+    x = torch.randn(4, 6, 3, dtype=torch.float64, generator=seeded(9))
+    y = net(x)
+    net.load_state_dict({k: v[0, 0] for k, v in moved.items()})
+    assert torch.allclose(net(x), y, atol=1e-12)
+    # the same rows moved as whole blocks (not within gates) change the function
+    bad = dict(moved, **{"rnn.weight_ih_l0": sd["rnn.weight_ih_l0"].flip(2)})
+    net.load_state_dict({k: v[0, 0] for k, v in bad.items()})
+    assert not torch.allclose(net(x), y, atol=1e-6)
+
+
+def test_unf_layer_on_a_gated_spec_is_equivariant():
+    from gensight.nf import UNFLinear
+    from gensight.nf.unf import PermSpec
+
+    spec = PermSpec(_gru_spec("gru"))
+    shapes = {"rnn.weight_ih_l0": (15, 3), "rnn.weight_hh_l0": (15, 5), "rnn.bias_ih_l0": (15,),
+              "rnn.bias_hh_l0": (15,), "head.weight": (2, 5), "head.bias": (2,)}
+    torch.manual_seed(7)
+    layer = UNFLinear(spec, shapes, 2, 3).double()
+    params = {k: torch.randn(2, 2, *v, generator=seeded(10), dtype=torch.float64)
+              for k, v in shapes.items()}
+    perms = unf.random_permutation(spec, shapes, seeded(11), batch_size=2)
+    out = layer(params)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, 3, *v)
+                                                           for k, v in shapes.items()}
+    moved = layer(unf.permute(params, spec, perms))
+    expected = unf.permute(out, spec, perms)
+    assert all(torch.allclose(moved[k], expected[k], atol=1e-10) for k in out)
+    model = InvariantUNF(spec, shapes, channels=(3,), in_channels=2).double()
+    assert torch.allclose(model(unf.permute(params, spec, perms)), model(params), atol=1e-10)
+    with pytest.raises(ShapeMismatchError, match="not a multiple of its 3 gate blocks"):
+        UNFLinear(spec, dict(shapes, **{"rnn.bias_ih_l0": (14,)}), 1, 1)

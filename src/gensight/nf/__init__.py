@@ -27,6 +27,7 @@ from gensight.nf.models import InvariantDeepSets, InvariantNFN, InvariantNFT
 from gensight.nf.pointwise import Elementwise, WeightSpaceNorm
 from gensight.nf.pooling import HNPPool, NPPool
 from gensight.nf.unf import (
+    Gated,
     InvariantUNF,
     PermSpec,
     UNFLinear,
@@ -44,6 +45,7 @@ __all__ = [
     "CrossAttentionPool",
     "Elementwise",
     "GaussianFourierFeatures",
+    "Gated",
     "HNPLinear",
     "HNPPool",
     "InvariantDeepSets",

@@ -67,16 +67,37 @@ def _bias_key(weight_key: str, bias_key: str | None) -> str:
     return weight_key + ".bias"
 
 
+@dataclass(frozen=True)
+class Gated:
+    """An axis made of ``blocks`` equal consecutive blocks, each permuted by the same
+    permutation of ``label``: the ``(gates * hidden, ...)`` rows of a GRU (3 gates) or LSTM
+    (4 gates) weight. Inside the layers the axis is viewed as ``(blocks, n)`` with the block
+    axis not permuted (folded into channels) and the second labelled ``label``."""
+
+    blocks: int
+    label: int | str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 1:
+            raise GensightError(f"Gated blocks must be a positive int; got {self.blocks!r}")
+        if isinstance(self.label, bool) or not isinstance(self.label, int | str):
+            raise GensightError(f"Gated label {self.label!r} must be int or str")
+
+
 class PermSpec(Mapping[str, tuple[Label, ...]]):
     """Immutable map from parameter name (state-dict key, torch layout) to axis labels.
 
     ``spec[key]`` has one entry per axis of the tensor ``key`` (without batch and channel
-    axes): an ``int``/``str`` label, or ``None`` for an axis that no permutation acts on.
-    Axes with equal labels are permuted by the same permutation, also within one tensor.
+    axes): an ``int``/``str`` label, ``None`` for an axis that no permutation acts on, or a
+    :class:`Gated` label for an axis of equal blocks permuted alike (GRU/LSTM gates). Axes with
+    equal labels are permuted by the same permutation, also within one tensor.
 
     Example (one RNN layer, torch layout ``(out, in)``)::
 
         PermSpec({"W_ff": ("h", "x"), "W_rec": ("h", "h"), "b": ("h",)})
+
+    A GRU layer: ``{"weight_ih_l0": (Gated(3, "h"), "x"), "weight_hh_l0": (Gated(3, "h"),
+    "h"), "bias_ih_l0": (Gated(3, "h"),), "bias_hh_l0": (Gated(3, "h"),)}``.
     """
 
     __slots__ = ("_data",)
@@ -91,15 +112,54 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
                     f"PermSpec[{key!r}] = {labels!r} must be a tuple with one label per axis"
                 )
             for axis, label in enumerate(labels):
-                if label is not None and (isinstance(label, bool)
-                                          or not isinstance(label, int | str)):
+                if label is not None and not isinstance(label, Gated) and (
+                        isinstance(label, bool) or not isinstance(label, int | str)):
                     raise GensightError(
-                        f"PermSpec[{key!r}] axis {axis}: label {label!r} must be int, str or None"
+                        f"PermSpec[{key!r}] axis {axis}: label {label!r} must be int, str, "
+                        f"Gated or None"
                     )
             data[key] = tuple(labels)
         if not data:
             raise GensightError("a PermSpec needs at least one parameter")
         self._data = data
+
+    @property
+    def gated_keys(self) -> tuple[str, ...]:
+        """Keys with at least one :class:`Gated` axis."""
+        return tuple(k for k, v in self._data.items() if any(isinstance(a, Gated) for a in v))
+
+    @property
+    def flat(self) -> PermSpec:
+        """The spec with every ``Gated(g, label)`` axis split into ``(None, label)``."""
+        if not self.gated_keys:
+            return self
+        return PermSpec({k: tuple(x for a in v for x in ((None, a.label) if isinstance(
+            a, Gated) else (a,))) for k, v in self._data.items()})
+
+    def flat_shape(self, key: str, shape: Sequence[int]) -> tuple[int, ...]:
+        """``shape`` of tensor ``key`` with every gated axis ``g * n`` split into ``(g, n)``."""
+        labels = self._data[key]
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != len(labels):
+            raise ShapeMismatchError(
+                f"{key!r} has shape {shape} (rank {len(shape)}) but its PermSpec entry "
+                f"{labels} has rank {len(labels)}")
+        out: list[int] = []
+        for axis, (label, n) in enumerate(zip(labels, shape, strict=True)):
+            if isinstance(label, Gated):
+                if n % label.blocks:
+                    raise ShapeMismatchError(
+                        f"{key!r} axis {axis} has size {n}, not a multiple of its "
+                        f"{label.blocks} gate blocks")
+                out += [label.blocks, n // label.blocks]
+            else:
+                out.append(n)
+        return tuple(out)
+
+    def flat_shapes(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+        """:meth:`flat_shape` of every key of ``shapes``."""
+        return {k: (self.flat_shape(k, v) if k in self._data else tuple(v))
+                for k, v in shapes.items()}
 
     def __getitem__(self, key: str) -> tuple[Label, ...]:
         return self._data[key]
@@ -127,6 +187,8 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
         seen: dict[Hashable, None] = {}
         for labels in self._data.values():
             for label in labels:
+                if isinstance(label, Gated):
+                    label = label.label
                 if label is not None:
                     seen.setdefault(label, None)
         return tuple(seen)
@@ -144,6 +206,8 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
         missing = [k for k in self._data if k not in shapes]
         if missing:
             raise KeyMismatchError(f"shapes lacks the PermSpec keys {missing}")
+        if self.gated_keys:
+            return self.flat.validate(self.flat_shapes(shapes))
         sizes: dict[Hashable, tuple[int, str, int]] = {}
         for key, labels in self._data.items():
             shape = tuple(int(s) for s in shapes[key])
@@ -237,6 +301,12 @@ def permute(params: Mapping[str, Tensor], spec: PermSpec,
     for key, x in params.items():
         if key not in spec:
             raise KeyMismatchError(f"permute got key {key!r} that is not in the PermSpec")
+        if key in spec.gated_keys:     # permute the (gates, n) view, then restore the shape
+            flat = spec.flat
+            y = x.reshape(*x.shape[:2], *spec.flat_shape(key, x.shape[2:]))
+            out[key] = permute({key: y}, PermSpec({key: flat[key]}), perms)[key].reshape(
+                x.shape)
+            continue
         for axis, label in enumerate(spec[key]):
             if label is None:
                 continue
@@ -295,12 +365,14 @@ def unf_term_counts(spec: PermSpec) -> dict[tuple[str, str], int]:
     """Number of basis terms of the maximal equivariant linear map for every
     ``(output key, input key)`` pair: ``prod_p Bell(m_p)`` with ``m_p`` the number of output
     and input axes labelled ``p`` (Algorithm 1 of arXiv 2402.05232)."""
+    spec = spec.flat
     return {(o, i): _pair_count(spec[o], spec[i]) for o in spec for i in spec}
 
 
 def unf_bias_counts(spec: PermSpec) -> dict[str, int]:
     """Number of ``bias="maximal"`` vectors per tensor: the equivariant constants of a
     tensor, ``prod_p Bell(m_p)`` over its own labelled axes (2 for a ``(h, h)`` tensor)."""
+    spec = spec.flat
     return {k: _pair_count(spec[k], ()) for k in spec}
 
 
@@ -472,6 +544,10 @@ class UNFLinear(nn.Module):
                 f"out_channels={out_channels}"
             )
         spec.validate(shapes)
+        # gated axes (GRU/LSTM gates) are split into (None, label) for the layer
+        self.outer_spec = spec
+        self.outer_shapes = {k: tuple(int(n) for n in shapes[k]) for k in spec.gated_keys}
+        spec, shapes = spec.flat, spec.flat_shapes(shapes)
         self.spec = spec
         self.in_channels, self.out_channels = in_channels, out_channels
         self.bias_mode = bias
@@ -579,6 +655,15 @@ class UNFLinear(nn.Module):
         return self._forward(params)
 
     def _forward(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if self.outer_shapes:
+            params = _split_gated(params, self.outer_spec, self.outer_shapes,
+                                  self.in_channels)
+            out = self._forward_flat(params)
+            return {k: (y.reshape(*y.shape[:2], *self.outer_shapes[k])
+                        if k in self.outer_shapes else y) for k, y in out.items()}
+        return self._forward_flat(params)
+
+    def _forward_flat(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if set(params) != set(self.spec):
             raise KeyMismatchError(
                 f"UNFLinear expects keys {sorted(self.spec)}, got {sorted(params)}"
@@ -659,6 +744,22 @@ def _sum_broadcast(parts: list[Tensor], full: tuple[int, ...]) -> Tensor:
     return y.expand(full)
 
 
+def _split_gated(params: Mapping[str, Tensor], spec: PermSpec,
+                 shapes: Mapping[str, tuple[int, ...]], channels: int) -> dict[str, Tensor]:
+    """Gated tensors ``(B, C, g * n, ...)`` viewed as ``(B, C, g, n, ...)``; a tensor of the
+    wrong shape is named."""
+    out = dict(params)
+    for key, shape in shapes.items():
+        x = params.get(key)
+        if x is None:
+            continue
+        if tuple(x.shape[2:]) != shape or x.dim() != 2 + len(shape):
+            raise ShapeMismatchError(f"{key!r} has shape {tuple(x.shape)}; expected (B, "
+                                     f"{channels}, *{shape})")
+        out[key] = x.reshape(*x.shape[:2], *spec.flat_shape(key, shape))
+    return out
+
+
 def _accumulate(bucket: dict[tuple[int, ...], Tensor], y: Tensor) -> None:
     """Sum terms of equal (broadcast) shape first."""
     shape = tuple(y.shape)
@@ -677,6 +778,9 @@ class UNFPool(nn.Module):
         super().__init__()
         spec = spec if isinstance(spec, PermSpec) else PermSpec(spec)
         spec.validate(shapes)
+        self.outer_spec = spec
+        self.outer_shapes = {k: tuple(int(n) for n in shapes[k]) for k in spec.gated_keys}
+        spec, shapes = spec.flat, spec.flat_shapes(shapes)
         self.spec = spec
         self.folds = {k: _fold_of(spec[k], shapes[k]) for k in spec}
 
@@ -690,6 +794,9 @@ class UNFPool(nn.Module):
         if set(params) != set(self.spec):
             raise KeyMismatchError(f"UNFPool expects keys {sorted(self.spec)}, got "
                                    f"{sorted(params)}")
+        if self.outer_shapes:
+            channels = next(iter(params.values())).shape[1]
+            params = _split_gated(params, self.outer_spec, self.outer_shapes, channels)
         feats = []
         for key in self.spec:
             fold = self.folds[key]

@@ -23,9 +23,11 @@ learn every activation's shape, and then propagates **neuron-axis labels** throu
   channel label; a LayerNorm over several trailing axes labels only the feature axis;
 * elementwise binary ops between two activations (a residual ``x + f(x)``, ``torch.add``,
   ``*``) **tie** (union) the labels of both operands;
-* ``nn.RNN`` (any depth, unidirectional, no initial state passed): layer ``k`` gets a hidden
-  label ``h_k``: ``weight_ih_l{k} -> (h_k, h_{k-1})``, ``weight_hh_l{k} -> (h_k, h_k)``,
-  biases ``(h_k,)``.
+* ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (any depth, unidirectional, no initial state passed):
+  layer ``k`` gets a hidden label ``h_k``: ``weight_ih_l{k} -> (h_k, h_{k-1})``,
+  ``weight_hh_l{k} -> (h_k, h_k)``, biases ``(h_k,)``; for GRU (3 gates) and LSTM (4 gates)
+  the ``(gates * hidden)`` rows are ``Gated(gates, h_k)``: the hidden permutation acts inside
+  every gate block.
 
 At the end the input and output classes become ``None`` under ``"hnp"`` (their neurons are
 not permuted) and keep a label under ``"np"``. Labels are the integers ``0, 1, ...`` in order
@@ -34,9 +36,7 @@ of creation, so a plain MLP gets exactly :meth:`PermSpec.from_weight_space`'s sp
 Not derivable (raises :class:`PermSpecTraceError`, one line naming the module path and the
 operation): untraceable (data-dependent) control flow; ``view``/``reshape``/``permute``/
 ``cat``, indexing the feature axis and any unknown function or module; parameters read
-directly (``get_attr``); ``nn.GRU``/``nn.LSTM`` (their ``(gates * hidden, ...)`` weights are
-permuted *within each gate block*, which a whole-axis PermSpec label cannot express: write the
-spec by hand on weights reshaped to ``(gates, hidden, ...)``); ``nn.MultiheadAttention`` (the
+directly (``get_attr``); ``nn.MultiheadAttention`` (the
 symmetry permutes heads and dimensions within heads of a fused ``(3E, E)`` weight, again not a
 whole-axis permutation); bidirectional RNNs and ``GroupNorm`` with ``1 < groups < channels``.
 """
@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from gensight.errors import KeyMismatchError, ShapeMismatchError, UnsupportedModuleError
-from gensight.nf.unf import Label, PermSpec
+from gensight.nf.unf import Gated, Label, PermSpec
 
 __all__ = ["PermSpecTraceError", "apply_params", "module_params", "perm_spec"]
 
@@ -106,11 +106,8 @@ _META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda"}
 _CONV: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _CHANNEL_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
                   nn.InstanceNorm2d, nn.InstanceNorm3d)
+_GATES: dict[type[nn.Module], int] = {nn.RNN: 1, nn.GRU: 3, nn.LSTM: 4}
 _WHY_NOT = {
-    nn.GRU: "its (3*hidden, ...) weights are permuted within each gate block, which a "
-            "whole-axis PermSpec label cannot express; write the spec by hand",
-    nn.LSTM: "its (4*hidden, ...) weights are permuted within each gate block, which a "
-             "whole-axis PermSpec label cannot express; write the spec by hand",
     nn.MultiheadAttention: "its symmetry permutes heads and dimensions within heads of a fused "
                            "in_proj weight, not whole axes; write the spec by hand",
 }
@@ -245,7 +242,7 @@ class _Derivation:
         if len(args) > 1 or kwargs:
             raise self.fail("extra arguments (e.g. an initial hidden state) are not supported")
         x = self.act(args[0])
-        out_shape = self.shape(node) if kind is not nn.RNN else None
+        out_shape = self.shape(node) if kind not in _GATES else None
         prefix = f"{node.target}."
         if kind is nn.Linear:
             self.need(x, x.ndim - 1)
@@ -297,7 +294,7 @@ class _Derivation:
             return self.pool(x, _POOL_MODULES[kind], out_shape)
         if kind is nn.Flatten:
             return self.flatten(x, mod.start_dim, mod.end_dim, node)
-        if kind is nn.RNN:
+        if kind in _GATES:
             return self.rnn(node, mod, x, prefix)
         raise self.fail(f"unsupported module type {kind.__name__}")
 
@@ -354,18 +351,23 @@ class _Derivation:
             hidden = tuple(self.new() for _ in range(mod.num_layers))
             self.seen[id(mod)] = (x.label, hidden)
             prev = x.label
+            gates = _GATES[type(mod)]
             for k, h in enumerate(hidden):
-                self.add(f"{prefix}weight_ih_l{k}", (h, prev))
-                self.add(f"{prefix}weight_hh_l{k}", (h, h))
+                rows = h if gates == 1 else ("gated", gates, h)
+                self.add(f"{prefix}weight_ih_l{k}", (rows, prev))
+                self.add(f"{prefix}weight_hh_l{k}", (rows, h))
                 if mod.bias:
-                    self.add(f"{prefix}bias_ih_l{k}", (h,))
-                    self.add(f"{prefix}bias_hh_l{k}", (h,))
+                    self.add(f"{prefix}bias_ih_l{k}", (rows,))
+                    self.add(f"{prefix}bias_hh_l{k}", (rows,))
                 prev = h
         metas = node.meta.get("tensor_meta")
-        out_nd, hn_nd = len(metas[0].shape), len(metas[1].shape)
+        hn_meta = metas[1][0] if isinstance(mod, nn.LSTM) else metas[1]   # LSTM: (h_n, c_n)
+        out_nd, hn_nd = len(metas[0].shape), len(hn_meta.shape)
         out = _Act(out_nd - 1, out_nd, hidden[-1])
         hn = (_Act(hn_nd - 1, hn_nd, hidden[0]) if mod.num_layers == 1 else
               _Poison("h_n of a multi-layer RNN stacks several hidden labels on one axis"))
+        if isinstance(mod, nn.LSTM):
+            return (out, (hn, hn))       # c_n carries the same labels as h_n
         return (out, hn)
 
     # functions and methods
@@ -613,9 +615,12 @@ def perm_spec(module: nn.Module, symmetry: str = "hnp",
     roots = sorted({d.find(a) for a in range(len(d.parent))})
     rank = {r: i for i, r in enumerate(roots)}
 
-    def canon(label: int | None) -> Label:
+    def canon(label) -> Label:
         if label is None:
             return None
+        if isinstance(label, tuple):                  # ("gated", gates, hidden label)
+            inner = canon(label[2])
+            return None if inner is None else Gated(label[1], inner)
         r = d.find(label)
         return None if r in fixed else rank[r]
 
