@@ -60,7 +60,7 @@ def main() -> None:
                   "unf": UNFLinear.from_weight_space(space, c, c, bias="reference")}
         times: dict[str, list[float]] = {k: [] for k in layers}
 
-        def step(layer):
+        def step(layer, wb=wb):
             out = layer(wb)
             sum(t.sum() for t in out.tensors()).backward()
 
