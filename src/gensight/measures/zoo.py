@@ -30,6 +30,8 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
     from gensight.zoo.train import member_states
 
     _check_n_examples(n_examples)
+    if hasattr(zoo, "require_training_data"):
+        zoo.require_training_data("computing complexity measures")
     spec = ZooSpec.from_dict(zoo.manifest["spec"])
     members = {m.member_id: m for m in spec.members()}
     if "member_id" not in rows.columns:

@@ -1,4 +1,5 @@
-"""``gensight zoo build | info | verify``: registered by :func:`register` on the main parser."""
+"""``gensight zoo build | info | verify | import``: registered by :func:`register` on the main
+parser."""
 
 from __future__ import annotations
 
@@ -79,11 +80,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         state = "complete" + ("" if args.no_verify else ", verified")
     else:
         state = "incomplete (resume with zoo build)"
+    dataset = "n/a (imported)" if "imported" in m else m["spec"]["dataset"]
     console.print(f"[bold]{escape(m['name'])}[/] ({escape(str(args.zoo))}): dataset "
-                  f"{escape(m['spec']['dataset'])}, {m['n_members']} members, {built} built, "
+                  f"{escape(dataset)}, {m['n_members']} members, {built} built, "
                   f"{state}")
     for note in zoo.notes:
         console.print(f"note: {note}", markup=False)
+    if "imported" in m:
+        origin = m["imported"]
+        console.print(f"imported ({origin.get('format')}) from {origin.get('source')}; its spec "
+                      "is a placeholder (dataset and training fields do not apply)", markup=False)
     console.print(f"weight space: {zoo.space!r}", markup=False)
     if zoo.family == "siren":
         return _siren_info(zoo, console)
@@ -166,8 +172,119 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _load_template(text: str):
+    """``MODULE:CALLABLE`` or ``FILE.py:CALLABLE`` -> the ``nn.Module`` it names (called
+    without arguments when it is not a module already)."""
+    import importlib
+    import importlib.util
+
+    from torch import nn
+
+    from gensight.zoo.importers import ZooImportError
+
+    where, sep, attr = text.rpartition(":")
+    if not sep or not where or not attr:
+        raise ZooImportError(f"--template {text!r}: expected MODULE:CALLABLE or FILE.py:CALLABLE")
+    try:
+        if where.endswith(".py"):
+            spec = importlib.util.spec_from_file_location("gensight_template", where)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {where}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        obj = getattr(module, attr)
+        template = obj if isinstance(obj, nn.Module) else obj()
+    except Exception as exc:  # the user's code: any error, reported in one line
+        raise ZooImportError(f"--template {text!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(template, nn.Module):
+        raise ZooImportError(f"--template {text!r} gave a {type(template).__name__}, not an "
+                             "nn.Module")
+    return template
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gensight.zoo.importers import LayoutColumns, import_checkpoints, import_small_cnn_zoo
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=args.quiet) as bar:
+        task = bar.add_task("import", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if args.import_format == "checkpoints":
+            template = _load_template(args.template) if args.template else None
+            zoo = import_checkpoints(args.dir, args.csv, args.out, architecture=template,
+                                     file_column=args.file_column, shard_size=args.shard_size,
+                                     progress=progress)
+        else:
+            name, shape, first, end = (c.strip() for c in args.layout_columns.split(","))
+            zoo = import_small_cnn_zoo(args.weights, args.layout, args.metrics, args.out,
+                                       checkpoint=args.checkpoint,
+                                       layout_columns=LayoutColumns(name, shape, first, end),
+                                       shard_size=args.shard_size, progress=progress)
+    console.print(f"imported {len(zoo.table)} networks into {args.out} in "
+                  f"{time.perf_counter() - start:.1f}s; weight space {zoo.space!r}", markup=False)
+    return 0
+
+
+def _layout_columns(text: str) -> str:
+    if len([c for c in text.split(",") if c.strip()]) != 4:
+        raise argparse.ArgumentTypeError("expected NAME,SHAPE,START,END")
+    return text
+
+
+def _register_import(zoo_sub) -> None:
+    imp = zoo_sub.add_parser(
+        "import", help="import networks trained elsewhere (checkpoints, the Small CNN Zoo)",
+        description="Import a population of trained networks into a new zoo directory (written "
+        "to a temporary directory and renamed into place: a failed import leaves nothing).")
+    imp_sub = imp.add_subparsers(dest="import_format", metavar="FORMAT", required=True)
+    ck = imp_sub.add_parser(
+        "checkpoints", help="a directory of checkpoints and a CSV of their metrics",
+        description="DIR holds *.safetensors, *.pt or *.pth checkpoints (state dicts; .pt/.pth "
+        "are read with torch.load(weights_only=True) and anything else is refused). The CSV "
+        "has one row per checkpoint: a column naming the file, metrics such as test_acc, "
+        "optional hyperparameter columns (integer config_id / seed_index group seeds).")
+    ck.add_argument("dir", help="checkpoint directory")
+    ck.add_argument("--csv", required=True, help="one row per checkpoint")
+    ck.add_argument("--file-column", default="file",
+                    help="CSV column naming the checkpoint file (default: %(default)s)")
+    ck.add_argument("--template", help="MODULE:CALLABLE or FILE.py:CALLABLE giving an nn.Module "
+                    "that describes the checkpoints (default: inferred from a plain "
+                    "nn.Sequential state dict)")
+    sc = imp_sub.add_parser(
+        "small-cnn-zoo", help="the Small CNN Zoo (Unterthiner et al. 2020) format",
+        description="Import the networks of one Small CNN Zoo collection: the weight matrix "
+        "(weights.npy), layout.csv and metrics.csv(.gz). TensorFlow kernels are converted to "
+        "torch layout (conv HWIO -> OIHW, dense transposed).")
+    sc.add_argument("--weights", required=True, help="weights.npy (networks x parameters)")
+    sc.add_argument("--layout", required=True, help="layout.csv")
+    sc.add_argument("--metrics", required=True, help="metrics.csv or metrics.csv.gz")
+    sc.add_argument("--checkpoint", default="final",
+                    help="'final' (each network's last step, default) or a step number")
+    sc.add_argument("--layout-columns", type=_layout_columns,
+                    default="varname,shape,start_idx,end_idx",
+                    help="layout.csv's columns NAME,SHAPE,START,END (default: %(default)s)")
+    for p in (ck, sc):
+        p.add_argument("--out", required=True, help="new zoo directory")
+        p.add_argument("--shard-size", type=int, default=256, help="members per shard "
+                       "(default: %(default)s)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=_cmd_import)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``zoo build|info|verify`` to the main parser's subcommands."""
+    """Add ``zoo build|info|verify|import`` to the main parser's subcommands."""
     zoo = sub.add_parser("zoo", help="build, inspect and verify model zoos",
                          description="Build, inspect and verify model zoos.")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
@@ -202,3 +319,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--repair", action="store_true",
                         help="move damaged shards aside and rebuild the index")
     verify.set_defaults(func=_cmd_verify)
+    _register_import(zoo_sub)

@@ -478,6 +478,19 @@ class Zoo:
         """The members' architecture family: "mlp", "cnn" or "siren"."""
         return self.manifest["spec"]["architecture"]["family"]
 
+    def require_training_data(self, what: str) -> None:
+        """Refuse, in one line, work that needs the members' training data or architecture
+        details on a zoo imported by :mod:`gensight.zoo.importers` (its spec is a stand-in
+        that only describes the weight space)."""
+        imported = self.manifest.get("imported")
+        if imported:
+            name = self.manifest.get("name", str(self.root))
+            raise ZooStoreError(
+                f"zoo {name!r} was imported ({imported.get('format', 'unknown format')}); "
+                f"{what} needs its members' training data and architecture, which an imported "
+                f"zoo does not have (weight-based predictors such as statnn, nfn-hnp and unf "
+                f"work)")
+
     def modules(self, rows: pd.DataFrame) -> list[nn.Module]:
         """The networks of ``rows`` as ``torch.nn`` modules (eval mode), each built with its
         own activation and dropout and loaded with its stored weights (SIRENs:
@@ -485,6 +498,8 @@ class Zoo:
         from gensight.data import load_dataset
         from gensight.zoo.spec import ZooSpec
         from gensight.zoo.train import build_model
+
+        self.require_training_data("rebuilding its networks as modules")
 
         spec = ZooSpec.from_dict(self.manifest["spec"])
         if spec.is_siren:
