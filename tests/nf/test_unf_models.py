@@ -117,8 +117,20 @@ def test_gated_spec_preserves_gru_and_lstm_functions(cell):
     y = net(x)
     net.load_state_dict({k: v[0, 0] for k, v in moved.items()})
     assert torch.allclose(net(x), y, atol=1e-12)
-    # the same rows moved as whole blocks (not within gates) change the function
-    bad = dict(moved, **{"rnn.weight_ih_l0": sd["rnn.weight_ih_l0"].flip(2)})
+    # the same hidden permutation applied as if the rows were laid out hidden-major,
+    # (n, gates) instead of PyTorch's gate-major (gates, n), changes the function
+    g = 3 if cell == "gru" else 4
+    (label,) = spec.labels
+    p = perms[label]
+
+    def hidden_major(t):          # (1, 1, g*n, ...) rows permuted as an (n, g) layout
+        rows = t.reshape(1, 1, 5, g, *t.shape[3:])[:, :, p]
+        return rows.reshape(t.shape)
+
+    bad = dict(moved)
+    for key in ("rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"):
+        bad[key] = hidden_major(sd[key])
+    bad["rnn.weight_hh_l0"] = bad["rnn.weight_hh_l0"][:, :, :, p]
     net.load_state_dict({k: v[0, 0] for k, v in bad.items()})
     assert not torch.allclose(net(x), y, atol=1e-6)
 
@@ -138,8 +150,9 @@ def test_unf_layer_on_a_gated_spec_is_equivariant():
     out = layer(params)
     assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, 3, *v)
                                                            for k, v in shapes.items()}
+    assert layer.spec == spec        # the spec as given; permute accepts it on outputs
     moved = layer(unf.permute(params, spec, perms))
-    expected = unf.permute(out, spec, perms)
+    expected = unf.permute(out, layer.spec, perms)
     assert all(torch.allclose(moved[k], expected[k], atol=1e-10) for k in out)
     model = InvariantUNF(spec, shapes, channels=(3,), in_channels=2).double()
     assert torch.allclose(model(unf.permute(params, spec, perms)), model(params), atol=1e-10)

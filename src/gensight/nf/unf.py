@@ -207,7 +207,12 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
         if missing:
             raise KeyMismatchError(f"shapes lacks the PermSpec keys {missing}")
         if self.gated_keys:
-            return self.flat.validate(self.flat_shapes(shapes))
+            try:
+                return self.flat.validate(self.flat_shapes(shapes))
+            except ShapeMismatchError as exc:
+                raise ShapeMismatchError(f"{exc} (axes and sizes of gated tensors counted "
+                                         f"with every Gated axis split into (gates, n))"
+                                         ) from None
         sizes: dict[Hashable, tuple[int, str, int]] = {}
         for key, labels in self._data.items():
             shape = tuple(int(s) for s in shapes[key])
@@ -545,10 +550,10 @@ class UNFLinear(nn.Module):
             )
         spec.validate(shapes)
         # gated axes (GRU/LSTM gates) are split into (None, label) for the layer
-        self.outer_spec = spec
+        self.spec = spec                 # as given (what permute and users see)
         self.outer_shapes = {k: tuple(int(n) for n in shapes[k]) for k in spec.gated_keys}
         spec, shapes = spec.flat, spec.flat_shapes(shapes)
-        self.spec = spec
+        self.flat_spec = spec            # gated axes split: what the layer computes on
         self.in_channels, self.out_channels = in_channels, out_channels
         self.bias_mode = bias
         self.max_terms = max_terms
@@ -656,7 +661,7 @@ class UNFLinear(nn.Module):
 
     def _forward(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if self.outer_shapes:
-            params = _split_gated(params, self.outer_spec, self.outer_shapes,
+            params = _split_gated(params, self.spec, self.outer_shapes,
                                   self.in_channels)
             out = self._forward_flat(params)
             return {k: (y.reshape(*y.shape[:2], *self.outer_shapes[k])
@@ -664,9 +669,9 @@ class UNFLinear(nn.Module):
         return self._forward_flat(params)
 
     def _forward_flat(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        if set(params) != set(self.spec):
+        if set(params) != set(self.flat_spec):
             raise KeyMismatchError(
-                f"UNFLinear expects keys {sorted(self.spec)}, got {sorted(params)}"
+                f"UNFLinear expects keys {sorted(self.flat_spec)}, got {sorted(params)}"
             )
         batch = None
         folded: dict[str, Tensor] = {}
@@ -712,7 +717,7 @@ class UNFLinear(nn.Module):
             y = embed.apply(b.view(1, -1, *([1] * len(embed.blocks))))
             _accumulate(acc.setdefault(key, {}), y)
         out = {}
-        for key in self.spec:
+        for key in self.flat_spec:
             fold = self.folds[key]
             full = (batch, self.out_channels * fold.factor, *fold.labelled_shape)
             out[key] = fold.unfold(_sum_broadcast(list(acc[key].values()), full),
@@ -778,10 +783,10 @@ class UNFPool(nn.Module):
         super().__init__()
         spec = spec if isinstance(spec, PermSpec) else PermSpec(spec)
         spec.validate(shapes)
-        self.outer_spec = spec
+        self.spec = spec                 # as given (what permute and users see)
         self.outer_shapes = {k: tuple(int(n) for n in shapes[k]) for k in spec.gated_keys}
         spec, shapes = spec.flat, spec.flat_shapes(shapes)
-        self.spec = spec
+        self.flat_spec = spec            # gated axes split: what the layer computes on
         self.folds = {k: _fold_of(spec[k], shapes[k]) for k in spec}
 
     def out_features(self, channels: int) -> int:
@@ -791,14 +796,14 @@ class UNFPool(nn.Module):
     def forward(self, params: Mapping[str, Tensor] | WeightBatch) -> Tensor:
         if isinstance(params, WeightBatch):
             params = weight_batch_to_dict(params)
-        if set(params) != set(self.spec):
-            raise KeyMismatchError(f"UNFPool expects keys {sorted(self.spec)}, got "
+        if set(params) != set(self.flat_spec):
+            raise KeyMismatchError(f"UNFPool expects keys {sorted(self.flat_spec)}, got "
                                    f"{sorted(params)}")
         if self.outer_shapes:
             channels = next(iter(params.values())).shape[1]
-            params = _split_gated(params, self.outer_spec, self.outer_shapes, channels)
+            params = _split_gated(params, self.spec, self.outer_shapes, channels)
         feats = []
-        for key in self.spec:
+        for key in self.flat_spec:
             fold = self.folds[key]
             x = params[key]
             if tuple(x.shape[2:]) != fold.shape:

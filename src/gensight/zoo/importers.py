@@ -415,18 +415,21 @@ def import_checkpoints(ckpt_dir: str | Path, csv_path: str | Path, out: str | Pa
     if table.empty:
         raise ZooImportError(f"{where} has no rows")
     _check_reserved([c for c in table.columns if c != file_column], where)
-    names = []
+    names: list[str] = []
+    first_row: dict[str, int] = {}
+    file_set = set(files)
     for i, value in enumerate(table[file_column]):
         row = f"{where} row {i + 2}"  # row 1 is the header
         if not isinstance(value, str) or not value.strip():
             raise ZooImportError(f"{row}: column {file_column!r} is empty")
         name = value.strip()
-        if name not in files:
+        if name not in file_set:
             raise ZooImportError(f"{row} names {name!r}, which is not a checkpoint in "
                                  f"{str(ckpt_dir)!r}")
-        if name in names:
+        if name in first_row:
             raise ZooImportError(f"{row} names {name!r} a second time (first in row "
-                                 f"{names.index(name) + 2})")
+                                 f"{first_row[name] + 2})")
+        first_row[name] = i
         names.append(name)
     unlisted = sorted(set(files) - set(names))
     if unlisted:
