@@ -245,3 +245,24 @@ def test_diverged_members_are_flagged_and_refused_by_name(tmp_path):
     with pytest.raises(ZooStoreError, match=r"NaN/inf weights .*c00001-s0.*query\('finite'\)"):
         zoo.weights()
     assert len(zoo.weights(zoo.table.query("finite"))) == 1
+
+
+def test_stop_loss_zoo_records_convergence(tmp_path):
+    """A zoo in the regime of arXiv 1912.02178: members stop at a training cross-entropy;
+    each row says whether the member got there and after how many epochs."""
+    spec = ZooSpec.from_dict({
+        "dataset": "digits", "seed": 3, "mode": "grid", "stop_loss": 0.3, "shard_size": 3,
+        "architecture": {"family": "mlp", "hidden": [16]},
+        "hparams": {"optimizer": ["sgd"], "lr": [0.02, 0.1, 0.2], "epochs": [6],
+                    "batch_size": [64]},
+    })
+    zoo = build_zoo(spec, tmp_path / "z")
+    final = zoo.table[zoo.table["is_final"]].set_index("member_id").sort_index()
+    assert final["converged"].dtype == bool and final["epochs_used"].dtype.kind == "i"
+    assert 0 < final["converged"].sum() < len(final)  # the low lr misses it within 6 epochs
+    assert (final.loc[final["converged"], "train_loss"] <= 0.3).all()
+    assert (final.loc[~final["converged"], "train_loss"] > 0.3).all()
+    assert (final.loc[~final["converged"], "epochs_used"] == 6).all()
+    assert (final.loc[final["converged"], "epochs_used"] < 6).all()
+    assert {"converged", "median_epochs"} <= set(zoo.summary().columns)
+    assert Zoo.open(zoo.root).table.equals(zoo.table)

@@ -162,3 +162,81 @@ def test_epoch_dropout_masks_equal_per_step_draws(shapes):
     no_dropout = list(epoch_dropout_masks(blocked, [0.0] * 4, sizes, shapes))
     assert no_dropout == [[None] * len(shapes)] * 4
 
+
+
+@pytest.mark.parametrize("optimizer, lr, fraction, stop",
+                         [("adam", 0.04, 0.3, 0.45), ("sgd", 0.1, 1.0, 0.3)])
+def test_stop_loss_members_stop_as_if_trained_alone(optimizer, lr, fraction, stop):
+    """arXiv 1912.02178's stopping rule, per member in the population: members stop at
+    different epochs, each exactly as the per-network reference with the same rule, and a
+    stopped member's weights are stored unchanged at later checkpoints."""
+    spec = ZooSpec.from_dict({
+        "dataset": "digits", "architecture": {"family": "mlp", "hidden": [16]}, "configs": 4,
+        "stop_loss": stop,
+        "hparams": {"optimizer": [optimizer], "lr": {"low": lr / 4, "high": lr},
+                    "init_scale": [0.5, 1.5], "dropout": [0.0, 0.2], "epochs": [8],
+                    "batch_size": [64], "train_fraction": [fraction]},
+    })
+    ds = load_dataset("digits")
+    members = spec.members()
+    stopped: dict[int, int] = {}
+    saved: dict[int, WeightBatch] = {}
+
+    def on_stop(epoch, positions):
+        for pos in positions:
+            stopped[pos] = epoch
+
+    pop = train_population(members, spec.architecture, ds, [4, 6, 8],
+                           lambda e, p: saved.__setitem__(e, p.to_weight_batch().map(torch.clone)),
+                           stop_loss=spec.stop_loss, on_stop=on_stop)
+    # the rule acts per member: stops at different epochs, and one member never stops
+    assert len(set(stopped.values())) >= 2 and len(stopped) == len(members) - 1, stopped
+    batch = pop.to_weight_batch()
+    for k, member in enumerate(members):
+        epochs: list[int] = []
+        alone = train_single_reference(member, spec.architecture, ds,
+                                       stop_loss=spec.stop_loss, on_stop=epochs.append)
+        assert (epochs[0] if epochs else None) == stopped.get(k)
+        ref = WeightBatch.from_modules([alone])
+        for a, b in zip(batch.tensors(), ref.tensors(), strict=True):
+            assert torch.allclose(a[k], b[0], atol=2e-5, rtol=1e-4), member.hparams
+        if k in stopped:  # frozen from its stop on
+            for e in (e for e in (4, 6, 8) if e >= stopped[k]):
+                for a, b in zip(saved[e].tensors(), batch.tensors(), strict=True):
+                    assert torch.equal(a[k], b[k])
+
+
+def test_stop_loss_spec_field():
+    base = {"dataset": "digits", "architecture": {"family": "mlp", "hidden": [4]}}
+    plain = ZooSpec.from_dict(base)
+    assert plain.stop_loss is None and "stop_loss" not in plain.to_dict()
+    spec = ZooSpec.from_dict({**base, "stop_loss": 0.01})
+    assert spec.stop_loss == 0.01 and ZooSpec.from_dict(spec.to_dict()) == spec
+    assert spec.content_hash() != plain.content_hash()
+    from gensight.zoo.spec import SpecError
+    for bad in (0, -1.0, "0.01", True, float("nan")):
+        with pytest.raises(SpecError, match="stop_loss"):
+            ZooSpec.from_dict({**base, "stop_loss": bad})
+    siren = {"dataset": "digits", "architecture": {"family": "siren"}, "siren": {},
+             "stop_loss": 0.01}
+    with pytest.raises(SpecError, match="stop_loss: does not apply to family 'siren'"):
+        ZooSpec.from_dict(siren)
+
+
+def test_stop_loss_everyone_stopped_still_checkpoints():
+    spec = ZooSpec.from_dict({"dataset": "digits", "configs": 3, "stop_loss": 50.0,
+                              "architecture": {"family": "mlp", "hidden": [5]},
+                              "hparams": {"epochs": [4], "lr": [0.01, 0.02, 0.03]},
+                              "mode": "grid"})
+    ds = load_dataset("digits")
+    saved, stops = {}, []
+    pop = train_population(spec.members(), spec.architecture, ds, [0, 1, 3, 4],
+                           lambda e, p: saved.__setitem__(e, p.to_weight_batch().map(torch.clone)),
+                           stop_loss=50.0, on_stop=lambda e, pos: stops.append((e, pos)))
+    assert stops == [(1, [0, 1, 2])] and sorted(saved) == [0, 1, 3, 4]
+    assert not torch.equal(saved[0].weights[0], saved[1].weights[0])
+    for e in (3, 4):
+        assert all(torch.equal(a, b) for a, b in zip(saved[1].tensors(), saved[e].tensors(),
+                                                     strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(pop.to_weight_batch().tensors(),
+                                                 saved[4].tensors(), strict=True))

@@ -368,7 +368,18 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
             row["gen_gap"] = row["train_acc"] - row["test_acc"]
             rows.append(row)
 
-    train_population(members, spec.architecture, dataset, checkpoints, on_checkpoint, on_step)
+    stopped: dict[int, int] = {}  # position -> epoch its training loss reached stop_loss
+
+    def on_stop(epoch: int, positions: list[int]) -> None:
+        stopped.update(dict.fromkeys(positions, epoch))
+
+    train_population(members, spec.architecture, dataset, checkpoints, on_checkpoint, on_step,
+                     stop_loss=spec.stop_loss, on_stop=on_stop)
+    if spec.stop_loss is not None:  # arXiv 1912.02178's rule: record who got there, and when
+        for row in rows:
+            pos = row["shard_pos"]
+            row["converged"] = pos in stopped
+            row["epochs_used"] = stopped.get(pos, epochs)
     metadata = {"member_ids": [m.member_id for m in members],
                 "checkpoints": list(checkpoints),
                 "structural": {k: members[0].hparams[k] for k in STRUCTURAL}}

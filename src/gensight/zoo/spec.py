@@ -14,6 +14,9 @@ Example TOML::
     shifts = ["gaussian_noise", "rotation"]  # shifted test sets, in this order
     severities = [1, 3, 5]    # of every shift, in this order
     store_logits = false
+    stop_loss = 0.01          # optional: a member stops once its training cross-entropy is
+                              # <= this at the end of an epoch (arXiv 1912.02178's stopping
+                              # rule); hparams.epochs is then the cap. Default: no stop
 
     [architecture]
     family = "mlp"            # or "cnn"
@@ -132,7 +135,7 @@ STRUCTURAL = ("optimizer", "activation", "batch_size", "epochs", "train_fraction
 
 _TOP_KEYS = {"name", "dataset", "seed", "configs", "seeds_per_config", "mode", "shard_size",
              "checkpoints", "shifts", "severities", "store_logits", "architecture", "hparams",
-             "siren"}
+             "siren", "stop_loss"}
 # Fields of classifier zoos that a SIREN zoo has no use for (an error there), with a hint.
 _NOT_SIREN = {
     "configs": "one member per image and fit: use siren.images and siren.fits_per_image",
@@ -143,6 +146,7 @@ _NOT_SIREN = {
     "shifts": "SIRENs are not evaluated on shifted test sets",
     "severities": "SIRENs are not evaluated on shifted test sets",
     "store_logits": "SIRENs have no logits",
+    "stop_loss": "a SIREN fit stops at siren.target_psnr",
 }
 _SIREN_KEYS = ("fits_per_image", "steps", "lr", "target_psnr", "images")
 _SIREN_DEFAULTS: dict[str, Any] = {"fits_per_image": 1, "steps": 300, "lr": 1e-3,
@@ -417,6 +421,9 @@ class ZooSpec:
     severities: tuple[int, ...] = (1, 3, 5)
     store_logits: bool = False
     siren: SirenRecipe | None = None  # family "siren" only: the fitting recipe
+    # Training cross-entropy at which a member stops (arXiv 1912.02178, Sec. 2: 0.01); the
+    # ``epochs`` hyperparameter is then the cap. None: every member trains all its epochs.
+    stop_loss: float | None = None
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -504,6 +511,8 @@ class ZooSpec:
             shifts=_shifts(get("shifts"), dataset, info),
             severities=_severities(get("severities")),
             store_logits=_bool("store_logits", get("store_logits")),
+            stop_loss=(None if data.get("stop_loss") is None
+                       else _positive_float("stop_loss", data["stop_loss"])),
         )
 
     @classmethod
@@ -561,7 +570,7 @@ class ZooSpec:
             return {"name": self.name, "dataset": self.dataset, "seed": self.seed,
                     "shard_size": self.shard_size, "architecture": self.architecture.to_dict(),
                     "siren": self.siren.to_dict()}
-        return {
+        out = {
             "name": self.name,
             "dataset": self.dataset,
             "seed": self.seed,
@@ -577,6 +586,9 @@ class ZooSpec:
             "hparams": {name: v.to_dict() if isinstance(v, Range) else list(v)
                         for name, v in self.hparams.items()},
         }
+        if self.stop_loss is not None:  # absent otherwise: older specs keep their hash
+            out["stop_loss"] = self.stop_loss
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON of :meth:`to_dict` (sorted keys; the zoo manifest stores it)."""

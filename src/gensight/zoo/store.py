@@ -574,7 +574,8 @@ class Zoo:
 
     def summary(self, epoch: int | None = None) -> pd.DataFrame:
         """Test accuracy per (optimizer, activation) at the final checkpoint (or ``epoch``):
-        members, mean, std, min, median, max, and the mean generalization gap.
+        members, mean, std, min, median, max, and the mean generalization gap; with
+        ``stop_loss``, also the share of members that reached it and their median epochs.
 
         A SIREN zoo: PSNR (dB) of the fits per split ("train", "val", "test", then "all"):
         members, mean, std, min, median, max, and the median of ``steps_used``."""
@@ -596,6 +597,9 @@ class Zoo:
         groups = table.groupby(["optimizer", "activation"])
         out = groups["test_acc"].agg(["count", "mean", "std", "min", "median", "max"])
         out["mean_gap"] = groups["gen_gap"].mean()
+        if "converged" in table:  # built with stop_loss: share that reached it, epochs used
+            out["converged"] = groups["converged"].mean()
+            out["median_epochs"] = groups["epochs_used"].median()
         return out.rename(columns={"count": "members"})
 
 

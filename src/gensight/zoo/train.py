@@ -275,6 +275,13 @@ class BatchedOptimizer:
         self.step_count = 0
         self.state: dict[str, Tensor] = {}
 
+    def select_(self, keep: Tensor, param: Tensor) -> None:
+        """Keep only members ``keep`` (indices), whose parameters are now ``param``
+        ``(len(keep), P)``; their state (moments, step count) carries on unchanged."""
+        self.param = param
+        self.lr, self.l2, self.momentum = self.lr[keep], self.l2[keep], self.momentum[keep]
+        self.state = {k: v[keep].clone() for k, v in self.state.items()}
+
     @torch.no_grad()
     def step(self, grad: Tensor) -> None:
         """One update of every member from ``grad: (M, P)`` (used as scratch: overwritten).
@@ -463,6 +470,27 @@ def population_loss(pop: Population, xb: Tensor, yb: Tensor,
     return F.cross_entropy(pop.logits_cm(xb, masks), yb, reduction="none").mean(1).sum()
 
 
+@torch.no_grad()
+def member_train_loss(pop: Population, dataset: Dataset, subsets: Tensor,
+                      chunk: int | None = None) -> Tensor:
+    """Each member's mean cross-entropy on its own training subset, without dropout:
+    ``(M,)``. ``subsets: (M, n)`` indexes ``dataset.x_train``; examples are gathered
+    ``chunk`` at a time, so the members' copies of the data are never all in memory."""
+    if chunk is None:
+        chunk = 64 if pop.arch.family == "cnn" else 1024
+    n = subsets.shape[1]
+    shared = bool((subsets == subsets[:1]).all())  # e.g. train_fraction 1: one set for all
+    total = torch.zeros(pop.size)
+    for start in range(0, n, chunk):
+        idx = subsets[:, start:start + chunk]
+        if shared:
+            out = pop.logits_cm(dataset.x_train[idx[0]], shared=True)
+        else:
+            out = pop.logits_cm(gather(dataset.x_train, idx))
+        total += F.cross_entropy(out, gather(dataset.y_train, idx), reduction="none").sum(1)
+    return total / n
+
+
 def train_population(
     members: Sequence[Member],
     arch: Architecture,
@@ -470,11 +498,22 @@ def train_population(
     checkpoint_epochs: Sequence[int],
     on_checkpoint: Callable[[int, Population], None],
     on_step: Callable[[], None] | None = None,
+    *,
+    stop_loss: float | None = None,
+    on_stop: Callable[[int, list[int]], None] | None = None,
 ) -> Population:
     """Train members that share their structural hyperparameters, together.
 
     Calls ``on_checkpoint(epoch, population)`` at each epoch in ``checkpoint_epochs``
     (0 = initialization) and ``on_step()`` after every optimizer step.
+
+    ``stop_loss``: the stopping rule of arXiv 1912.02178 (Sec. 2): at the end of every epoch
+    each member's cross-entropy on its own training subset (no dropout) is measured, and a
+    member whose loss is ``<= stop_loss`` stops there; ``epochs`` is the cap. A stopped
+    member's weights no longer change (later checkpoints store them as they were) and it
+    leaves the population, so it costs nothing more. ``on_stop(epoch, positions)`` names the
+    members (positions in ``members``) that stopped at ``epoch``. Each member's training is
+    exactly that of :func:`train_single_reference` with the same rule.
     """
     hp0 = members[0].hparams
     for key in ("optimizer", "activation", "batch_size", "epochs", "train_fraction"):
@@ -495,26 +534,73 @@ def train_population(
     rates = [float(m.hparams["dropout"]) for m in members]
     shapes = pop.hidden_shapes(dataset.input_shape)
     checkpoints = set(checkpoint_epochs)
+    # Once members stop, the training population holds only the running ones (positions
+    # ``running`` of the full population ``full``, whose buffer keeps everyone's weights).
+    full, full_flat, running = pop, flat, list(range(len(members)))
     if 0 in checkpoints:
-        on_checkpoint(0, pop)
+        on_checkpoint(0, full)
     for epoch in range(1, hp0["epochs"] + 1):
         batches = epoch_batches(states, hp0["batch_size"])
         mask_stream = epoch_dropout_masks(states, rates, [i.shape[1] for i in batches], shapes)
         for idx, masks in zip(batches, mask_stream, strict=True):
             xb, yb = gather(dataset.x_train, idx), gather(dataset.y_train, idx)
             grads = torch.autograd.grad(population_loss(pop, xb, yb, masks), params)
-            opt.step(torch.cat([g.reshape(len(members), -1) for g in grads], 1, out=grad))
+            opt.step(torch.cat([g.reshape(len(running), -1) for g in grads], 1, out=grad))
             if on_step is not None:
                 on_step()
+        if stop_loss is not None:
+            subsets = torch.stack([s.subset for s in states])
+            done = member_train_loss(pop, dataset, subsets) <= stop_loss
+            if full is not pop:
+                full_flat[running] = flat.detach()
+            if bool(done.any()):
+                if on_stop is not None:
+                    on_stop(epoch, [running[k] for k in done.nonzero().flatten().tolist()])
+                if full is pop:  # first stop: the full population gets its own buffer
+                    full_flat = flat.detach().clone()
+                    full, _ = _population_on(pop, full_flat)
+                keep = (~done).nonzero().flatten()
+                running = [running[k] for k in keep.tolist()]
+                if running:
+                    pop, flat = _population_on(pop, flat.detach()[keep].clone())
+                    params = pop.parameters()
+                    for p in params:
+                        p.requires_grad_(True)
+                    opt.select_(keep, flat)
+                    grad = torch.empty_like(flat)
+                    states = [states[k] for k in keep.tolist()]
+                    rates = [rates[k] for k in keep.tolist()]
         if epoch in checkpoints:
-            on_checkpoint(epoch, pop)
-    return pop
+            on_checkpoint(epoch, full)
+        if not running:
+            for e in sorted(c for c in checkpoints if c > epoch):  # all stopped before these
+                on_checkpoint(e, full)
+            break
+    return full
 
 
-def train_single_reference(member: Member, arch: Architecture, dataset: Dataset) -> nn.Module:
+def _population_on(pop: Population, flat: Tensor) -> tuple[Population, Tensor]:
+    """A population like ``pop`` whose parameters are views of ``flat: (M', P)``."""
+    views, start = [], 0
+    for t in pop.parameters():
+        n = t[0].numel()
+        views.append(flat[:, start:start + n].view(flat.shape[0], *t.shape[1:]))
+        start += n
+    k = len(pop.weights)
+    return Population(pop.space, pop.arch, views[:k], views[k:], pop.activation,
+                      pop.conv_chunk), flat
+
+
+def train_single_reference(member: Member, arch: Architecture, dataset: Dataset, *,
+                           stop_loss: float | None = None,
+                           on_stop: Callable[[int], None] | None = None) -> nn.Module:
     """Train one member alone with ``torch.optim``, drawing its data order and dropout masks
     from its own generator in the same order as :func:`train_population`. The reference for
-    the equivalence test and the baseline of the benchmark."""
+    the equivalence test and the baseline of the benchmark.
+
+    ``stop_loss``: after each epoch, the plain module (eval mode, no dropout) is scored on the
+    member's training subset, and training ends at the first epoch whose mean cross-entropy
+    is ``<= stop_loss`` (``on_stop(epoch)`` is called then)."""
     hp = member.hparams
     model = init_member(member, arch, dataset)
     pop = Population.from_modules([model], arch, hp["activation"])
@@ -524,7 +610,7 @@ def train_single_reference(member: Member, arch: Architecture, dataset: Dataset)
     opt = torch_optimizer(hp["optimizer"], params, hp["lr"], hp["l2"], hp["momentum"])
     (state,) = member_states([member], len(dataset.y_train))
     shapes = pop.hidden_shapes(dataset.input_shape)
-    for _ in range(hp["epochs"]):
+    for epoch in range(1, hp["epochs"] + 1):
         for idx in epoch_batches([state], hp["batch_size"]):
             masks = dropout_masks([state], [hp["dropout"]], idx.shape[1], shapes)
             logits = pop.forward(dataset.x_train[idx], masks)
@@ -532,5 +618,15 @@ def train_single_reference(member: Member, arch: Architecture, dataset: Dataset)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if stop_loss is not None:
+            (now,) = pop.to_weight_batch().to_modules(model)
+            now.eval()
+            with torch.no_grad():
+                train_loss = F.cross_entropy(now(dataset.x_train[state.subset]),
+                                             dataset.y_train[state.subset])
+            if float(train_loss) <= stop_loss:
+                if on_stop is not None:
+                    on_stop(epoch)
+                break
     (trained,) = pop.to_weight_batch().to_modules(model)
     return trained
