@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -250,10 +250,27 @@ def log_bisect(accept: Callable[[float], bool], start: float, rtol: float,
     below it, down to the largest ``s`` accepted before it, until a recheck confirms.
 
     Raises :class:`NotApplicable` when no rejected ``s`` is found up to ``upper`` (the
-    bracket would have to grow past it) or no bracket within ``max_evals`` evaluations."""
+    bracket would have to grow past it) or no bracket within ``max_evals`` evaluations.
+
+    The search itself is :func:`log_bisect_steps`, which many searches can share in lockstep
+    (:func:`gensight.measures.batched.sharpness_alpha_batch`)."""
+    steps = log_bisect_steps(start, rtol, max_evals, upper, recheck)
+    s = next(steps)
+    while True:
+        try:
+            s = steps.send(accept(s))
+        except StopIteration as done:
+            return done.value
+
+
+def log_bisect_steps(start: float, rtol: float, max_evals: int = 60,
+                     upper: float = math.inf, recheck: bool = False
+                     ) -> Generator[float, bool, tuple[float, int]]:
+    """:func:`log_bisect` as a generator: it yields each ``s`` to evaluate, is sent whether
+    ``s`` was accepted, and returns ``(s, evaluations)`` (or raises :class:`NotApplicable`)."""
     evals = 0
     s = start
-    ok = accept(s)
+    ok = yield s
     evals += 1
     lo, hi = (s, None) if ok else (None, s)
     accepted = [s] if ok else []
@@ -262,7 +279,7 @@ def log_bisect(accept: Callable[[float], bool], start: float, rtol: float,
             raise NotApplicable(f"every scale up to {s:.3g} was accepted, and the next one "
                                 f"({s * 4:.3g}) is past the bound {upper:.3g}")
         s = s * 4 if hi is None else s / 4
-        if accept(s):
+        if (yield s):
             lo = s
             accepted.append(s)
         else:
@@ -274,7 +291,7 @@ def log_bisect(accept: Callable[[float], bool], start: float, rtol: float,
     while evals < max_evals:
         while hi / lo > 1 + rtol and evals < max_evals:
             mid = math.sqrt(lo * hi)
-            if accept(mid):
+            if (yield mid):
                 lo = mid
                 accepted.append(mid)
             else:
@@ -283,12 +300,12 @@ def log_bisect(accept: Callable[[float], bool], start: float, rtol: float,
         if not recheck or evals >= max_evals:
             break
         evals += 1
-        if accept(lo):
+        if (yield lo):
             break
         below = [a for a in accepted if a < lo]
         if not below:   # every accepted scale was rejected on a second look: bracket down
             hi, lo = lo, lo / 4
-            while not accept(lo) and evals < max_evals:
+            while not (yield lo) and evals < max_evals:
                 hi, lo = lo, lo / 4
                 evals += 1
             evals += 1

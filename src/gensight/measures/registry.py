@@ -465,11 +465,14 @@ class MeasureResult:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def compute(data: MemberData, names: list[str]) -> MeasureResult:
+def compute(data: MemberData, names: list[str], cache: dict | None = None) -> MeasureResult:
     """Compute ``names`` for one network; a measure that does not apply gives NaN and a note
-    saying why (raised errors for missing inputs are not swallowed)."""
+    saying why (raised errors for missing inputs are not swallowed). ``cache`` may hold
+    search results found elsewhere for this network (``("alpha", magnitude)``: alpha', or
+    the :class:`NotApplicable` saying why there is none), as :func:`~gensight.measures.zoo.
+    zoo_measures` does with the batched alpha' search."""
     measures = [get_measure(n) for n in names]
-    cache: dict = {}
+    cache = {} if cache is None else dict(cache)
     values, notes = {}, {}
     for m in measures:
         try:

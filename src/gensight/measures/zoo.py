@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from gensight.errors import NonFiniteWeightsError
 from gensight.measures.core import ConvergenceWarning, MeasureError, MemberData
@@ -69,9 +70,16 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
 
 def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
                  n_examples: int | None = 1000,
-                 progress: Callable[[int, int], None] | None = None
+                 progress: Callable[[int, int], None] | None = None,
+                 alpha_batch: int | None = 32
                  ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Measures ``names`` for every row (default: finite members at their final checkpoint).
+
+    The sharpness measures' alpha' searches run first, ``alpha_batch`` networks at a time in
+    lockstep (:func:`gensight.measures.batched.sharpness_alpha_batch`: the same search as
+    :func:`~gensight.measures.core.sharpness_alpha` per network, batched over members as the
+    population trainer batches training); ``alpha_batch=None`` runs ``sharpness_alpha`` on
+    each network alone instead.
 
     Returns a table (``member_id`` plus one column per measure, a name given twice counted
     once; NaN where a measure does not apply) and, per measure that did not apply somewhere,
@@ -95,12 +103,14 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
                                "stores none (add 0 to the spec's checkpoints)")
     if rows is None:
         rows = zoo.table.query("is_final and finite")
+    caches = ({} if alpha_batch is None
+              else _batched_alphas(zoo, rows, names, n_examples, batch_size=alpha_batch))
     records, notes = [], {}
     unconverged: list[str] = []  # per member with a ConvergenceWarning: its first message
     for done, (row, data) in enumerate(member_data(zoo, rows, n_examples), start=1):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = compute(data, names)
+            result = compute(data, names, caches.get(row["member_id"]))
         first = None
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
@@ -124,3 +134,53 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
                notes.items()}
     table[names] = table[names].astype(np.float64)
     return table, summary
+
+
+def _batched_alphas(zoo, rows: pd.DataFrame, names: Sequence[str], n_examples: int | None,
+                    batch_size: int) -> dict:
+    """Per member id, the cache entries ``("alpha", magnitude)`` of the sharpness measures
+    among ``names``, found by the batched search over up to ``batch_size`` members of one
+    activation at a time (on each member's own first ``n_examples`` training examples)."""
+    from gensight.measures.batched import sharpness_alpha_batch
+    from gensight.measures.core import NotApplicable
+    from gensight.measures.registry import SEARCH
+
+    kinds = sorted({n.startswith("sharpness.mag.") for n in names
+                    if n.startswith("sharpness.")})
+    if "finite" in rows.columns:  # the per-member pass says what is wrong with the others
+        rows = rows[rows["finite"].astype(bool)]
+    if not kinds or rows.empty:
+        return {}
+    from gensight.data import load_dataset
+    from gensight.zoo.spec import ZooSpec
+    from gensight.zoo.train import Population, member_states
+
+    if hasattr(zoo, "require_training_data"):
+        zoo.require_training_data("computing complexity measures")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MeasureError(f"alpha_batch must be a positive number of networks or None, got "
+                           f"{batch_size!r}")
+    spec = ZooSpec.from_dict(zoo.manifest["spec"])
+    members = {m.member_id: m for m in spec.members()}
+    data = load_dataset(spec.dataset)
+    out: dict = {}
+    for activation, group in rows.groupby("activation", sort=False):
+        for start in range(0, len(group), batch_size):
+            chunk = group.iloc[start:start + batch_size]
+            batch = zoo.weights(chunk)
+            pop = Population(batch.space, spec.architecture, [w[:, 0] for w in batch.weights],
+                             [b[:, 0] for b in batch.biases], str(activation))
+            states = member_states([members[i] for i in chunk["member_id"]], len(data.y_train))
+            idx = torch.stack([s.subset if n_examples is None else s.subset[:n_examples]
+                               for s in states])
+            shared = bool((idx == idx[:1]).all())
+            x = data.x_train[idx[0]] if shared else data.x_train[idx]
+            y = data.y_train[idx[0]] if shared else data.y_train[idx]
+            for magnitude in kinds:
+                found = sharpness_alpha_batch(
+                    pop, x, y, magnitude=magnitude, target_drop=SEARCH["target_drop"],
+                    restarts=SEARCH["restarts"], steps=SEARCH["steps"], rtol=SEARCH["rtol"])
+                for member_id, res in zip(chunk["member_id"], found, strict=True):
+                    value = res.alpha if res.alpha is not None else NotApplicable(res.reason)
+                    out.setdefault(member_id, {})[("alpha", magnitude)] = value
+    return out
