@@ -1,7 +1,6 @@
 """The batched alpha' search equals the per-network one (float64), and zoo_measures uses it."""
 
 import pytest
-import torch
 
 from gensight.data import load_dataset
 from gensight.measures import sharpness_alpha, zoo_measures
