@@ -587,7 +587,7 @@ def test_zoo_measures_warns_once_for_unconverged_power_iterations(grid_zoo, monk
 
     real = zoo_module.compute
 
-    def noisy(data, names, cache=None):  # two layers short of tolerance per member, and another warning
+    def noisy(data, names, cache=None):  # two layers short of tolerance, and another warning
         warnings.warn("operator norm of layer A: stopped", ConvergenceWarning, stacklevel=1)
         warnings.warn("operator norm of layer B: stopped", ConvergenceWarning, stacklevel=1)
         warnings.warn("something else", RuntimeWarning, stacklevel=1)
