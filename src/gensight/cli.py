@@ -8,6 +8,9 @@ Subcommands:
   zoo verify  check every shard, the index and the manifest; --repair
   inr classify  classify the SIRENs of a SIREN zoo by their weights (NFN, StatNN, MLPs)
   inr edit    learn weight-space edits of SIRENs (dilation, contrast)
+  merge       align and merge networks (weight/activation matching, FLEET-MERGE rounds)
+  mix         train byte-level LMs under a data-mixture policy (ADO, ODM, ...) and report
+  tickets     IMP zoos and winning-ticket masks predicted from the initialization
   estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
   measures    complexity measures of every member of a zoo, as a table
   predict     fit and score predictors of generalization on a seeded split of a zoo
@@ -494,12 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     from gensight.inr.cli import register as register_inr
     from gensight.merge.cli import register as register_merge
     from gensight.mixing.cli import register as register_mixing
+    from gensight.tickets.cli import register as register_tickets
     from gensight.zoo.cli import register as register_zoo
 
     register_zoo(sub)
     register_inr(sub)
     register_merge(sub)
     register_mixing(sub)
+    register_tickets(sub)
 
     est = sub.add_parser(
         "estimate", help="label-free accuracy estimates under distribution shift",

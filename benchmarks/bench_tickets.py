@@ -1,0 +1,161 @@
+"""Winning-ticket masks from the initialization (NFN paper, arXiv 2302.14040), CPU-scaled.
+
+    python benchmarks/bench_tickets.py [--zoo runs/tickets-bench] [--epochs 30] [--quick]
+
+1. A tickets zoo (``examples/tickets-digits.toml``): 640 digits MLPs 64-32-10, IMP with
+   rewinding for 15 rounds (20% of the remaining weights per layer and round, output layer
+   10%), Adam 3e-3, batch 64, 15 epochs per round, data order tied to the init seed. Built
+   (or resumed) in ``--zoo``; its build time is the population cost of IMP.
+2. Mask predictors fitted on the IMP masks of the first 512 inits at rounds 3, 8, 11, 15:
+   NFN-HNP and NFN-NP (class-balanced BCE), NFN-HNP with BCE + the unrolled straight-through
+   objective, and the MLP baseline (BCE, hidden-permutation augmentation).
+3. The last 128 inits are held out: their masks from IMP, each predictor, magnitude at init
+   and random (same per-layer counts as IMP) are trained with the IMP recipe; test accuracy
+   mean +- std per method at 54%, 20%, 12% and 5.9% of the weights kept.
+4. Cost: one IMP run for one init alone (16 trainings of one network) against one NFN mask
+   for one init (a forward pass and the top-k), both on one thread.
+
+Everything runs on one thread. Writes the report (index.html, summary.csv, results.csv) to
+``--out`` and the numbers to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gensight.data import load_dataset
+from gensight.tickets.config import TicketsConfig
+from gensight.tickets.predictor import MaskPredictor
+from gensight.tickets.report import evaluate_methods, mask_methods, summarize, write_report
+from gensight.tickets.store import build_tickets
+from gensight.tickets.train import init_weights, layer_sizes, train_masked
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", default=str(ROOT / "runs" / "tickets-bench"))
+    ap.add_argument("--config", default=str(ROOT / "examples" / "tickets-digits.toml"))
+    ap.add_argument("--test-inits", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=30, help="predictor epochs")
+    ap.add_argument("--rounds", default="3,8,11,15")
+    ap.add_argument("--train-rounds", default=None,
+                    help="IMP rounds the predictors learn from: comma-separated, or 'all' "
+                    "(default: the evaluated rounds)")
+    ap.add_argument("--no-unroll", action="store_true", help="skip NFN-HNP (BCE + unroll)")
+    ap.add_argument("--quick", action="store_true", help="128 inits, 32 held out, 5 epochs")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "tickets-bench-report"))
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = TicketsConfig.from_toml(a.config)
+    if a.quick:
+        config = TicketsConfig.from_dict({**config.to_dict(), "inits": 128, "shard_size": 64})
+        a.test_inits, a.epochs = 32, 5
+    rounds = [int(k) for k in a.rounds.split(",")]
+
+    t0 = time.perf_counter()
+    zoo = build_tickets(config, a.zoo)
+    build_s = time.perf_counter() - t0
+    ids = zoo.init_ids
+    train_ids, test_ids = ids[:-a.test_inits], ids[-a.test_inits:]
+    print(f"zoo {a.zoo}: {len(ids)} inits ({build_s:.1f}s to build or open); fit on "
+          f"{len(train_ids)}, test on {len(test_ids)}", flush=True)
+
+    dataset = load_dataset(config.dataset)
+    w, b = zoo.inits(train_ids)
+    if a.train_rounds == "all":
+        fit_rounds = list(range(1, config.rounds + 1))
+    elif a.train_rounds:
+        fit_rounds = [int(k) for k in a.train_rounds.split(",")]
+    else:
+        fit_rounds = rounds
+    masks = {k: zoo.masks(k, "imp", train_ids) for k in fit_rounds}
+    specs = {"nfn-hnp": dict(kind="hnp"), "nfn-np": dict(kind="np"),
+             "mlp": dict(kind="mlp")}
+    if not a.no_unroll:
+        specs["nfn-hnp+unroll"] = dict(kind="hnp", objective="bce+unroll")
+    predictors, fit_s = {}, {}
+    for name, kw in specs.items():
+        t = time.perf_counter()
+        est = MaskPredictor(epochs=a.epochs, **kw).fit(zoo.space, w, b, masks, zoo.counts,
+                                                       dataset=dataset)
+        fit_s[name] = time.perf_counter() - t
+        predictors[name] = est
+        print(f"fit {name}: {fit_s[name]:.1f}s, loss {est.history_[0]:.3f} -> "
+              f"{est.history_[-1]:.3f}", flush=True)
+
+    t = time.perf_counter()
+    results = evaluate_methods(zoo, mask_methods(zoo, predictors, test_ids), test_ids, rounds)
+    eval_s = time.perf_counter() - t
+    summary = summarize(results)
+
+    # cost of one mask for one init: IMP alone vs one NFN forward pass
+    widths = layer_sizes(dataset, config.hidden)
+    w1, b1 = init_weights([10**6], widths)
+    t = time.perf_counter()
+    run = train_masked(w1, b1, None, [10**6], dataset, config.train, config.activation)
+    from gensight.tickets.masks import magnitude_prune
+
+    alive = [torch.ones_like(x, dtype=torch.bool) for x in w1]
+    for k in range(1, config.rounds + 1):
+        alive = magnitude_prune(run.weights, alive, zoo.counts[k])
+        run = train_masked(w1, b1, alive, [10**6], dataset, config.train, config.activation)
+    imp_one_s = time.perf_counter() - t
+    nfn = predictors["nfn-hnp"]
+    nfn.predict(w1, b1, zoo.counts[rounds[-1]])
+    reps = 20
+    t = time.perf_counter()
+    for _ in range(reps):
+        nfn.predict(w1, b1, zoo.counts[rounds[-1]])
+    nfn_one_s = (time.perf_counter() - t) / reps
+    cost = pd.DataFrame([
+        {"what": f"one IMP run, one init alone ({config.rounds + 1} trainings)",
+         "seconds": imp_one_s},
+        {"what": "one NFN-HNP mask, one init (forward + top-k)", "seconds": nfn_one_s},
+        {"what": f"tickets zoo build ({len(ids)} inits, population; ~0 if already built)",
+         "seconds": build_s},
+        *({"what": f"fit {n} ({a.epochs} epochs, {len(train_ids)} inits)", "seconds": s}
+          for n, s in fit_s.items()),
+        {"what": "evaluation (all methods, rounds, held-out inits)", "seconds": eval_s},
+    ])
+    notes = [f"config {a.config}; predictors fitted on inits {train_ids[0]}..{train_ids[-1]}"
+             f", IMP rounds {fit_rounds}",
+             f"one IMP run / one NFN mask = {imp_one_s / nfn_one_s:,.0f}x"]
+    write_report(results, a.out, cost=cost, notes=notes,
+                 title="gensight tickets benchmark (digits MLP 64-32-10)")
+
+    table = summary.assign(cell=[f"{m * 100:.1f} ± {s * 100:.1f}" for m, s in zip(
+        summary["test_acc_mean"], summary["test_acc_std"], strict=True)])
+    wide = table.pivot_table(index=["round", "density"], columns="method", values="cell",
+                             aggfunc="first").reset_index()
+    wide["density"] = (wide["density"] * 100).round(1)
+    order = ["round", "density", "imp", "nfn-hnp", "nfn-hnp+unroll", "nfn-np", "mlp",
+             "magnitude", "random"]
+    wide = wide[[c for c in order if c in wide.columns]]
+    print("\ntest accuracy (%) after training, mean ± std over held-out inits")
+    print(wide.to_string(index=False))
+    iou = summary.pivot_table(index="round", columns="method", values="iou_mean")
+    t = zoo.table
+    dense = t[(t.kind == "imp") & (t["round"] == 0) & t.init_id.isin(test_ids)]["test_acc"]
+    print(f"dense (100% kept): {dense.mean() * 100:.1f} ± {dense.std() * 100:.1f}")
+    print("\nmean IoU with the IMP mask")
+    print(iou.round(3).to_string())
+    print("\ncost")
+    print(cost.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "summary": summary.to_dict(orient="records"),
+            "cost": cost.to_dict(orient="records")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Evaluate mask methods on held-out inits and write the tickets report.
+
+For each round k (density) and each method, the masks of the held-out inits are trained with
+the zoo's own recipe (the one IMP used, same data order per init) and their test accuracy is
+recorded. Methods: ``imp`` (the stored IMP mask), ``random`` (the stored random mask with
+IMP's per-layer counts), ``magnitude`` (largest ``|theta_0|`` per layer, same counts) and any
+fitted :class:`~gensight.tickets.predictor.MaskPredictor`. Everything that is trained is
+trained as one population (chunked), so all methods see exactly the same training.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from gensight import __version__
+from gensight.errors import GensightError
+from gensight.tickets.masks import magnitude_masks
+from gensight.tickets.predictor import MaskPredictor
+from gensight.tickets.store import TicketZoo
+
+MaskFn = Callable[[list[Tensor], list[Tensor], list[int], int], list[Tensor]]
+
+
+def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
+                 init_ids: Sequence[int], baselines: Sequence[str] = ("imp", "magnitude",
+                                                                       "random")
+                 ) -> dict[str, MaskFn]:
+    """``{name: fn(init_w, init_b, counts, round) -> masks}`` for the baselines and the
+    predictors."""
+    methods: dict[str, MaskFn] = {}
+    for name in baselines:
+        if name == "imp":
+            methods[name] = lambda w, b, c, k: zoo.masks(k, "imp", init_ids)
+        elif name == "random":
+            methods[name] = lambda w, b, c, k: zoo.masks(k, "random", init_ids)
+        elif name == "magnitude":
+            methods[name] = lambda w, b, c, k: magnitude_masks(w, c)
+        else:
+            raise GensightError(f"unknown baseline {name!r}; known: imp, magnitude, random")
+    for name, pred in predictors.items():
+        methods[name] = lambda w, b, c, k, pred=pred: pred.predict(w, b, c)
+    return methods
+
+
+def evaluate_methods(zoo: TicketZoo, methods: Mapping[str, MaskFn], init_ids: Sequence[int],
+                     rounds: Sequence[int], *, chunk: int = 1024,
+                     progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Train every method's masks of ``init_ids`` at every round in ``rounds``; one row per
+    method, round and init: ``method, round, density, init_id, test_acc, val_acc, iou``
+    (``iou``: intersection over union of the method's mask with IMP's, all layers)."""
+    from gensight.data import load_dataset
+    from gensight.tickets.train import train_masked
+
+    dataset = load_dataset(zoo.config.dataset)
+    init_w, init_b = zoo.inits(init_ids)
+    seeds = zoo.seeds(init_ids)
+    sizes = [w.shape[1] * w.shape[2] for w in init_w]
+    jobs = []  # (method, round, masks)
+    for k in rounds:
+        counts = zoo.counts[k]
+        imp = zoo.masks(k, "imp", init_ids)
+        for name, fn in methods.items():
+            masks = fn(init_w, init_b, list(counts), k)
+            inter = sum((a & b).flatten(1).sum(1) for a, b in zip(masks, imp, strict=True))
+            union = sum((a | b).flatten(1).sum(1) for a, b in zip(masks, imp, strict=True))
+            jobs.append((name, k, masks, (inter / union).tolist()))
+    m = len(init_ids)
+    per_chunk = max(1, chunk // m)
+    rows = []
+    for start in range(0, len(jobs), per_chunk):
+        part = jobs[start:start + per_chunk]
+        rep = len(part)
+        masks = [torch.cat([j[2][i] for j in part]) for i in range(len(init_w))]
+        run = train_masked([w.repeat(rep, 1, 1) for w in init_w],
+                           [b.repeat(rep, 1) for b in init_b], masks, seeds * rep, dataset,
+                           zoo.config.train, zoo.config.activation)
+        for j, (name, k, _, iou) in enumerate(part):
+            density = sum(zoo.counts[k]) / sum(sizes)
+            for t, i in enumerate(init_ids):
+                rows.append({"method": name, "round": k, "density": density, "init_id": i,
+                             "test_acc": float(run.test_acc[j * m + t]),
+                             "val_acc": float(run.val_acc[j * m + t]), "iou": iou[t]})
+        if progress is not None:
+            progress(min(start + per_chunk, len(jobs)), len(jobs))
+    return pd.DataFrame(rows)
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of test accuracy (and mean IoU with IMP) per method and round."""
+    g = results.groupby(["round", "method"], sort=False)
+    out = g.agg(density=("density", "first"), test_acc_mean=("test_acc", "mean"),
+                test_acc_std=("test_acc", "std"), iou_mean=("iou", "mean"),
+                inits=("init_id", "count")).reset_index()
+    return out.sort_values(["round", "test_acc_mean"], ascending=[True, False],
+                           ignore_index=True)
+
+
+@dataclass
+class TicketsReport:
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def write_report(results: pd.DataFrame, out: str | Path, *, cost: pd.DataFrame | None = None,
+                 notes: Sequence[str] = (), title: str = "gensight tickets") -> TicketsReport:
+    """Write ``results.csv``, ``summary.csv``, (``cost.csv``), ``accuracy.png`` and a
+    self-contained ``index.html`` (accuracy vs density per method, mean +- std) to ``out``,
+    each atomically."""
+    from gensight.zoo.store import atomic_write_bytes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    files = {"results": out / "results.csv", "summary": out / "summary.csv",
+             "figure": out / "accuracy.png", "page": out / "index.html"}
+    atomic_write_bytes(files["results"], results.to_csv(index=False).encode())
+    atomic_write_bytes(files["summary"], summary.to_csv(index=False).encode())
+    if cost is not None:
+        files["cost"] = out / "cost.csv"
+        atomic_write_bytes(files["cost"], cost.to_csv(index=False).encode())
+    png = _figure(summary)
+    atomic_write_bytes(files["figure"], png)
+    atomic_write_bytes(files["page"], _page(title, summary, cost, png, notes).encode())
+    return TicketsReport(results, summary, files)
+
+
+def _figure(summary: pd.DataFrame) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, part in summary.groupby("method", sort=False):
+        part = part.sort_values("density")
+        ax.errorbar(part["density"] * 100, part["test_acc_mean"], yerr=part["test_acc_std"],
+                    marker="o", ms=4, capsize=3, label=name)
+    ax.set_xscale("log")
+    ticks = sorted(set((summary["density"] * 100).round(1)))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.invert_xaxis()
+    ax.set_xlabel("weights kept (%)")
+    ax.set_ylabel("test accuracy after training")
+    ax.set_title("sparse networks trained from their initialization")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _page(title: str, summary: pd.DataFrame, cost: pd.DataFrame | None, png: bytes,
+          notes: Sequence[str]) -> str:
+    esc = html.escape
+    wide = summary.assign(cell=[f"{m:.3f} ± {s:.3f}" for m, s in zip(
+        summary["test_acc_mean"], summary["test_acc_std"].fillna(0.0), strict=True)])
+    wide = wide.assign(density=(wide["density"] * 100).round(1)).pivot_table(
+        index=["round", "density"], columns="method", values="cell", aggfunc="first",
+        sort=False).reset_index()
+    wide.columns = [str(c) if c != "density" else "weights kept (%)" for c in wide.columns]
+    img = base64.b64encode(png).decode("ascii")
+    note = "".join(f"<li>{esc(n)}</li>" for n in notes)
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}")
+
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;"
+        "padding:0 1rem;color:#222} table{border-collapse:collapse;font-size:.9rem}"
+        "td,th{padding:.25rem .7rem;border-bottom:1px solid #e4e4e4;text-align:right}"
+        "th{background:#f4f6f8} img{max-width:100%}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>gensight {esc(__version__)}. Winning-ticket masks from the initialization "
+        "(NFN paper, arXiv 2302.14040; IMP with rewinding, Frankle &amp; Carbin, arXiv "
+        "1803.03635). Test accuracy after training the masked initialization, mean ± std "
+        "over held-out inits; every method keeps the same number of weights per layer.</p>",
+        f'<figure><img src="data:image/png;base64,{img}" alt="test accuracy versus weights '
+        'kept, per mask method"></figure>',
+        "<h2>Test accuracy</h2>", table(wide),
+        "<h2>Per method and round</h2>", table(summary),
+        "<h2>Cost</h2>" + table(cost) if cost is not None else "",
+        f"<h2>Notes</h2><ul>{note}</ul>" if notes else "",
+        "</body></html>"])
+
+
+__all__ = ["TicketsReport", "evaluate_methods", "mask_methods", "summarize", "write_report"]

@@ -1,0 +1,114 @@
+"""``gensight tickets`` end to end on a tiny zoo, and its one-line errors."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import gensight.cli as gcli
+from gensight.tickets.cli import register
+
+torch.set_num_threads(1)
+
+CONFIG = """
+name = "tiny-cli"
+inits = 6
+shard_size = 3
+rounds = 2
+random_rounds = [1, 2]
+[architecture]
+hidden = [5]
+[train]
+epochs = 1
+batch_size = 256
+"""
+
+
+@pytest.fixture(autouse=True)
+def with_tickets(monkeypatch):
+    """``gensight.cli.main`` with the tickets subcommands registered (the lead adds the
+    registration line to cli.py)."""
+    original = gcli.build_parser
+
+    def build_parser():
+        parser = original()
+        if "tickets" not in parser._subparsers._group_actions[0].choices:
+            register(parser._subparsers._group_actions[0])
+        return parser
+
+    monkeypatch.setattr(gcli, "build_parser", build_parser)
+
+
+def test_build_eval_predict(tmp_path, capsys):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(CONFIG)
+    zoo = tmp_path / "zoo"
+    assert gcli.main(["tickets", "build", str(cfg), "--out", str(zoo), "--quiet"]) == 0
+    assert "6 inits x 2 rounds" in capsys.readouterr().out
+    assert gcli.main(["tickets", "verify", str(zoo)]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
+    rep = tmp_path / "rep"
+    assert gcli.main(["tickets", "eval", str(zoo), "--out", str(rep), "--test-inits", "2",
+                      "--epochs", "1", "--predictors", "hnp,mlp", "--quiet"]) == 0
+    summary = pd.read_csv(rep / "summary.csv")
+    assert set(summary["method"]) == {"imp", "magnitude", "random", "nfn-hnp", "mlp"}
+    assert set(summary["round"]) == {1, 2} and (summary["inits"] == 2).all()
+    imp = summary[summary.method == "imp"]
+    assert (imp["iou_mean"] == 1.0).all()
+    results = pd.read_csv(rep / "results.csv")
+    assert sorted(set(results["init_id"])) == [4, 5]
+    # the stored IMP and random accuracies are reproduced by the evaluation's training
+    from gensight.tickets.store import TicketZoo
+
+    table = TicketZoo.open(zoo).table
+    for kind in ("imp", "random"):
+        stored = table[(table.kind == kind) & (table["round"] == 2) & (table.init_id >= 4)]
+        got = results[(results.method == kind) & (results["round"] == 2)]
+        assert sorted(stored["test_acc"]) == pytest.approx(sorted(got["test_acc"]), abs=1e-6)
+    page = (rep / "index.html").read_text()
+    assert "data:image/png;base64," in page and "nfn-hnp" in page
+    pred = rep / "predictor-hnp.safetensors"
+    out = tmp_path / "masks.safetensors"
+    assert gcli.main(["tickets", "predict", str(pred), "--zoo", str(zoo), "--inits", "4,5",
+                      "--round", "2", "--out", str(out)]) == 0
+    masks = load_file(out)
+    counts = TicketZoo.open(zoo).counts[2]
+    assert [masks[k].dtype for k in ("1.weight", "3.weight")] == [torch.uint8] * 2
+    assert [int(masks[k][0].sum()) for k in ("1.weight", "3.weight")] == counts
+    # one initial checkpoint
+    ckpt = tmp_path / "init.safetensors"
+    w, b = TicketZoo.open(zoo).inits([5])
+    save_file({"1.weight": w[0][0], "1.bias": b[0][0], "3.weight": w[1][0],
+               "3.bias": b[1][0]}, str(ckpt))
+    out2 = tmp_path / "one.safetensors"
+    assert gcli.main(["tickets", "predict", str(pred), "--init", str(ckpt), "--round", "2",
+                      "--out", str(out2)]) == 0
+    assert torch.equal(load_file(out2)["1.weight"][0], masks["1.weight"][1])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('name = "x"\nrate = 2.0\n', "field 'rate' must be in (0, 1); got 2.0"),
+    ('name = "x"\nepochs = 3\n', "unknown field 'epochs'"),
+    ('name = "x"\n[train]\nlr = "fast"\n', "field 'train.lr' must be a number; got 'fast'"),
+    ("name = \n", "is not valid TOML"),
+])
+def test_bad_config_is_one_line(tmp_path, capsys, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    assert gcli.main(["tickets", "build", str(cfg), "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_other_errors_are_one_line(tmp_path, capsys):
+    assert gcli.main(["tickets", "eval", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
+    missing = tmp_path / "nope.safetensors"
+    assert gcli.main(["tickets", "predict", str(missing), "--zoo", str(tmp_path), "--round",
+                      "1", "--out", str(tmp_path / "o")]) == 2
+    assert "no predictor file" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    assert gcli.main(["tickets", "verify", str(tmp_path)]) == 2
+    assert "is not a tickets zoo manifest" in capsys.readouterr().err

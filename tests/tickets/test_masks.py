@@ -1,0 +1,121 @@
+"""Pruning schedules, exact per-layer top-k with deterministic ties, IMP's pruning step on a
+hand-set network, and the straight-through top-k's values."""
+
+import math
+
+import pytest
+import torch
+
+from gensight.tickets.masks import (
+    MaskError,
+    layer_topk,
+    magnitude_masks,
+    magnitude_prune,
+    pruning_schedule,
+    random_masks,
+    straight_through_topk,
+    topk_mask,
+)
+from gensight.tickets.train import MaskedRun, run_imp
+
+
+def test_schedule_counts_round_half_up_and_output_rate():
+    assert pruning_schedule([12, 6], 2, 0.25, 0.125) == [[12, 6], [9, 5], [7, 4]]
+    # 0.25 * 10 = 2.5 prunes 3 (half up), not 2 (Python's round gives 2)
+    assert pruning_schedule([10, 10], 1, 0.25, 0.25) == [[10, 10], [7, 7]]
+    # never below one weight
+    assert pruning_schedule([2, 2], 3, 0.9, 0.9)[-1] == [1, 1]
+
+
+def test_topk_ties_keep_lowest_index_and_exact_counts():
+    scores = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.5], [1.0, 3.0, 3.0, 2.0, 3.0]])
+    mask = topk_mask(scores, 2)
+    assert mask.tolist() == [[True, True, False, False, False],
+                             [False, True, True, False, False]]
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randint(0, 3, (4, 5, 7), generator=g).double(),
+              torch.randn(4, 2, 5, generator=g)]
+    masks = layer_topk(scores, [11, 3])
+    assert masks[0].flatten(1).sum(1).tolist() == [11] * 4
+    assert masks[1].flatten(1).sum(1).tolist() == [3] * 4
+    assert all(torch.equal(a, b) for a, b in zip(masks, layer_topk(scores, [11, 3]),
+                                                 strict=True))
+    # every kept score >= every dropped one, and among equal scores the lower index is kept
+    flat, keep = scores[0].flatten(1), masks[0].flatten(1)
+    for row, k in zip(flat, keep, strict=True):
+        assert row[k].min() >= row[~k].max()
+        border = row[k].min()
+        ties = (row == border).nonzero().flatten()
+        kept = keep_ties = [int(i) for i in ties if k[i]]
+        assert keep_ties == [int(i) for i in ties[:len(kept)]]
+    with pytest.raises(MaskError, match="k=6 of 5"):
+        topk_mask(torch.zeros(1, 5), 6)
+
+
+def test_baselines_have_exact_per_layer_counts():
+    g = torch.Generator().manual_seed(1)
+    init = [torch.randn(3, 4, 6, generator=g), torch.randn(3, 2, 4, generator=g)]
+    mag = magnitude_masks(init, [5, 3])
+    for w, m in zip(init, mag, strict=True):
+        flat, keep = w.abs().flatten(1), m.flatten(1)
+        for row, k in zip(flat, keep, strict=True):
+            assert row[k].min() > row[~k].max()
+    rnd = random_masks([(4, 6), (2, 4)], [5, 3], [7, 8, 7])
+    assert [m.flatten(1).sum(1).tolist() for m in rnd] == [[5, 5, 5], [3, 3, 3]]
+    assert torch.equal(rnd[0][0], rnd[0][2]) and not torch.equal(rnd[0][0], rnd[0][1])
+
+
+def test_imp_rounds_on_a_hand_set_network():
+    """A 3-4-2 MLP whose 'trained' weights are set by hand: each round keeps exactly the
+    largest surviving trained magnitudes per layer (output layer at its own rate), and each
+    training starts from theta_0 (the stub records what it was given)."""
+    theta0_w = [torch.arange(1.0, 13.0).view(1, 4, 3), -torch.arange(1.0, 9.0).view(1, 2, 4)]
+    theta0_b = [torch.ones(1, 4), torch.zeros(1, 2)]
+    # trained magnitudes: layer 1 reversed order of theta_0, layer 2 a hand-chosen order
+    trained = [torch.arange(12.0, 0.0, -1).view(1, 4, 3),
+               torch.tensor([[[5.0, -1.0, 7.0, 2.0], [-8.0, 3.0, 6.0, 4.0]]])]
+    calls = []
+
+    def stub(w, b, masks, seeds):
+        calls.append(([t.clone() for t in w], masks))
+        out = trained if masks is None else [t * m for t, m in zip(trained, masks,
+                                                                    strict=True)]
+        return MaskedRun(out, b, torch.ones(1), torch.ones(1))
+
+    counts = pruning_schedule([12, 8], 2, 0.25, 0.125)
+    assert counts == [[12, 8], [9, 7], [7, 6]]
+    result = run_imp(theta0_w, theta0_b, [0], counts, stub)
+    m1, m2 = result.masks
+    # round 1: layer 1 keeps trained 12..4 (the first 9 entries), layer 2 drops |-1|
+    assert m1[0].flatten().tolist() == [True] * 9 + [False] * 3
+    assert m1[1].flatten().tolist() == [True, False, True, True, True, True, True, True]
+    # round 2: layer 1 keeps 12..6 (first 7), layer 2 also drops |2|
+    assert m2[0].flatten().tolist() == [True] * 7 + [False] * 5
+    assert m2[1].flatten().tolist() == [True, False, True, False, True, True, True, True]
+    # every training starts from theta_0 itself with the current mask (rewinding)
+    assert len(calls) == 3 and calls[0][1] is None
+    for (w, masks), expected in zip(calls[1:], result.masks, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(w, theta0_w, strict=True))
+        assert masks is expected
+
+
+def test_magnitude_prune_never_revives_pruned_weights():
+    trained = [torch.tensor([[[9.0, 0.1, 5.0, 4.0]]])]
+    alive = [torch.tensor([[[False, True, True, True]]])]
+    assert magnitude_prune(trained, alive, [2])[0].tolist() == [[[False, False, True, True]]]
+    with pytest.raises(MaskError, match="cannot keep 4 weights"):
+        magnitude_prune(trained, alive, [4])
+
+
+def test_straight_through_forward_and_backward_values():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.5]], dtype=torch.float64, requires_grad=True)
+    mask = straight_through_topk(logits, 2)
+    assert mask.tolist() == [[1.0, 0.0, 1.0, 0.0]]  # the tie at 0.5: lower index kept
+    mask.backward(torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64))
+
+    def dsig(z):  # sigma'(z) = e^-z / (1 + e^-z)^2, written out by hand
+        return math.exp(-z) / (1 + math.exp(-z)) ** 2
+
+    expected = [1 * dsig(2.0), 2 * dsig(-1.0), 3 * dsig(0.5), 4 * dsig(0.5)]
+    assert logits.grad.tolist()[0] == pytest.approx(expected, abs=1e-12)
+    assert logits.grad[0, 0].item() == pytest.approx(0.104993585403507, abs=1e-12)
