@@ -140,6 +140,45 @@ def compare_attacks(zoo: Zoo, rows, args) -> None:
               f"{np.mean(secs[name]):.2f} |")
 
 
+def compare_batched(zoo, args) -> None:
+    """``gensight.measures.sharpness_alpha`` on each of ``--members`` networks alone, against
+    ``sharpness_alpha_batch`` on all of them at once (default effort, one thread, both in
+    this process): seconds per network, and how far the alpha' values are apart (float32:
+    the batched products round differently, which can flip a sign step)."""
+    from gensight.measures.batched import sharpness_alpha_batch
+    from gensight.zoo import ZooSpec
+    from gensight.zoo.train import Population
+
+    torch.set_num_threads(1)
+    rows = zoo.table.query("is_final and finite and train_acc > 0.5")
+    rows = rows.sample(min(args.members, len(rows)), random_state=0)
+    rows = rows[rows["activation"] == rows["activation"].iloc[0]]
+    data = list(member_data(zoo, rows, args.examples))
+    spec = ZooSpec.from_dict(zoo.manifest["spec"])
+    batch = zoo.weights(rows)
+    pop = Population(batch.space, spec.architecture, [w[:, 0] for w in batch.weights],
+                     [b[:, 0] for b in batch.biases], str(rows["activation"].iloc[0]))
+    same_x = all(torch.equal(d.x, data[0][1].x) for _, d in data)
+    x = data[0][1].x if same_x else torch.stack([d.x for _, d in data])
+    y = data[0][1].y if same_x else torch.stack([d.y for _, d in data])
+    print(f"{len(rows)} networks, {args.examples} examples each"
+          f"{' (shared)' if same_x else ''}")
+    for magnitude in (False, True):
+        t0 = time.perf_counter()
+        alone = [sharpness_alpha(d.model, d.x, d.y, magnitude=magnitude) for _, d in data]
+        t_alone = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        together = sharpness_alpha_batch(pop, x, y, magnitude=magnitude)
+        t_batch = time.perf_counter() - t0
+        rel = [abs(b.alpha / a[0] - 1) for a, b in zip(alone, together, strict=True)
+               if b.alpha is not None]
+        print(f"magnitude={magnitude}: per network {t_alone / len(data):.2f} s alone, "
+              f"{t_batch / len(data):.2f} s batched ({t_alone / t_batch:.2f}x); passes "
+              f"{np.mean([a[1]['passes'] for a in alone]):.0f} vs "
+              f"{np.mean([b.passes for b in together]):.0f}; |alpha' batched / alone - 1| "
+              f"median {np.median(rel):.4f}, max {np.max(rel):.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("zoo")
@@ -152,8 +191,13 @@ def main() -> None:
                         help="RESTARTSxSTEPS settings to compare (--compare-attacks)")
     parser.add_argument("--strong", default="16x80",
                         help="the strong attack the others are compared with")
+    parser.add_argument("--compare-batched", action="store_true",
+                        help="time the batched alpha' search against the per-network one")
     args = parser.parse_args()
     zoo = Zoo.open(args.zoo)
+    if args.compare_batched:
+        compare_batched(zoo, args)
+        return
     if args.compare_attacks:
         rows = zoo.table.query("is_final and finite and train_acc > 0.5")
         rows = rows.sample(min(args.members, len(rows)), random_state=0)

@@ -270,6 +270,18 @@ def test_cli_prints_the_table_and_writes_scores(zoo, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["runs.csv", "scores.csv"]  # no temporaries
 
 
+def test_cli_report_page(zoo, tmp_path, capsys):
+    report = tmp_path / "report"
+    assert main(["inr", "classify", str(zoo.root), "--methods", "statnn", "--seeds", "1",
+                 "--steps", "2", "--report", str(report), "--quiet"]) == 0
+    assert f"report: {report / 'index.html'}" in capsys.readouterr().out
+    page = (report / "index.html").read_text()
+    assert "INR classification: tiny-inr" in page and "<td>statnn</td>" in page
+    assert page.count("data:image/png;base64,") == 1  # the renderings strip
+    zoo_table = pd.read_csv(report / "zoo.csv")
+    assert list(zoo_table["split"]) == ["train", "val", "test", "all"]
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--methods", "nfn-hnp,bogus"], ["unknown method 'bogus'", "known methods: inr2array, "
                                       "nft, nfn-hnp, nfn-np, statnn, mlp, mlp-aug"]),

@@ -204,14 +204,23 @@ def test_cli_inr_edit_prints_the_table_and_writes_the_figure(zoo, tmp_path, caps
     from gensight.cli import main
 
     fig = tmp_path / "edits.png"
+    report = tmp_path / "report"
     assert main(["inr", "edit", str(zoo.root), "--methods", "nfn-hnp,mlp", "--steps", "4",
                  "--eval-every", "2", "--width", "4", "--mlp-width", "8", "--quiet",
-                 "--figure", str(fig)]) == 0
+                 "--figure", str(fig), "--report", str(report)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "INR editing (dilate)" in out
     for method in ("none", "nfn-hnp", "mlp"):
         assert f" {method} " in out
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report: the zoo's PSNR table and renderings, the scores, the edits figure
+    page = (report / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "INR editing" in page
+    scores = pd.read_csv(report / "scores.csv")
+    assert list(scores["method"]) == ["none", "nfn-hnp", "mlp"]
+    assert "<td>nfn-hnp</td>" in page and "median_steps" in page
+    assert sorted(p.name for p in report.iterdir()) == ["edits.png", "index.html",
+                                                        "scores.csv", "zoo.csv"]
     with pytest.raises(SystemExit) as exit_:
         main(["inr", "edit", str(zoo.root), "--methods", "cnn"])
     assert exit_.value.code == 2

@@ -99,7 +99,19 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         atomic_write_bytes(folder / "runs.csv", result.runs.to_csv(index=False).encode())
         out.print(f"scores: {folder / 'scores.csv'} (per seed: {folder / 'runs.csv'})",
                   markup=False)
+    if args.report:
+        from gensight.inr.report import write_inr_report
+
+        page = write_inr_report(args.report, zoo, task="classification", scores=result.summary,
+                                notes=[table.caption], command=_command_line())
+        out.print(f"report: {page}", markup=False)
     return 0
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "gensight " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
@@ -133,10 +145,21 @@ def _cmd_edit(args: argparse.Namespace) -> int:
                       f"{r['val_mse_mean']:.4f}", f"{r['seconds']:.1f}", f"{int(r['params']):,}")
     table.caption = "none: the SIREN unedited (delta = 0); std over seeds"
     Console().print(table)
+    best = {m: fit.model for (m, seed), fit in fits.items() if seed == kwargs["seeds"][0]}
     if args.figure:
-        best = {m: fit.model for (m, seed), fit in fits.items() if seed == kwargs["seeds"][0]}
         path = figure_edits(data, best, Path(args.figure), edit=kwargs["edit"])
         Console().print(f"figure: {path}", markup=False)
+    if args.report:
+        from gensight.inr.report import write_inr_report
+
+        folder = Path(args.report)
+        folder.mkdir(parents=True, exist_ok=True)
+        png = figure_edits(data, best, folder / "edits.png", edit=kwargs["edit"]).read_bytes()
+        page = write_inr_report(
+            folder, zoo, task="editing", scores=table_df, notes=[table.caption], figure=png,
+            figure_caption=f"Test SIRENs: original rendering, the {kwargs['edit']} target, "
+            "and each method's edited SIREN (first seed's model).", command=_command_line())
+        Console().print(f"report: {page}", markup=False)
     return 0
 
 
@@ -174,6 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "width (default %(default)s)")
     cls.add_argument("--out", help="directory for scores.csv (per method) and runs.csv "
                      "(per seed)")
+    cls.add_argument("--report", metavar="DIR", help="write DIR/index.html: the zoo's PSNR, "
+                     "renderings of test SIRENs and the score table (and CSVs)")
     cls.add_argument("--quiet", action="store_true", help="no progress bar")
     cls.set_defaults(func=_cmd_classify)
     from gensight.inr.edit import add_edit_arguments
@@ -186,5 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "seeds, next to the unedited SIRENs.")
     edit.add_argument("zoo", help="SIREN zoo directory (family 'siren')")
     add_edit_arguments(edit)
+    edit.add_argument("--report", metavar="DIR", help="write DIR/index.html: the zoo's PSNR, "
+                      "renderings, the score table and the originals/edits/targets figure")
     edit.add_argument("--quiet", action="store_true", help="no progress lines")
     edit.set_defaults(func=_cmd_edit)
