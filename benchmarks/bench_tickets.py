@@ -2,6 +2,8 @@
 
     python benchmarks/bench_tickets.py [--zoo runs/tickets-bench] [--epochs 30] [--quick]
 
+(``--quick`` defaults to ``runs/tickets-bench-quick``, a zoo of its own.)
+
 1. A tickets zoo (``examples/tickets-digits.toml``): 640 digits MLPs 64-32-10, IMP with
    rewinding for 15 rounds (20% of the remaining weights per layer and round, output layer
    10%), Adam 3e-3, batch 64, 15 epochs per round, data order tied to the init seed. Built
@@ -41,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--zoo", default=str(ROOT / "runs" / "tickets-bench"))
+    ap.add_argument("--zoo", default=None, help="tickets zoo directory (default "
+                    "runs/tickets-bench, or runs/tickets-bench-quick with --quick)")
     ap.add_argument("--config", default=str(ROOT / "examples" / "tickets-digits.toml"))
     ap.add_argument("--test-inits", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=30, help="predictor epochs")
@@ -51,9 +54,16 @@ def main() -> None:
                     "(default: the evaluated rounds)")
     ap.add_argument("--no-unroll", action="store_true", help="skip NFN-HNP (BCE + unroll)")
     ap.add_argument("--quick", action="store_true", help="128 inits, 32 held out, 5 epochs")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "tickets-bench-report"))
+    ap.add_argument("--out", default=None, help="report directory (default "
+                    "runs/tickets-bench-report, or runs/tickets-bench-quick-report)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    # --quick builds a smaller config, which the full run's zoo would refuse (another config)
+    suffix = "-quick" if a.quick else ""
+    if a.zoo is None:
+        a.zoo = str(ROOT / "runs" / f"tickets-bench{suffix}")
+    if a.out is None:
+        a.out = str(ROOT / "runs" / f"tickets-bench{suffix}-report")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = TicketsConfig.from_toml(a.config)
@@ -87,7 +97,8 @@ def main() -> None:
     for name, kw in specs.items():
         t = time.perf_counter()
         est = MaskPredictor(epochs=a.epochs, **kw).fit(zoo.space, w, b, masks, zoo.counts,
-                                                       dataset=dataset)
+                                                       dataset=dataset,
+                                                       activation=config.activation)
         fit_s[name] = time.perf_counter() - t
         predictors[name] = est
         print(f"fit {name}: {fit_s[name]:.1f}s, loss {est.history_[0]:.3f} -> "

@@ -121,3 +121,103 @@ def test_bad_arguments_name_the_field():
         MaskPredictor(objective="hinge")
     with pytest.raises(PredictorError, match="not fitted"):
         MaskPredictor().predict([], [], [])
+
+
+def test_unrolled_loss_uses_the_given_activation():
+    """With no SGD step the unrolled loss is the masked tanh MLP's cross-entropy."""
+    import torch.nn.functional as F
+
+    w, b = _inits(2)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 8, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    masks = magnitude_masks(w, [25, 12, 7])
+    masks = [m.double() for m in masks]
+    losses = []
+    for j in range(2):
+        h = x
+        for i, (wi, bi, mi) in enumerate(zip(w, b, masks, strict=True)):
+            h = h @ (wi[j] * mi[j]).T + bi[j]
+            if i < len(w) - 1:
+                h = torch.tanh(h)
+        losses.append(F.cross_entropy(h, y))
+    want = torch.stack(losses).mean()
+    got = unrolled_loss(masks, w, b, [], (x, y), lr=0.3, activation="tanh")
+    assert torch.allclose(got, want, atol=1e-12)
+    relu = unrolled_loss(masks, w, b, [], (x, y), lr=0.3)
+    assert not torch.allclose(relu, want, atol=1e-6)
+
+
+def test_fit_unrolls_with_the_zoos_activation(monkeypatch):
+    import types
+
+    import gensight.tickets.predictor as predictor
+
+    space = mlp_space(WIDTHS)
+    w, b = _inits(4)
+    g = torch.Generator().manual_seed(2)
+    data = types.SimpleNamespace(x_train=torch.rand(40, 8, generator=g, dtype=torch.float64),
+                                 y_train=torch.randint(3, (40,), generator=g))
+    seen = []
+    real = predictor.unrolled_loss
+
+    def spy(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("activation"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "unrolled_loss", spy)
+    counts = [[40, 20, 12], [30, 15, 9]]
+    est = MaskPredictor("hnp", channels=(4,), epochs=1, batch_size=4, objective="bce+unroll",
+                        unroll_steps=1, unroll_batch=8, unroll_every=1).fit(
+        space, w, b, {1: magnitude_masks(w, counts[1])}, counts, dataset=data,
+        activation="tanh")
+    assert seen and all(a is torch.tanh for a in seen)
+    assert est.activation_ == "tanh"
+    with pytest.raises(PredictorError, match="activation must be one of"):
+        MaskPredictor("hnp", channels=(4,), epochs=1).fit(
+            space, w, b, {1: magnitude_masks(w, counts[1])}, counts, activation="swish")
+
+
+def _saved(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    space = mlp_space(WIDTHS)
+    w, b = _inits(4)
+    counts = [[40, 20, 12], [30, 15, 9]]
+    est = MaskPredictor("hnp", channels=(4,), epochs=1, batch_size=4).fit(
+        space, w, b, {1: magnitude_masks(w, counts[1])}, counts)
+    path = tmp_path / "good.safetensors"
+    est.save(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    return load_file(str(path)), meta, json.loads(meta["params"])
+
+
+@pytest.mark.parametrize("damage", ["missing tensor", "unknown param", "ill-typed param",
+                                    "params not a table", "no tensors"])
+def test_malformed_predictor_files_raise_predictor_error(tmp_path, damage):
+    import json
+
+    from safetensors.torch import save_file
+
+    state, meta, params = _saved(tmp_path)
+    if damage == "missing tensor":
+        state.pop(sorted(state)[0])
+    elif damage == "unknown param":
+        meta["params"] = json.dumps({**params, "colour": "red"})
+    elif damage == "ill-typed param":
+        meta["params"] = json.dumps({**params, "epochs": "many"})
+    elif damage == "params not a table":
+        meta["params"] = json.dumps([1, 2])
+    else:
+        state = {}
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(PredictorError) as err:
+        MaskPredictor.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert MaskPredictor.load(tmp_path / "good.safetensors").activation_ == "relu"

@@ -1,12 +1,20 @@
 """The tickets zoo: round trip, resumption after a kill, verification, refusals."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 import gensight.zoo.store as zoo_store
+from gensight.errors import GensightError
 from gensight.tickets.config import TicketsConfig, TicketsConfigError
+from gensight.tickets.report import evaluate_methods, mask_methods
 from gensight.tickets.store import TicketsStoreError, TicketZoo, build_tickets, verify_tickets
-from gensight.tickets.train import init_weights
+from gensight.tickets.train import imp_schedule, init_weights
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tickets-digits.toml"
 
 torch.set_num_threads(1)
 
@@ -74,8 +82,6 @@ def test_killed_build_resumes_to_the_same_bytes(tiny_zoo, tmp_path, monkeypatch)
 
 
 def test_damage_and_refusals(tiny_zoo, tmp_path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(tiny_zoo.root, copy)
     path, _ = zoo_store.shard_paths(copy, 1)
@@ -103,8 +109,110 @@ def test_damage_and_refusals(tiny_zoo, tmp_path):
     ({"architecture": {"family": "cnn"}}, "architecture.family must be 'mlp'"),
     ({"train": {"optimizer": "lbfgs"}}, "field 'train.optimizer' must be one of sgd, adam"),
     ({"architecture": {"hidden": [0]}}, "field 'architecture.hidden' must be a non-empty"),
+    ({"random_rounds": [2, 2]}, "field 'random_rounds' must be distinct rounds"),
+    ({"train": {"momentum": 0.9}},
+     "field 'train.momentum' must be 0 with train.optimizer 'adam'"),
+    ({"train": {"optimizer": "rmsprop", "momentum": 0.5}},
+     "field 'train.momentum' must be 0 with train.optimizer 'rmsprop'"),
+    ({"output_rate": "half"}, "field 'output_rate' must be a number; got 'half'"),
 ])
 def test_config_errors_name_the_field(change, message):
     with pytest.raises(TicketsConfigError) as err:
         TicketsConfig.from_dict({**TINY, **change})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_output_rate_defaults_to_half_the_rate():
+    cfg = TicketsConfig.from_dict({**TINY, "rate": 0.4})
+    assert cfg.output_rate == 0.2
+    # the output layer (10 x 6 = 60 weights) loses round_half_up(0.2 * 60) = 12 in round 1
+    assert imp_schedule(cfg, [64, 6, 10])[1] == [230, 48]
+    assert TicketsConfig(rate=0.3).output_rate == 0.15
+    explicit = TicketsConfig.from_dict({**TINY, "rate": 0.4, "output_rate": 0.1})
+    assert explicit.output_rate == 0.1
+    for c in (cfg, explicit):  # to_dict round-trips, so the hash of a built zoo is stable
+        again = TicketsConfig.from_dict(c.to_dict())
+        assert again == c and again.content_hash() == c.content_hash()
+    assert cfg.content_hash() != explicit.content_hash()
+
+
+def test_defaults_match_the_example():
+    example = TicketsConfig.from_toml(EXAMPLE)
+    assert example.output_rate == 0.1 == example.rate / 2
+    default = TicketsConfig()
+    for name in ("inits", "shard_size", "rounds", "rate", "output_rate", "random_rounds",
+                 "hidden", "activation", "train", "dataset", "seed"):
+        assert getattr(default, name) == getattr(example, name), name
+
+
+def test_sgd_momentum_is_accepted():
+    cfg = TicketsConfig.from_dict({**TINY, "train": {"optimizer": "sgd", "momentum": 0.9}})
+    assert cfg.train.momentum == 0.9
+
+
+def test_truncated_shard_is_reported_and_rebuilt(tiny_zoo, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_zoo.root, copy)
+    rows_file = zoo_store.shard_paths(copy, 1)[1]
+    data = rows_file.read_bytes()
+    rows_file.write_bytes(data[:len(data) // 2])
+    problems = verify_tickets(copy)  # reports instead of raising
+    assert len(problems) == 1 and problems[0].startswith("shard 1: ")
+    assert "shard-00001.parquet" in problems[0] and "\n" not in problems[0]
+    with pytest.raises(TicketsStoreError):
+        TicketZoo.open(copy)
+    assert TicketZoo.open(copy, strict=False).init_ids == [0, 1, 4]
+    real = zoo_store.write_shard
+    seen = []
+    monkeypatch.setattr(zoo_store, "write_shard",
+                        lambda root, index, *a, **k: (seen.append(index), real(root, index,
+                                                                              *a, **k))[1])
+    zoo = build_tickets(TicketsConfig.from_dict(TINY), copy)
+    assert seen == [1] and zoo.complete
+    moved = sorted(p.name for p in (copy / "damaged").iterdir())  # kept, not deleted
+    assert len(moved) == 2 and moved[0].endswith("-shard-00001.parquet")
+    assert moved[1].endswith("-shard-00001.safetensors")
+    assert verify_tickets(copy) == []
+    for i in range(3):  # the same bytes as the uninterrupted build
+        for a, b in zip(zoo_store.shard_paths(copy, i), zoo_store.shard_paths(tiny_zoo.root, i),
+                        strict=True):
+            assert a.read_bytes() == b.read_bytes()
+
+
+def test_resume_refuses_other_counts(tiny_zoo, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_zoo.root, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["counts"][2][0] -= 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TicketsStoreError, match="per-layer counts differ") as err:
+        build_tickets(TicketsConfig.from_dict(TINY), copy)
+    assert "\n" not in str(err.value)
+
+
+def test_masks_of_an_unknown_kind(tiny_zoo):
+    with pytest.raises(TicketsStoreError, match="mask kind must be 'imp' or 'random'; got "
+                                                "'other'"):
+        tiny_zoo.masks(2, kind="other")
+
+
+def test_mask_methods_use_the_ids_they_are_called_with(tiny_zoo):
+    zoo = TicketZoo.open(tiny_zoo.root)
+    w, b = zoo.inits([3])
+    methods = mask_methods(zoo, {})
+    for kind in ("imp", "random"):
+        got = methods[kind](w, b, zoo.counts[2], 2, [3])
+        assert all(torch.equal(x, y) for x, y in zip(got, zoo.masks(2, kind, [3]),
+                                                     strict=True))
+    pinned = mask_methods(zoo, {}, [4])
+    with pytest.raises(GensightError, match="made for inits"):
+        pinned["imp"](w, b, zoo.counts[2], 2, [3])
+    with pytest.raises(GensightError, match="made for inits"):
+        evaluate_methods(zoo, pinned, [3], [2])
+    results = evaluate_methods(zoo, methods, [3, 0], [2])
+    assert (results[results.method == "imp"]["iou"] == 1.0).all()
+    stored = zoo.table[(zoo.table.kind == "random") & (zoo.table["round"] == 2)]
+    for i in (3, 0):
+        got = results[(results.method == "random") & (results.init_id == i)]["test_acc"]
+        want = stored[stored.init_id == i]["test_acc"]
+        assert float(got.iloc[0]) == pytest.approx(float(want.iloc[0]), abs=1 / 360 + 1e-9)

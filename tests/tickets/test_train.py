@@ -30,7 +30,7 @@ def _setup(digits, seeds, hidden=(6,)):
     return widths, w, b
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
 def test_pruned_weights_and_optimizer_state_stay_zero(digits, optimizer):
     seeds = [3, 4]
     widths, w, b = _setup(digits, seeds)
@@ -42,12 +42,31 @@ def test_pruned_weights_and_optimizer_state_stay_zero(digits, optimizer):
         # survivors did train (but the weights of always-zero border pixels get no gradient)
         assert float((trained[m] != init[m]).double().mean()) > 0.5
     n = sum(t[0].numel() for t in w)
-    state = run.opt_state["m" if optimizer == "adam" else "buf"]
+    state = run.opt_state[{"adam": "m", "sgd": "buf", "rmsprop": "sq"}[optimizer]]
     flat_mask = torch.cat([m.flatten(1) for m in masks], 1)
     assert bool((state[:, :n][~flat_mask] == 0).all())
     assert bool((state[:, :n][flat_mask] != 0).any())
     if optimizer == "adam":
         assert bool((run.opt_state["v"][:, :n][~flat_mask] == 0).all())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_pruned_entries_stay_exactly_zero_when_training_diverges(digits, optimizer):
+    """A learning rate of 1e30 overflows the survivors to inf / nan; 0 * nan is nan, so the
+    pruned weights and their optimizer state must be set to 0, not multiplied by the mask."""
+    seeds = [3, 4]
+    _, w, b = _setup(digits, seeds)
+    w, b = [t.float() for t in w], [t.float() for t in b]
+    masks = random_masks([tuple(t.shape[1:]) for t in w], [100, 30], [11, 12])
+    train = TrainConfig(optimizer=optimizer, lr=1e30, epochs=1, batch_size=64)
+    run = train_masked(w, b, masks, seeds, digits, train)
+    assert not all(bool(t.isfinite().all()) for t in run.weights)  # it did diverge
+    for trained, m in zip(run.weights, masks, strict=True):
+        assert bool((trained[~m] == 0).all())
+    n = sum(t[0].numel() for t in w)
+    flat_mask = torch.cat([m.flatten(1) for m in masks], 1)
+    for name, state in run.opt_state.items():
+        assert bool((state[:, :n][~flat_mask] == 0).all()), name
 
 
 def test_zero_epochs_returns_the_rewound_ticket(digits):

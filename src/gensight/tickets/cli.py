@@ -124,7 +124,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 bar.update(task, completed=epoch)
 
             est.fit(zoo.space, w, b, masks, zoo.counts, dataset=dataset,
-                    progress=fit_progress)
+                    activation=zoo.config.activation, progress=fit_progress)
         fit_seconds[kind] = time.perf_counter() - start
         est.save(out / f"predictor-{kind}.safetensors")
         predictors[f"nfn-{kind}" if kind != "mlp" else "mlp"] = est
@@ -157,6 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     space = est.space_
     if (args.zoo is None) == (args.init is None):
         raise TicketsCLIError("give exactly one of --zoo ZOO or --init CHECKPOINT")
+    if args.init is not None and args.inits is not None:
+        raise TicketsCLIError("--inits selects inits of --zoo; it cannot be used with --init")
     if args.zoo is not None:
         from gensight.tickets.store import TicketZoo
 
@@ -182,10 +184,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                   f"{list(space.state_dict_keys())}")
         w = [state[ly.weight_key].float().unsqueeze(0) for ly in space.layers]
         b = [state[ly.bias_key].float().unsqueeze(0) for ly in space.layers]
-        for ly, t in zip(space.layers, w, strict=True):
-            if tuple(t.shape[1:]) != ly.weight_shape:
-                raise TicketsCLIError(f"--init {ly.weight_key!r} has shape "
-                                      f"{tuple(t.shape[1:])}; expected {ly.weight_shape}")
+        for ly, tw, tb in zip(space.layers, w, b, strict=True):
+            for key, t, shape in ((ly.weight_key, tw, ly.weight_shape),
+                                  (ly.bias_key, tb, ly.bias_shape)):
+                if tuple(t.shape[1:]) != tuple(shape):
+                    raise TicketsCLIError(f"--init {args.init!r}: {key!r} has shape "
+                                          f"{tuple(t.shape[1:])}; expected {tuple(shape)}")
         ids = [0]
         counts_all = est.counts_
     if not 1 <= args.round < len(counts_all):

@@ -7,10 +7,10 @@ A TOML file (or dict) such as ``examples/tickets-digits.toml``::
     seed = 0            # init i has seed seed + i
     inits = 640
     shard_size = 128    # inits per shard (the unit of resumption)
-    rounds = 13         # IMP rounds: masks m_1 .. m_13
+    rounds = 15         # IMP rounds: masks m_1 .. m_15
     rate = 0.2          # fraction of the remaining weights pruned per round, per layer
-    output_rate = 0.1   # the output layer's rate (Frankle & Carbin: half the rate)
-    random_rounds = [3, 7, 10, 13]   # rounds whose random masks are trained and stored
+    output_rate = 0.1   # the output layer's rate (default: rate / 2, as Frankle & Carbin)
+    random_rounds = [3, 8, 11, 15]   # rounds whose random masks are trained and stored
 
     [architecture]
     hidden = [32]
@@ -21,6 +21,10 @@ A TOML file (or dict) such as ``examples/tickets-digits.toml``::
     lr = 0.003
     epochs = 15
     batch_size = 64
+
+Every field has a default; the defaults are the values above (``output_rate`` defaults to
+half of ``rate``), except ``name = "tickets"``. ``train.momentum`` (default 0) is SGD's
+momentum and must be 0 for Adam and RMSprop; ``random_rounds`` must not repeat a round.
 """
 
 from __future__ import annotations
@@ -61,15 +65,22 @@ class TicketsConfig:
     name: str = "tickets"
     dataset: str = "digits"
     seed: int = 0
-    inits: int = 256
+    inits: int = 640
     shard_size: int = 128
-    rounds: int = 13
+    rounds: int = 15
     rate: float = 0.2
-    output_rate: float = 0.1
-    random_rounds: tuple[int, ...] = (3, 7, 10, 13)
+    output_rate: float | None = None  # None: rate / 2 (resolved on construction)
+    random_rounds: tuple[int, ...] = (3, 8, 11, 15)
     hidden: tuple[int, ...] = (32,)
     activation: str = "relu"
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.output_rate is None:
+            rate = self.rate
+            resolved = rate / 2 if isinstance(rate, (int, float)) and not isinstance(
+                rate, bool) else None
+            object.__setattr__(self, "output_rate", resolved)
 
     @classmethod
     def from_dict(cls, data: dict) -> TicketsConfig:
@@ -108,7 +119,7 @@ class TicketsConfig:
             shard_size=_typed(data, "shard_size", int, d.shard_size),
             rounds=_typed(data, "rounds", int, d.rounds),
             rate=_typed(data, "rate", float, d.rate),
-            output_rate=_typed(data, "output_rate", float, d.output_rate),
+            output_rate=_typed(data, "output_rate", float, None),
             random_rounds=tuple(_int_list(data, "random_rounds", d.random_rounds)),
             hidden=tuple(_int_list(arch, "hidden", d.hidden, "architecture.")),
             activation=_typed(arch, "activation", str, d.activation, "architecture."),
@@ -146,9 +157,12 @@ class TicketsConfig:
             (self.shard_size >= 1, "shard_size", ">= 1"),
             (self.rounds >= 1, "rounds", ">= 1"),
             (0 < self.rate < 1, "rate", "in (0, 1)"),
-            (0 <= self.output_rate < 1, "output_rate", "in [0, 1)"),
+            (self.output_rate is not None and 0 <= self.output_rate < 1, "output_rate",
+             "in [0, 1)"),
             (all(1 <= r <= self.rounds for r in self.random_rounds), "random_rounds",
              f"rounds in 1..{self.rounds}"),
+            (len(set(self.random_rounds)) == len(self.random_rounds), "random_rounds",
+             "distinct rounds (no round twice)"),
             (len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "architecture.hidden",
              "a non-empty list of positive widths"),
             (self.activation in _ACTIVATIONS, "architecture.activation",
@@ -157,6 +171,8 @@ class TicketsConfig:
              f"one of {', '.join(_OPTIMIZERS)}"),
             (self.train.lr > 0 and math.isfinite(self.train.lr), "train.lr", "> 0"),
             (0 <= self.train.momentum < 1, "train.momentum", "in [0, 1)"),
+            (self.train.momentum == 0 or self.train.optimizer == "sgd", "train.momentum",
+             f"0 with train.optimizer {self.train.optimizer!r} (momentum is SGD's only)"),
             (self.train.epochs >= 1, "train.epochs", ">= 1"),
             (self.train.batch_size >= 1, "train.batch_size", ">= 1"),
         ]

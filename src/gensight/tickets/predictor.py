@@ -17,8 +17,10 @@ at a density is the per-layer top-k of the logits (exact per-layer counts, ties 
   the masked network after ``unroll_steps`` unrolled SGD steps from ``theta_0 * m``, where
   ``m`` is the straight-through top-k of the logits (:class:`~gensight.tickets.masks.
   StraightThroughTopK`); gradients flow through the whole unrolled training (second order).
-  This is the "task" objective of research note 04, Sec. 3 (B); whether it is the NFN
-  paper's exact objective could not be checked (see the tickets docs).
+  The masked network uses the zoo's activation (``fit(..., activation=...)``). This is the
+  "task" objective of research note 04, Sec. 3 (B); whether it is the NFN paper's exact
+  objective could not be checked (see the README section "Winning-ticket masks from the
+  initialization").
 """
 
 from __future__ import annotations
@@ -132,9 +134,22 @@ def balanced_bce(logits: Sequence[Tensor], targets: Sequence[Tensor],
     return total / len(logits)
 
 
+def _activation(activation: str | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    from gensight.zoo.train import _ACT_FUNCS
+
+    if callable(activation):
+        return activation
+    if activation not in _ACT_FUNCS:
+        raise PredictorError(f"activation must be one of {', '.join(_ACT_FUNCS)}; got "
+                             f"{activation!r}")
+    return _ACT_FUNCS[activation]
+
+
 def mlp_forward(weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tensor,
-                activation: Callable[[Tensor], Tensor] = F.relu) -> Tensor:
-    """Logits ``(B, N, classes)`` of B MLPs on a shared batch ``x: (N, *input)``."""
+                activation: str | Callable[[Tensor], Tensor] = F.relu) -> Tensor:
+    """Logits ``(B, N, classes)`` of B MLPs on a shared batch ``x: (N, *input)``, with
+    ``activation`` (a function, or a name such as ``"tanh"``) between the layers."""
+    activation = _activation(activation)
     h = x.reshape(1, x.shape[0], -1).expand(weights[0].shape[0], -1, -1)
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
@@ -145,19 +160,22 @@ def mlp_forward(weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tensor,
 
 def unrolled_loss(masks: Sequence[Tensor], init_w: Sequence[Tensor], init_b: Sequence[Tensor],
                   batches: Sequence[tuple[Tensor, Tensor]], final: tuple[Tensor, Tensor],
-                  lr: float) -> Tensor:
-    """Mean training loss of B masked MLPs after ``len(batches)`` SGD steps.
+                  lr: float, activation: str | Callable[[Tensor], Tensor] = "relu"
+                  ) -> Tensor:
+    """Mean training loss of B masked MLPs (``activation`` between the layers) after
+    ``len(batches)`` SGD steps.
 
     Weights ``u`` start at ``theta_0``; each step uses the effective weights ``m * u`` and
     updates ``u <- u - lr * dL/du`` and the biases; the graph is kept (``create_graph``) so
     the returned loss on ``final`` is differentiable in the masks ``masks[i]: (B, n_out,
     n_in)``."""
+    act = _activation(activation)
     u = [w.detach() for w in init_w]
     b = [v.detach().clone().requires_grad_(True) for v in init_b]
     u = [w.clone().requires_grad_(True) for w in u]
     for x, y in batches:
         eff = [m * w for m, w in zip(masks, u, strict=True)]
-        logits = mlp_forward(eff, b, x)
+        logits = mlp_forward(eff, b, x, act)
         loss = F.cross_entropy(logits.transpose(1, 2), y.expand(logits.shape[0], -1),
                                reduction="none").mean(1).sum()
         grads = torch.autograd.grad(loss, [*u, *b], create_graph=True)
@@ -165,7 +183,7 @@ def unrolled_loss(masks: Sequence[Tensor], init_w: Sequence[Tensor], init_b: Seq
         u = [w - lr * g for w, g in zip(u, grads[:n], strict=True)]
         b = [v - lr * g for v, g in zip(b, grads[n:], strict=True)]
     x, y = final
-    logits = mlp_forward([m * w for m, w in zip(masks, u, strict=True)], b, x)
+    logits = mlp_forward([m * w for m, w in zip(masks, u, strict=True)], b, x, act)
     return F.cross_entropy(logits.transpose(1, 2), y.expand(logits.shape[0], -1))
 
 
@@ -188,7 +206,7 @@ class MaskPredictor:
 
     Fitted attributes: ``space_``, ``model_``, ``rounds_`` (the rounds trained on),
     ``counts_`` (the per-layer counts of every round, as given to :meth:`fit`),
-    ``history_`` (mean loss per epoch).
+    ``history_`` (mean loss per epoch), ``activation_`` (the masked networks' activation).
     """
 
     def __init__(self, kind: str = "hnp", *, channels: Sequence[int] | None = None,
@@ -239,15 +257,21 @@ class MaskPredictor:
     # --- fit ----------------------------------------------------------------------------
     def fit(self, space: WeightSpace, init_w: Sequence[Tensor], init_b: Sequence[Tensor],
             masks: Mapping[int, Sequence[Tensor]], counts: Sequence[Sequence[int]], *,
-            dataset=None, progress: Callable[[int, int, float], None] | None = None
-            ) -> MaskPredictor:
+            dataset=None, activation: str = "relu",
+            progress: Callable[[int, int, float], None] | None = None) -> MaskPredictor:
         """Fit on M initializations and their IMP masks.
 
         ``init_w[i]: (M, n_out, n_in)``, ``init_b[i]: (M, n_out)``; ``masks[k][i]``: bool
         ``(M, n_out, n_in)``, the IMP mask of round k; ``counts[k][i]``: weights kept in
         layer i at round k. ``dataset`` (a :class:`gensight.data.Dataset`) is needed for
-        ``objective="bce+unroll"``. ``progress(epoch, epochs, loss)`` after each epoch.
+        ``objective="bce+unroll"``; ``activation`` is the zoo's (``config.activation``),
+        that of the masked networks the unrolled objective trains. ``progress(epoch,
+        epochs, loss)`` after each epoch.
         """
+        if not isinstance(activation, str):
+            raise PredictorError(f"activation must be a name such as 'relu'; got "
+                                 f"{activation!r:.60}")
+        act = _activation(activation)
         if not masks:
             raise PredictorError("fit needs the masks of at least one round")
         if self.objective == "bce+unroll" and dataset is None:
@@ -294,7 +318,7 @@ class MaskPredictor:
                              for _ in range(self.unroll_steps + 1)]
                     data = [(x_train[p], y_train[p]) for p in picks]
                     loss = loss + self.unroll_weight * unrolled_loss(
-                        st, w, b, data[:-1], data[-1], self.unroll_lr)
+                        st, w, b, data[:-1], data[-1], self.unroll_lr, act)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -308,6 +332,7 @@ class MaskPredictor:
         self.rounds_ = rounds
         self.counts_ = [list(map(int, c)) for c in counts]
         self.history_ = history
+        self.activation_ = activation
         return self
 
     # --- predict ------------------------------------------------------------------------
@@ -345,7 +370,8 @@ class MaskPredictor:
         meta = {"params": json.dumps(self.get_params()),
                 "space": json.dumps(self.space_.to_dict()),
                 "rounds": json.dumps(self.rounds_), "counts": json.dumps(self.counts_),
-                "history": json.dumps(self.history_)}
+                "history": json.dumps(self.history_),
+                "activation": json.dumps(self.activation_)}
         state = {k: v.detach().contiguous() for k, v in self.model_.state_dict().items()}
         from pathlib import Path
 
@@ -368,17 +394,29 @@ class MaskPredictor:
             state = load_file(str(path))
             params = json.loads(meta["params"])
             space = WeightSpace.from_dict(json.loads(meta["space"]))
-        except (SafetensorError, KeyError, ValueError, OSError) as exc:
+        except (SafetensorError, KeyError, ValueError, TypeError, AttributeError,
+                OSError) as exc:
             raise PredictorError(f"{str(path)!r} is not a gensight mask predictor: "
                                  f"{exc}") from None
-        params["channels"] = tuple(params["channels"])
-        est = cls(**params)
-        model = est._make_model(space).to(next(iter(state.values())).dtype)
-        model.load_state_dict(state)
-        est.space_, est.model_ = space, model.eval()
-        est.rounds_ = json.loads(meta.get("rounds", "[]"))
-        est.counts_ = json.loads(meta.get("counts", "[]"))
-        est.history_ = json.loads(meta.get("history", "[]"))
+        try:
+            if not isinstance(params, dict):
+                raise TypeError(f"its params are a {type(params).__name__}, not a table")
+            if not state:
+                raise ValueError("it holds no tensors")
+            params["channels"] = tuple(params["channels"])
+            est = cls(**params)
+            model = est._make_model(space).to(next(iter(state.values())).dtype)
+            model.load_state_dict(state)
+            est.space_, est.model_ = space, model.eval()
+            est.rounds_ = json.loads(meta.get("rounds", "[]"))
+            est.counts_ = json.loads(meta.get("counts", "[]"))
+            est.history_ = json.loads(meta.get("history", "[]"))
+            est.activation_ = json.loads(meta.get("activation", '"relu"'))
+        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError, StopIteration,
+                PredictorError) as exc:
+            why = " ".join(str(exc).split())  # load_state_dict's message spans lines
+            raise PredictorError(f"{str(path)!r} is not a valid gensight mask predictor: "
+                                 f"{why[:300]}") from None
         return est
 
 

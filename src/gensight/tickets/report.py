@@ -27,27 +27,42 @@ from gensight.tickets.masks import magnitude_masks
 from gensight.tickets.predictor import MaskPredictor
 from gensight.tickets.store import TicketZoo
 
-MaskFn = Callable[[list[Tensor], list[Tensor], list[int], int], list[Tensor]]
+MaskFn = Callable[[list[Tensor], list[Tensor], list[int], int, list[int]], list[Tensor]]
 
 
 def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
-                 init_ids: Sequence[int], baselines: Sequence[str] = ("imp", "magnitude",
-                                                                       "random")
+                 init_ids: Sequence[int] | None = None,
+                 baselines: Sequence[str] = ("imp", "magnitude", "random")
                  ) -> dict[str, MaskFn]:
-    """``{name: fn(init_w, init_b, counts, round) -> masks}`` for the baselines and the
-    predictors."""
+    """``{name: fn(init_w, init_b, counts, round, init_ids) -> masks}`` for the baselines
+    and the predictors; :func:`evaluate_methods` passes the ids of the inits it evaluates
+    (``init_w``, ``init_b`` are theirs), and the stored masks (imp, random) are read for
+    those ids. ``init_ids`` (optional): the only inits the methods may be called with; a
+    call with others raises :class:`GensightError` instead of pairing masks and inits
+    that do not belong together."""
+    allowed = None if init_ids is None else [int(i) for i in init_ids]
+
+    def stored(kind: str) -> MaskFn:
+        def fn(w, b, c, k, ids):
+            ids = [int(i) for i in ids]
+            if allowed is not None and ids != allowed:
+                raise GensightError(f"mask method {kind!r} was made for inits "
+                                    f"{allowed[:5]}... but called with {ids[:5]}...; "
+                                    "pass the same init_ids to mask_methods and "
+                                    "evaluate_methods")
+            return zoo.masks(k, kind, ids)
+        return fn
+
     methods: dict[str, MaskFn] = {}
     for name in baselines:
-        if name == "imp":
-            methods[name] = lambda w, b, c, k: zoo.masks(k, "imp", init_ids)
-        elif name == "random":
-            methods[name] = lambda w, b, c, k: zoo.masks(k, "random", init_ids)
+        if name in ("imp", "random"):
+            methods[name] = stored(name)
         elif name == "magnitude":
-            methods[name] = lambda w, b, c, k: magnitude_masks(w, c)
+            methods[name] = lambda w, b, c, k, ids: magnitude_masks(w, c)
         else:
             raise GensightError(f"unknown baseline {name!r}; known: imp, magnitude, random")
     for name, pred in predictors.items():
-        methods[name] = lambda w, b, c, k, pred=pred: pred.predict(w, b, c)
+        methods[name] = lambda w, b, c, k, ids, pred=pred: pred.predict(w, b, c)
     return methods
 
 
@@ -69,7 +84,7 @@ def evaluate_methods(zoo: TicketZoo, methods: Mapping[str, MaskFn], init_ids: Se
         counts = zoo.counts[k]
         imp = zoo.masks(k, "imp", init_ids)
         for name, fn in methods.items():
-            masks = fn(init_w, init_b, list(counts), k)
+            masks = fn(init_w, init_b, list(counts), k, [int(i) for i in init_ids])
             inter = sum((a & b).flatten(1).sum(1) for a, b in zip(masks, imp, strict=True))
             union = sum((a | b).flatten(1).sum(1) for a, b in zip(masks, imp, strict=True))
             jobs.append((name, k, masks, (inter / union).tolist()))

@@ -13,11 +13,14 @@
       shards/shard-00000.parquet      one row per init, round and kind ("imp" | "random"):
                                       init_id, seed, round, kind, density, test_acc, val_acc;
                                       carries the SHA-256 of both files (written last)
+      damaged/                        shards that failed their hash check on resume, moved
+                                      aside (never deleted) and trained again
       .lock                           held while building
 
 Shards are written with :func:`gensight.zoo.store.write_shard` (atomic: temporary file,
 fsync, rename; the Parquet table marks a shard complete), so a killed build resumes at the
-first shard that is not complete, and every shard is checked against its hashes on load.
+first shard that is not complete; on resume every complete shard is checked against its
+hashes and a damaged one is moved to ``damaged/`` and trained again.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ def build_tickets(config: TicketsConfig, out: str | Path, *,
         atomic_write_bytes,
         complete_shards,
         is_leftover,
+        quarantine_shard,
         remove_temporaries,
         write_shard,
         zoo_lock,
@@ -127,6 +131,10 @@ def build_tickets(config: TicketsConfig, out: str | Path, *,
             if old["config_hash"] != manifest["config_hash"]:
                 raise TicketsStoreError(f"{str(root)!r} holds a tickets zoo of another config "
                                         f"({old['config']['name']!r}); use a new --out")
+            if old.get("counts") != manifest["counts"]:
+                raise TicketsStoreError(f"{str(root)!r}: its manifest's per-layer counts "
+                                        "differ from this config's pruning schedule (edited, "
+                                        "or built by another gensight); use a new --out")
         else:
             others = [n for n in os.listdir(root) if not is_leftover(n)]
             if others:
@@ -134,7 +142,12 @@ def build_tickets(config: TicketsConfig, out: str | Path, *,
                                         f"zoo (it holds {sorted(others)[:3]})")
             atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
         n_shards = manifest["n_shards"]
-        done_shards = set(complete_shards(root, n_shards))
+        done_shards = set()
+        for index in complete_shards(root, n_shards):
+            if _shard_problem(root, index) is None:
+                done_shards.add(index)
+            else:  # damaged: move it to damaged/ (never deleted) and train it again
+                quarantine_shard(root, index)
         per_shard = config.rounds + 1 + (1 if config.random_rounds else 0)
         total = n_shards * per_shard
         done = len(done_shards) * per_shard
@@ -168,6 +181,18 @@ def build_tickets(config: TicketsConfig, out: str | Path, *,
                 if progress is not None:
                     progress(done, total)
     return TicketZoo.open(root)
+
+
+def _shard_problem(root: Path, index: int) -> str | None:
+    """Why shard ``index`` cannot be read back (its table or tensors unreadable, or not
+    matching their content hashes), or None if it is intact."""
+    from gensight.zoo.store import ZooStoreError, load_shard_tensors, read_shard_rows
+
+    try:
+        load_shard_tensors(root, index, read_shard_rows(root, index).tensors_sha256)
+    except ZooStoreError as exc:
+        return str(exc)
+    return None
 
 
 def _shard_content(space: WeightSpace, ids: Sequence[int], seeds: Sequence[int],
@@ -213,11 +238,16 @@ class TicketZoo:
     space: WeightSpace
     counts: list[list[int]]
     table: pd.DataFrame
+    damaged: dict[int, str] = field(default_factory=dict)
     _tensors: dict[int, dict[str, Tensor]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, root: str | Path) -> TicketZoo:
-        """Open and check (content hashes of every complete shard) a tickets zoo."""
+    def open(cls, root: str | Path, *, strict: bool = True) -> TicketZoo:
+        """Open and check (content hashes of every complete shard's table) a tickets zoo.
+
+        A shard table that cannot be read or fails its hash raises
+        :class:`TicketsStoreError`; with ``strict=False`` it is left out of ``table`` and
+        listed in ``damaged`` (shard index -> why) instead."""
         from gensight.zoo.store import ZooStoreError, complete_shards, read_shard_rows
 
         root = Path(root)
@@ -227,16 +257,20 @@ class TicketZoo:
         config = TicketsConfig.from_dict(manifest["config"])
         space = WeightSpace.from_dict(manifest["space"])
         tables = []
+        damaged: dict[int, str] = {}
         for index in complete_shards(root, manifest["n_shards"]):
             try:
                 shard = read_shard_rows(root, index)
             except ZooStoreError as exc:
-                raise TicketsStoreError(str(exc)) from None
+                if strict:
+                    raise TicketsStoreError(str(exc)) from None
+                damaged[index] = str(exc)
+                continue
             tables.append(shard.rows.assign(shard=index))
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
             columns=["init_id", "seed", "round", "kind", "density", "test_acc", "val_acc",
                      "shard"])
-        return cls(root, manifest, config, space, manifest["counts"], table)
+        return cls(root, manifest, config, space, manifest["counts"], table, damaged)
 
     @property
     def init_ids(self) -> list[int]:
@@ -278,6 +312,8 @@ class TicketZoo:
               init_ids: Sequence[int] | None = None) -> list[Tensor]:
         """Bool masks ``(M, n_out, n_in)`` per layer of ``kind`` ("imp" | "random") at
         ``round_``."""
+        if kind not in ("imp", "random"):
+            raise TicketsStoreError(f"mask kind must be 'imp' or 'random'; got {kind!r}")
         rounds = (range(1, self.config.rounds + 1) if kind == "imp"
                   else self.config.random_rounds)
         if round_ not in rounds:
@@ -304,10 +340,12 @@ def verify_tickets(root: str | Path) -> list[str]:
     """Check every shard of a tickets zoo: content hashes, tensor keys and shapes, exact
     per-layer mask counts, nested IMP masks (each round's mask inside the previous one) and
     the rows. Returns the problems found (empty: the zoo is sound); missing shards are
-    reported as not built."""
+    reported as not built, damaged ones (unreadable, or not matching their hashes) as one
+    problem each (rerun ``gensight tickets build`` to move them to ``damaged/`` and redo
+    them). Raises :class:`TicketsStoreError` only when ``root`` is not a tickets zoo."""
     from gensight.zoo.store import complete_shards
 
-    zoo = TicketZoo.open(root)
+    zoo = TicketZoo.open(root, strict=False)
     problems: list[str] = []
     n_shards = zoo.manifest["n_shards"]
     built = set(complete_shards(zoo.root, n_shards))
@@ -316,10 +354,14 @@ def verify_tickets(root: str | Path) -> list[str]:
         if index not in built:
             problems.append(f"shard {index}: not built (rerun gensight tickets build)")
             continue
+        if index in zoo.damaged:
+            problems.append(f"shard {index}: {zoo.damaged[index]} (rerun gensight tickets "
+                            "build to redo it)")
+            continue
         try:
             tensors = zoo._shard(index)
         except TicketsStoreError as exc:
-            problems.append(str(exc))
+            problems.append(f"shard {index}: {exc} (rerun gensight tickets build to redo it)")
             continue
         n = min(cfg.shard_size, cfg.inits - index * cfg.shard_size)
         rows = zoo.table[zoo.table["shard"] == index]

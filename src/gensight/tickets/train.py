@@ -2,11 +2,12 @@
 
 All networks of a round train together as one population (``gensight.zoo.train``: one
 ``(M, P)`` parameter buffer, batched matmuls, :class:`~gensight.zoo.train.BatchedOptimizer`
-with ``torch.optim``'s update formulas). A mask is applied by multiplying the initial weights
-and every gradient by it before the optimizer step, so a pruned weight, its gradient and its
-optimizer state (momentum buffer, Adam moments) are exactly zero for the whole run; the
-weights are multiplied by the mask after every step as well (a no-op for SGD, Adam and
-RMSprop without L2, kept as a guard).
+with ``torch.optim``'s update formulas). A mask is applied by setting the pruned entries of
+the initial weights and of every gradient to exactly 0 (``masked_fill``, so a nan or inf
+from a diverging run never reaches them) before the optimizer step, so a pruned weight, its
+gradient and its optimizer state (momentum buffer, Adam moments, RMSprop's square average)
+are exactly zero for the whole run; the pruned weights are set to 0 after every step as well
+(a no-op for SGD, Adam and RMSprop without L2, kept as a guard).
 
 Member j's data order comes from a generator seeded with ``seeds[j] + 1`` and restarted at
 every training run, so every round of IMP sees the same order and each IMP mask is a
@@ -108,10 +109,12 @@ def train_masked(init_w: Sequence[Tensor], init_b: Sequence[Tensor],
                      [w.detach().clone() for w in init_w], [b.detach().clone() for b in init_b],
                      activation)
     flat = pop.flatten_()
-    fmask = None
+    pruned = None
     if masks is not None:
-        fmask = flat_masks(masks, [b.shape[1] for b in init_b], dtype)
-        flat.mul_(fmask)
+        # masked_fill (not a multiplication by the mask): 0 * nan is nan, so a diverging run
+        # would otherwise leave nan in pruned weights and their optimizer state
+        pruned = flat_masks(masks, [b.shape[1] for b in init_b], dtype) == 0
+        flat.masked_fill_(pruned, 0)
     params = pop.parameters()
     for p in params:
         p.requires_grad_(True)
@@ -126,11 +129,11 @@ def train_masked(init_w: Sequence[Tensor], init_b: Sequence[Tensor],
             grads = torch.autograd.grad(population_loss(pop, gather(x, idx), gather(y, idx)),
                                         params)
             torch.cat([g.reshape(m, -1) for g in grads], 1, out=grad)
-            if fmask is not None:
-                grad.mul_(fmask)
+            if pruned is not None:
+                grad.masked_fill_(pruned, 0)
                 opt.step(grad)
                 with torch.no_grad():
-                    flat.mul_(fmask)
+                    flat.masked_fill_(pruned, 0)
             else:
                 opt.step(grad)
             if on_step is not None:
