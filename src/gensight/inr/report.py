@@ -27,8 +27,8 @@ def _png(fig) -> bytes:
 
 
 def renderings_png(zoo, count: int = 8) -> bytes:
-    """The first test SIREN of each of the first ``count`` labels of ``zoo``, rendered at the image size (top) and at
-    twice it (bottom), as a PNG."""
+    """The first test SIREN of each of the first ``count`` labels of ``zoo``, rendered at
+    the image size (top) and at twice it (bottom), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
