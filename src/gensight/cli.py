@@ -11,6 +11,7 @@ Subcommands:
   merge       align and merge networks (weight/activation matching, FLEET-MERGE rounds)
   mix         train byte-level LMs under a data-mixture policy (ADO, ODM, ...) and report
   tickets     IMP zoos and winning-ticket masks predicted from the initialization
+  lopt        meta-train learned optimizers (per-parameter, Deep Sets, NFN, UNF) and compare
   estimate    label-free accuracy estimates on a shifted set (zoo logits or logits files)
   measures    complexity measures of every member of a zoo, as a table
   predict     fit and score predictors of generalization on a seeded split of a zoo
@@ -495,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_example)
 
     from gensight.inr.cli import register as register_inr
+    from gensight.lopt.cli import register as register_lopt
     from gensight.merge.cli import register as register_merge
     from gensight.mixing.cli import register as register_mixing
     from gensight.tickets.cli import register as register_tickets
@@ -505,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_merge(sub)
     register_mixing(sub)
     register_tickets(sub)
+    register_lopt(sub)
 
     est = sub.add_parser(
         "estimate", help="label-free accuracy estimates under distribution shift",

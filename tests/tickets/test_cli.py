@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import gensight.cli as gcli
-from gensight.tickets.cli import register
 
 torch.set_num_threads(1)
 
@@ -24,21 +23,6 @@ hidden = [5]
 epochs = 1
 batch_size = 256
 """
-
-
-@pytest.fixture(autouse=True)
-def with_tickets(monkeypatch):
-    """``gensight.cli.main`` with the tickets subcommands registered (the lead adds the
-    registration line to cli.py)."""
-    original = gcli.build_parser
-
-    def build_parser():
-        parser = original()
-        if "tickets" not in parser._subparsers._group_actions[0].choices:
-            register(parser._subparsers._group_actions[0])
-        return parser
-
-    monkeypatch.setattr(gcli, "build_parser", build_parser)
 
 
 def test_build_eval_predict(tmp_path, capsys):

@@ -1,0 +1,229 @@
+"""``gensight lopt train`` and ``gensight lopt eval``: registered by :func:`register` on the
+main parser. Only argparse is imported here; torch loads when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _int(name: str, value: str, minimum: int = 1) -> int:
+    from gensight.lopt.errors import LoptError
+
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        v = minimum - 1
+    if v < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise LoptError(f"{name} must be {kind} integer; got {value!r}")
+    return v
+
+
+def _float(name: str, value: str) -> float:
+    from gensight.lopt.errors import LoptError
+
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0 < v < float("inf"):
+        raise LoptError(f"{name} must be a positive number; got {value!r}")
+    return v
+
+
+def _progress(err, quiet: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gensight.lopt.errors import LoptError
+    from gensight.lopt.meta import CHECKPOINT, ESTIMATORS, MetaConfig, MetaTrainer
+    from gensight.lopt.nets import KINDS
+    from gensight.lopt.optimizer import LOptConfig
+    from gensight.lopt.tasks import TASKS
+
+    if args.f not in KINDS:
+        raise LoptError(f"--f: unknown learned optimizer {args.f!r}; choose from "
+                        f"{', '.join(KINDS)}")
+    if args.task not in TASKS:
+        raise LoptError(f"--task: unknown task {args.task!r}; choose from {', '.join(TASKS)}")
+    if args.estimator not in ESTIMATORS:
+        raise LoptError(f"--estimator: unknown estimator {args.estimator!r}; choose from "
+                        f"{', '.join(ESTIMATORS)}")
+    if args.symmetry not in ("np", "hnp"):
+        raise LoptError(f"--symmetry must be 'np' or 'hnp'; got {args.symmetry!r}")
+    ints = {k: _int(f"--{k.replace('_', '-')}", getattr(args, k))
+            for k in ("population", "unroll", "horizon", "meta_steps", "hidden", "layers",
+                      "checkpoint_every")}
+    if args.estimator != "tbptt" and ints["population"] % 2:
+        raise LoptError(f"--population must be even for --estimator {args.estimator} "
+                        f"(antithetic pairs); got {ints['population']}")
+    if ints["horizon"] % ints["unroll"]:
+        raise LoptError(f"--horizon ({ints['horizon']}) must be a multiple of --unroll "
+                        f"({ints['unroll']})")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(_int("--threads", args.threads))
+    lcfg = LOptConfig(f=args.f, hidden=ints["hidden"], layers=ints["layers"],
+                      symmetry=args.symmetry)
+    mcfg = MetaConfig(task=args.task, estimator=args.estimator,
+                      population=ints["population"], unroll=ints["unroll"],
+                      horizon=ints["horizon"], meta_steps=ints["meta_steps"],
+                      meta_lr=_float("--meta-lr", args.meta_lr), sigma=_float("--sigma",
+                                                                               args.sigma),
+                      second_order=args.second_order, seed=_int("--seed", args.seed, 0),
+                      checkpoint_every=ints["checkpoint_every"])
+    out = Path(args.out)
+    err = Console(stderr=True)
+    trainer = MetaTrainer(lcfg, mcfg, out)
+    resumed = (out / CHECKPOINT).exists()
+    n_phi = sum(p.numel() for p in trainer.lopt.parameters())
+    err.print(f"lopt train: f={lcfg.f} ({n_phi:,} meta-parameters) on {mcfg.task}, "
+              f"{mcfg.estimator}, {mcfg.meta_steps} meta-steps x {mcfg.unroll} inner steps x "
+              f"{mcfg.population} inner runs" + (f"; resuming from {out / CHECKPOINT}"
+                                                 if resumed else ""), markup=False)
+    with _progress(err, args.quiet) as bar:
+        task = bar.add_task(f"{lcfg.f}", total=mcfg.meta_steps)
+
+        def progress(step: int, total: int, row: dict) -> None:
+            bar.update(task, completed=step,
+                       description=f"{lcfg.f} meta-loss {row['meta_loss']:.3f}")
+
+        res = trainer.run(progress)
+    hist = res["history"]
+    tail = hist[-min(10, len(hist)):]
+    mean = sum(r["meta_loss"] for r in tail) / max(1, len(tail))
+    s = res["scalars"]
+    print(f"{out / CHECKPOINT}: meta-step {res['step']}, meta-loss (last {len(tail)}) "
+          f"{mean:.4f}, alpha {s['alpha']:.4g} beta {s['beta']:.4g} gamma {s['gamma']:.4g}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from gensight.lopt.errors import LoptError
+    from gensight.lopt.evaluate import LR_GRID, compare
+    from gensight.lopt.meta import load_lopt
+    from gensight.lopt.report import write_report
+    from gensight.lopt.tasks import TASKS, make_task
+
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()] if args.task else []
+    for t in tasks:
+        if t not in TASKS:
+            raise LoptError(f"--task: unknown task {t!r}; choose from {', '.join(TASKS)}")
+    steps = _int("--steps", args.steps)
+    seeds = _int("--seeds", args.seeds)
+    tune = _int("--tune-seeds", args.tune_seeds)
+    grid = LR_GRID
+    if args.lr_grid:
+        grid = tuple(_float("--lr-grid", v) for v in args.lr_grid.split(",") if v.strip())
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(_int("--threads", args.threads))
+    names = []
+    for ck in args.checkpoints:
+        p = Path(ck)
+        names.append(p.name if p.is_dir() else p.parent.name or p.stem)
+    if len(set(names)) != len(names):
+        names = [f"{n} #{i}" for i, n in enumerate(names)]
+    loaded_tasks = {}
+    first_task = None
+    for ck in args.checkpoints:
+        _, info = load_lopt(ck)  # validates every checkpoint before any training
+        first_task = first_task or info["meta_config"]["task"]
+    tasks = tasks or [first_task or "digits-mlp"]
+    err = Console(stderr=True)
+    results = {}
+    with _progress(err, args.quiet) as bar:
+        job = bar.add_task("eval", total=len(tasks) * (len(args.checkpoints) + 2))
+        for t in tasks:
+            task = loaded_tasks.setdefault(t, make_task(t))
+            lopts = {}
+            for ck, name in zip(args.checkpoints, names, strict=True):
+                lopt, info = load_lopt(ck, task)
+                lopts[f"{info['lopt_config'].f}: {name}"] = lopt
+
+            def progress(what: str, t=t) -> None:
+                bar.update(job, advance=1, description=f"{t}: {what}")
+
+            results[t] = compare(task, lopts, steps, seeds, tune, grid,
+                                 baselines=() if args.no_baselines else ("adam", "sgdm"),
+                                 progress=progress)
+    for t, curves in results.items():
+        table = Table(title=f"{t}: after {steps} inner steps, {seeds} held-out seeds")
+        for col in ("optimizer", "train loss", "test acc", "s"):
+            table.add_column(col, justify="left" if col == "optimizer" else "right")
+        for c in curves:
+            s = c.summary()
+            table.add_row(c.name, f"{s['train_loss']:.4f} ± {s['train_loss_std']:.4f}",
+                          f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f}",
+                          f"{s['seconds']:.1f}")
+        Console().print(table)
+    page = write_report(results, args.out)
+    print(f"report: {page}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``lopt`` (``train``, ``eval``) to the main parser's subcommands ``sub``."""
+    lo = sub.add_parser("lopt", help="learned optimizers on weight space (per-parameter, "
+                        "Deep Sets, NFN, UNF): meta-train and evaluate")
+    lsub = lo.add_subparsers(dest="lopt_command", required=True)
+    t = lsub.add_parser("train", help="meta-train a learned optimizer (resumable)")
+    t.add_argument("--f", default="unf", help="none | mlp | deepsets | nfn | unf")
+    t.add_argument("--task", default="digits-mlp", help="digits-mlp | digits-mlp-wide | "
+                   "mnist5k-mlp | digits-cnn | python-rnn")
+    t.add_argument("--out", required=True, help="output directory (a checkpoint there is "
+                   "resumed)")
+    t.add_argument("--estimator", default="tbptt", help="tbptt | es | pes")
+    t.add_argument("--population", default="8", help="inner runs trained at once")
+    t.add_argument("--unroll", default="10", help="inner steps per meta-step (truncation)")
+    t.add_argument("--horizon", default="200", help="inner steps before inner runs restart")
+    t.add_argument("--meta-steps", default="200")
+    t.add_argument("--meta-lr", default="3e-3")
+    t.add_argument("--sigma", default="0.01", help="ES perturbation scale")
+    t.add_argument("--hidden", default="32", help="width of f")
+    t.add_argument("--layers", default="3", help="linear layers of f")
+    t.add_argument("--symmetry", default="np", help="np | hnp (nfn/unf)")
+    t.add_argument("--second-order", action="store_true",
+                   help="TBPTT through the inner gradients too (slower, exact)")
+    t.add_argument("--seed", default="0")
+    t.add_argument("--checkpoint-every", default="25")
+    t.add_argument("--threads", default=None, help="torch threads")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+    e = lsub.add_parser("eval", help="compare learned optimizers with tuned Adam and SGD+"
+                        "momentum on held-out seeds; writes an HTML report")
+    e.add_argument("checkpoints", nargs="+", help="run directories or lopt.safetensors files")
+    e.add_argument("--task", default=None, help="task(s), comma-separated (default: the "
+                   "first checkpoint's training task)")
+    e.add_argument("--steps", default="300", help="inner steps")
+    e.add_argument("--seeds", default="5", help="held-out seeds")
+    e.add_argument("--tune-seeds", default="3", help="seeds for the learning-rate grid")
+    e.add_argument("--lr-grid", default=None, help="comma-separated learning rates")
+    e.add_argument("--no-baselines", action="store_true", help="skip Adam and SGD+momentum")
+    e.add_argument("--out", default="lopt-report.html")
+    e.add_argument("--threads", default=None, help="torch threads")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_eval)

@@ -1,0 +1,160 @@
+"""Meta-test: train held-out optimizees with learned and hand-designed optimizers.
+
+Every optimizer trains the same ``S`` members (one per seed, same initialisations, same
+minibatch sequence: common random numbers) for ``steps`` inner steps, batched over seeds. Recorded
+per member: the minibatch training loss after every step (the curve), and at the end the loss
+on the training split and the accuracy on the test split (at most ``limit`` examples each).
+
+Baselines: Adam (``torch.optim.Adam`` defaults, eps 1e-8) and SGD with momentum 0.9 (torch
+form), each tuned on a learning-rate grid by the mean final training-split loss on *tuning*
+seeds that differ from the evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gensight.lopt.meta import inner_grads
+from gensight.lopt.optimizer import LOpt
+from gensight.lopt.tasks import Task
+
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+EVAL_SEED0 = 10_000_000
+"""Evaluation members use seeds from here on (meta-training uses ``seed * 1_000_003 + i``
+with far fewer members), so they are held out."""
+TUNE_SEED0 = 20_000_000
+
+
+@dataclass
+class Curve:
+    """One optimizer on one task: ``losses (S, steps)`` minibatch losses after each step;
+    ``train_loss``, ``test_loss``, ``test_acc`` ``(S,)`` at the end."""
+
+    name: str
+    losses: Tensor
+    train_loss: Tensor
+    test_loss: Tensor
+    test_acc: Tensor
+    lr: float | None
+    seconds: float
+
+    def summary(self) -> dict:
+        def ms(t: Tensor) -> tuple[float, float]:
+            return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
+
+        tl, tls = ms(self.train_loss)
+        ta, tas = ms(self.test_acc)
+        return {"optimizer": self.name, "lr": self.lr, "train_loss": tl, "train_loss_std": tls,
+                "test_acc": ta, "test_acc_std": tas, "seconds": self.seconds}
+
+
+def _adam_step(lr: float) -> Callable:
+    def step(params, grads, state, t):
+        out = {}
+        for k, p in params.items():
+            g = grads[k]
+            m = state.setdefault(f"m:{k}", torch.zeros_like(p))
+            v = state.setdefault(f"v:{k}", torch.zeros_like(p))
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            mh = m / (1 - 0.9 ** t)
+            vh = v / (1 - 0.999 ** t)
+            out[k] = p - lr * mh / (vh.sqrt() + 1e-8)
+        return out
+    return step
+
+
+def _sgdm_step(lr: float, momentum: float = 0.9) -> Callable:
+    def step(params, grads, state, t):
+        out = {}
+        for k, p in params.items():
+            buf = state.get(f"m:{k}")
+            buf = grads[k].clone() if buf is None else buf.mul_(momentum).add_(grads[k])
+            state[f"m:{k}"] = buf
+            out[k] = p - lr * buf
+        return out
+    return step
+
+
+def train_members(task: Task, seeds: Sequence[int], steps: int, optimizer: str | LOpt,
+                  lr: float | None = None, *, batch_seed: int = 0, name: str | None = None,
+                  limit: int = 2000, dtype: torch.dtype = torch.float32) -> Curve:
+    """Train ``len(seeds)`` members of ``task`` for ``steps`` steps with ``optimizer``
+    (``"adam"``, ``"sgdm"`` with ``lr``, or a :class:`LOpt`)."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(batch_seed)
+    params = task.init(list(seeds), dtype)
+    if isinstance(optimizer, LOpt):
+        lopt = optimizer
+        state = lopt.init_state(params)
+
+        def step(p, g, _s, _t):
+            nonlocal state
+            new, state = lopt.update(p, g, state)
+            return new
+    else:
+        step = {"adam": _adam_step, "sgdm": _sgdm_step}[optimizer](float(lr))
+    opt_state: dict = {}
+    losses = torch.full((len(seeds), steps), math.nan)
+    batch = task.sample(len(seeds), gen, dtype)
+    for t in range(1, steps + 1):
+        p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            _, grads = inner_grads(task, p, batch, create_graph=False)
+        with torch.no_grad():
+            params = step({k: v.detach() for k, v in p.items()}, grads, opt_state, t)
+            batch = task.sample(len(seeds), gen, dtype)
+            loss = task.loss(params, batch)
+        losses[:, t - 1] = loss.float()
+        if not bool(torch.isfinite(loss).all()):
+            break
+    train_loss, _ = task.evaluate(params, "train", limit)
+    test_loss, test_acc = task.evaluate(params, "test", limit)
+    nan = torch.full_like(train_loss, math.nan)
+    ok = torch.isfinite(train_loss)
+    return Curve(name or (optimizer if isinstance(optimizer, str) else optimizer.config.f),
+                 losses, torch.where(ok, train_loss, nan).float(),
+                 torch.where(ok, test_loss, nan).float(), test_acc.float(), lr,
+                 time.perf_counter() - t0)
+
+
+def tune_lr(task: Task, optimizer: str, steps: int, seeds: Sequence[int],
+            grid: Sequence[float] = LR_GRID, batch_seed: int = 1) -> tuple[float, dict]:
+    """The grid learning rate with the lowest mean final training-split loss on ``seeds``
+    (diverged runs count as infinite). Returns ``(lr, {lr: loss})``."""
+    scores = {}
+    for lr in grid:
+        c = train_members(task, seeds, steps, optimizer, lr, batch_seed=batch_seed)
+        v = float(c.train_loss.mean())
+        scores[lr] = v if math.isfinite(v) else math.inf
+    best = min(scores, key=scores.get)
+    return best, scores
+
+
+def compare(task: Task, lopts: Mapping[str, LOpt], steps: int, n_seeds: int = 5,
+            tune_seeds: int = 3, grid: Sequence[float] = LR_GRID, batch_seed: int = 0,
+            baselines: Sequence[str] = ("adam", "sgdm"),
+            progress: Callable[[str], None] | None = None) -> list[Curve]:
+    """All learned optimizers ``lopts`` and the tuned baselines on held-out seeds."""
+    seeds = [EVAL_SEED0 + i for i in range(n_seeds)]
+    tune = [TUNE_SEED0 + i for i in range(tune_seeds)]
+    curves = []
+    for name, lopt in lopts.items():
+        if progress:
+            progress(name)
+        with torch.no_grad():
+            curves.append(train_members(task, seeds, steps, lopt, batch_seed=batch_seed,
+                                        name=name))
+    for base in baselines:
+        if progress:
+            progress(f"{base} (tuning lr)")
+        lr, _ = tune_lr(task, base, steps, tune, grid)
+        curves.append(train_members(task, seeds, steps, base, lr, batch_seed=batch_seed,
+                                    name=f"{base} (lr {lr:g})"))
+    return curves

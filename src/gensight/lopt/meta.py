@@ -1,0 +1,448 @@
+"""Meta-training learned optimizers: truncated backprop and antithetic (persistent) ES.
+
+A population of ``P`` inner runs (optimizees of one :class:`~gensight.lopt.tasks.Task`) is
+trained at once, batched on a leading axis. Each meta-step unrolls ``K = unroll`` inner steps
+from the current inner state and forms the **meta-loss**: the mean over the ``K`` steps and the
+population of the inner training (minibatch) loss after each update,
+``L(phi) = 1/K sum_{k=1..K} mean_P loss(theta_k)``. Inner runs restart from fresh
+initialisations (new seeds) every ``horizon`` inner steps (all members together).
+
+Estimators of ``dL/dphi`` (``estimator``):
+
+* ``tbptt`` -- truncated backpropagation through the ``K`` unrolled steps. With
+  ``second_order=False`` (default, standard in learned-optimizer training) the inner gradients
+  ``g_k`` are treated as data (no backprop through ``d theta_k / d phi`` inside ``g``); with
+  ``second_order=True`` the inner gradients are built with ``create_graph=True`` and the
+  estimate is the exact gradient of the truncated meta-loss (checked against finite
+  differences in the tests).
+* ``es`` -- antithetic evolution strategies (Salimans et al. 2017): ``N = P / 2`` pairs of
+  perturbations ``phi +- eps_j``, ``eps_j ~ N(0, sigma^2 I)``; pair ``j``'s two particles start
+  from the same inner state and see the same minibatches;
+  ``g = 1/(2 N sigma^2) sum_j (L(phi + eps_j) - L(phi - eps_j)) eps_j``, an unbiased estimate
+  of the gradient of the Gaussian-smoothed meta-loss. After the unroll both particles of a pair
+  continue from the ``+`` particle's state (a documented choice; the truncation bias of
+  non-persistent ES remains).
+* ``pes`` -- persistent ES (Vicol, Metz, Sohl-Dickstein 2021, "Unbiased gradient estimation in
+  unrolled computation graphs with persistent evolution strategies", Eq. 5, antithetic form):
+  every particle keeps its own inner state (the two particles of a pair start from the same
+  initialisation and see the same minibatches); the perturbations are accumulated,
+  ``xi_j += eps_j``, and ``g = 1/(2 N sigma^2) sum_j (L_j^+ - L_j^-) xi_j``; ``xi`` resets
+  when the inner runs restart. This removes the truncation bias.
+
+The UNF paper (arXiv 2402.05232, Sec. 4) meta-trains its learned optimizers with an ES-type
+estimator; we could not check its exact settings, so TBPTT is the CPU default here and ES/PES
+are offered at the same budget (documented choice).
+
+``phi`` is updated with Adam (our own, so its state is checkpointed exactly) and global-norm
+gradient clipping. Checkpoints (``lopt.safetensors``) hold ``phi``, Adam's moments, the inner
+population (parameters, optimizer state, PES noise), the random generator and the history;
+they are written atomically (temp file + ``os.replace``) and a rerun with the same
+configuration resumes from them, giving the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gensight.lopt.errors import LoptError
+from gensight.lopt.optimizer import LOpt, LOptConfig
+from gensight.lopt.tasks import Task, make_task
+
+CHECKPOINT = "lopt.safetensors"
+ESTIMATORS = ("tbptt", "es", "pes")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """Meta-training settings (see module docstring). ``population`` is ``P`` (for ES/PES
+    ``2 x pairs``, so it must be even)."""
+
+    task: str = "digits-mlp"
+    estimator: str = "tbptt"
+    population: int = 8
+    unroll: int = 10
+    horizon: int = 200
+    meta_steps: int = 200
+    meta_lr: float = 3e-3
+    clip: float = 1.0
+    sigma: float = 0.01
+    second_order: bool = False
+    seed: int = 0
+    checkpoint_every: int = 25
+    dtype: str = "float32"
+
+    def check(self) -> MetaConfig:
+        if self.estimator not in ESTIMATORS:
+            raise LoptError(f"estimator must be one of {', '.join(ESTIMATORS)}; got "
+                            f"{self.estimator!r}")
+        for name in ("population", "unroll", "horizon", "meta_steps", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise LoptError(f"{name} must be a positive integer; got {v!r}")
+        if self.estimator != "tbptt" and self.population % 2:
+            raise LoptError(f"population must be even for estimator {self.estimator!r} "
+                            f"(antithetic pairs); got {self.population}")
+        if self.horizon % self.unroll:
+            raise LoptError(f"horizon ({self.horizon}) must be a multiple of unroll "
+                            f"({self.unroll})")
+        for name in ("meta_lr", "clip", "sigma"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 < v < math.inf):
+                raise LoptError(f"{name} must be a positive number; got {v!r}")
+        if self.dtype not in _DTYPES:
+            raise LoptError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
+        return self
+
+
+# --- the unroll -----------------------------------------------------------------------------
+
+def inner_grads(task: Task, params: dict[str, Tensor], batch, create_graph: bool
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-member loss ``(P,)`` and gradients ``{key: (P, *shape)}`` (members are
+    independent, so the gradient of the summed loss is every member's own gradient)."""
+    loss = task.loss(params, batch)
+    grads = torch.autograd.grad(loss.sum(), list(params.values()), create_graph=create_graph,
+                                retain_graph=True)
+    g = dict(zip(params, grads, strict=True))
+    if not create_graph:
+        g = {k: v.detach() for k, v in g.items()}
+    return loss, g
+
+
+def unroll(lopt: LOpt, task: Task, params: dict[str, Tensor], state: dict[str, Tensor],
+           batches: list, *, phi: dict[str, Tensor] | None = None, second_order: bool = False,
+           track: bool = True) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Run ``len(batches) - 1`` inner steps; returns ``(losses (K, P), params, state)`` where
+    ``losses[k]`` is the minibatch loss on ``batches[k + 1]`` after ``k + 1`` updates.
+
+    ``track``: keep the autograd graph to ``lopt``'s parameters (TBPTT); otherwise the
+    learned optimizer runs without graph (ES)."""
+    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    state = {k: v.detach() for k, v in state.items()}
+    losses = []
+    for i, batch in enumerate(batches):
+        with torch.enable_grad():
+            loss, grads = inner_grads(task, params, batch, create_graph=second_order and track)
+        if i:
+            losses.append(loss if track else loss.detach())
+        if i == len(batches) - 1:
+            break
+        if track:
+            params, state = lopt.update(params, grads, state, phi)
+            # under torch.no_grad (e.g. finite differences) the new params are plain tensors
+            params = {k: v if v.requires_grad else v.requires_grad_(True)
+                      for k, v in params.items()}
+        else:
+            with torch.no_grad():
+                new, state = lopt.update({k: v.detach() for k, v in params.items()}, grads,
+                                         state, phi)
+            params = {k: v.requires_grad_(True) for k, v in new.items()}
+    return torch.stack(losses), params, state
+
+
+def antithetic_es_gradient(fn: Callable[[Tensor], Tensor], theta: Tensor, sigma: float,
+                           pairs: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Antithetic ES estimate of ``grad E[fn]`` at ``theta (D,)``.
+
+    ``fn`` maps ``(2 * pairs, D)`` parameter rows (rows ``0..pairs-1`` are ``theta + eps_j``,
+    rows ``pairs..`` are ``theta - eps_j``) to losses ``(2 * pairs,)``. Returns
+    ``(gradient (D,), eps (pairs, D))``;
+    ``g = sum_j (L_j^+ - L_j^-) eps_j / (2 * pairs * sigma^2)`` (Salimans et al. 2017, with
+    antithetic sampling). For a quadratic its mean is exactly the gradient."""
+    eps = sigma * torch.randn(pairs, theta.numel(), generator=generator, dtype=theta.dtype)
+    losses = fn(torch.cat([theta + eps, theta - eps]))
+    diff = losses[:pairs] - losses[pairs:]
+    return (diff.unsqueeze(1) * eps).sum(0) / (2 * pairs * sigma * sigma), eps
+
+
+# --- meta-trainer -------------------------------------------------------------------------
+
+def _flat(lopt: LOpt) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in lopt.parameters()])
+
+
+def _unflat_stacked(lopt: LOpt, rows: Tensor) -> dict[str, Tensor]:
+    out, start = {}, 0
+    for n, p in lopt.named_parameters():
+        out[n] = rows[:, start:start + p.numel()].reshape(rows.shape[0], *p.shape)
+        start += p.numel()
+    return out
+
+
+class MetaTrainer:
+    """Meta-trains one :class:`LOpt` on one task; :meth:`run` resumes from ``out``.
+
+    Args:
+        lopt_config: the learned optimizer's architecture.
+        config: :class:`MetaConfig`.
+        out: directory of the checkpoint (created); ``None`` keeps nothing on disk.
+    """
+
+    def __init__(self, lopt_config: LOptConfig, config: MetaConfig,
+                 out: str | Path | None = None, task: Task | None = None):
+        self.cfg = config.check()
+        self.lcfg = lopt_config.check()
+        self.dtype = _DTYPES[config.dtype]
+        self.task = task if task is not None else make_task(config.task)
+        self.out = None if out is None else Path(out)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.lopt = LOpt(self.lcfg, self.task.template()).to(self.dtype)
+        self.adam_m = [torch.zeros_like(p) for p in self.lopt.parameters()]
+        self.adam_v = [torch.zeros_like(p) for p in self.lopt.parameters()]
+        self.step = 0
+        self.episode = 0
+        self.history: list[dict] = []
+        self.xi: Tensor | None = None
+        self._reset_inner()
+
+    # -- inner population --
+    @property
+    def _n_states(self) -> int:
+        return self.cfg.population // 2 if self.cfg.estimator == "es" else self.cfg.population
+
+    def _reset_inner(self) -> None:
+        n = self._n_states
+        base = self.cfg.seed * 1_000_003 + self.episode * n
+        if self.cfg.estimator == "pes":  # both particles of a pair start from one init
+            half = self.task.init([base + i for i in range(n // 2)], self.dtype)
+            self.params = {k: torch.cat([v, v]) for k, v in half.items()}
+        else:
+            self.params = self.task.init([base + i for i in range(n)], self.dtype)
+        self.state = self.lopt.init_state(self.params)
+        self.inner_step = 0
+        if self.cfg.estimator == "pes":
+            self.xi = torch.zeros(self.cfg.population // 2, _flat(self.lopt).numel(),
+                                  dtype=self.dtype)
+
+    def _batches(self, n: int, repeat: int = 1) -> list:
+        out = []
+        for _ in range(self.cfg.unroll + 1):
+            b = self.task.sample(n, self.gen, self.dtype)
+            if repeat > 1:
+                b = type(b)(b.x.repeat(repeat, *([1] * (b.x.dim() - 1))),
+                            b.y.repeat(repeat, *([1] * (b.y.dim() - 1))))
+            out.append(b)
+        return out
+
+    # -- one meta-step per estimator --
+    def _tbptt(self) -> tuple[float, Tensor]:
+        batches = self._batches(self.cfg.population)
+        losses, params, state = unroll(self.lopt, self.task, self.params, self.state, batches,
+                                       second_order=self.cfg.second_order)
+        meta = losses.mean()
+        grads = torch.autograd.grad(meta, list(self.lopt.parameters()), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g
+                 for g, p in zip(grads, self.lopt.parameters(), strict=True)]
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.state = {k: v.detach() for k, v in state.items()}
+        return float(meta.detach()), torch.cat([g.reshape(-1) for g in grads])
+
+    def meta_step(self) -> dict:
+        """One meta-step: estimate, clip, Adam-update ``phi``; returns the history row."""
+        if self.cfg.estimator == "tbptt":
+            meta, grad = self._tbptt()
+        else:
+            meta, grad = self._es_step()
+        finite = bool(torch.isfinite(grad).all()) and math.isfinite(meta)
+        gnorm = float(grad.norm()) if finite else float("nan")
+        if finite:
+            if gnorm > self.cfg.clip:
+                grad = grad * (self.cfg.clip / gnorm)
+            self._adam(grad)
+        self.step += 1
+        self.inner_step += self.cfg.unroll
+        if self.inner_step >= self.cfg.horizon or not finite or not all(
+                bool(torch.isfinite(v).all()) for v in self.params.values()):
+            self.episode += 1
+            self._reset_inner()
+        row = {"step": self.step, "meta_loss": meta, "grad_norm": gnorm, "skipped": not finite,
+               **self.lopt.scalars()}
+        self.history.append(row)
+        return row
+
+    def _es_step(self) -> tuple[float, Tensor]:
+        pairs = self.cfg.population // 2
+        persistent = self.cfg.estimator == "pes"
+        batches = self._batches(pairs, repeat=2)
+        if persistent:
+            params, state = self.params, self.state
+        else:
+            params = {k: torch.cat([v, v]) for k, v in self.params.items()}
+            state = {k: torch.cat([v, v]) for k, v in self.state.items()}
+        out: dict = {}
+
+        def fn(rows: Tensor) -> Tensor:
+            phi = _unflat_stacked(self.lopt, rows)
+            losses, p2, s2 = unroll(self.lopt, self.task, params, state, batches, phi=phi,
+                                    track=False)
+            out["params"], out["state"] = p2, s2
+            per = losses.mean(0)
+            out["meta"] = float(per.mean())
+            return per
+
+        theta = _flat(self.lopt)
+        if persistent:
+            eps = self.cfg.sigma * torch.randn(pairs, theta.numel(), generator=self.gen,
+                                               dtype=theta.dtype)
+            self.xi = self.xi + eps
+            per = fn(torch.cat([theta + eps, theta - eps]))
+            grad = ((per[:pairs] - per[pairs:]).unsqueeze(1) * self.xi).sum(0) / (
+                2 * pairs * self.cfg.sigma ** 2)
+            self.params = {k: v.detach() for k, v in out["params"].items()}
+            self.state = {k: v.detach() for k, v in out["state"].items()}
+        else:
+            grad, _ = antithetic_es_gradient(fn, theta, self.cfg.sigma, pairs, self.gen)
+            self.params = {k: v[:pairs].detach() for k, v in out["params"].items()}
+            self.state = {k: v[:pairs].detach() for k, v in out["state"].items()}
+        return out["meta"], grad
+
+    def _adam(self, grad: Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+              ) -> None:
+        t = self.step + 1
+        start = 0
+        with torch.no_grad():
+            for p, m, v in zip(self.lopt.parameters(), self.adam_m, self.adam_v, strict=True):
+                g = grad[start:start + p.numel()].view_as(p)
+                start += p.numel()
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                mh = m / (1 - b1 ** t)
+                vh = v / (1 - b2 ** t)
+                p.sub_(self.cfg.meta_lr * mh / (vh.sqrt() + eps))
+
+    # -- loop and checkpoints --
+    def run(self, progress: Callable[[int, int, dict], None] | None = None) -> dict:
+        """Meta-train up to ``meta_steps`` (resuming from ``out``'s checkpoint if any)."""
+        if self.out is not None and (self.out / CHECKPOINT).exists():
+            self.load(self.out / CHECKPOINT)
+        while self.step < self.cfg.meta_steps:
+            row = self.meta_step()
+            if progress is not None:
+                progress(self.step, self.cfg.meta_steps, row)
+            if self.out is not None and (self.step % self.cfg.checkpoint_every == 0
+                                         or self.step == self.cfg.meta_steps):
+                self.save(self.out / CHECKPOINT)
+        return {"history": self.history, "scalars": self.lopt.scalars(), "step": self.step}
+
+    def _tensors(self) -> dict[str, Tensor]:
+        t: dict[str, Tensor] = {}
+        for (n, p), m, v in zip(self.lopt.named_parameters(), self.adam_m, self.adam_v,
+                                strict=True):
+            t[f"phi/{n}"] = p.detach()
+            t[f"adam_m/{n}"] = m
+            t[f"adam_v/{n}"] = v
+        for k, v in self.params.items():
+            t[f"inner_params/{k}"] = v
+        for k, v in self.state.items():
+            t[f"inner_state/{k}"] = v
+        if self.xi is not None:
+            t["pes_xi"] = self.xi
+        t["rng"] = self.gen.get_state()
+        return {k: v.contiguous() for k, v in t.items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (temp file + ``os.replace``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "gensight-lopt/1", "lopt_config": json.dumps(self.lcfg.to_dict()),
+                "meta_config": json.dumps(asdict(self.cfg)), "step": str(self.step),
+                "episode": str(self.episode), "inner_step": str(self.inner_step),
+                "history": json.dumps(self.history)}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self._tensors(), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore everything from a checkpoint written by :meth:`save` with the same
+        configuration (except ``meta_steps`` and ``checkpoint_every``, which may grow)."""
+        tensors, meta = read_checkpoint(path)
+        saved = json.loads(meta["meta_config"])
+        mine = asdict(self.cfg)
+        for k in mine:
+            if k in ("meta_steps", "checkpoint_every"):
+                continue
+            if saved.get(k) != mine[k]:
+                raise LoptError(f"checkpoint {path} was written with {k}={saved.get(k)!r}, not "
+                                f"{mine[k]!r}; use another --out or the same settings")
+        if json.loads(meta["lopt_config"]) != self.lcfg.to_dict():
+            raise LoptError(f"checkpoint {path} holds a different learned optimizer "
+                            f"({meta['lopt_config']}); use another --out or the same settings")
+        with torch.no_grad():
+            for (n, p), m, v in zip(self.lopt.named_parameters(), self.adam_m, self.adam_v,
+                                    strict=True):
+                p.copy_(tensors[f"phi/{n}"])
+                m.copy_(tensors[f"adam_m/{n}"])
+                v.copy_(tensors[f"adam_v/{n}"])
+        self.params = {k: tensors[f"inner_params/{k}"] for k in self.task.shapes}
+        self.state = {k[len("inner_state/"):]: v for k, v in tensors.items()
+                      if k.startswith("inner_state/")}
+        self.xi = tensors.get("pes_xi")
+        self.gen.set_state(tensors["rng"])
+        self.step = int(meta["step"])
+        self.episode = int(meta["episode"])
+        self.inner_step = int(meta["inner_step"])
+        self.history = json.loads(meta["history"])
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a ``lopt.safetensors`` checkpoint; a clear error if the file
+    is missing or is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise LoptError(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LoptError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
+    if meta.get("format") != "gensight-lopt/1":
+        raise LoptError(f"{path} is not a gensight learned-optimizer checkpoint (format "
+                        f"{meta.get('format')!r})")
+    return tensors, meta
+
+
+def load_lopt(path: str | Path, task: Task | None = None) -> tuple[LOpt, dict]:
+    """The meta-trained :class:`LOpt` of a checkpoint, rebuilt for ``task`` (default: the task
+    it was trained on; another task works when ``f``'s parameters do not depend on the widths,
+    e.g. ``np`` symmetry, otherwise a :class:`LoptError` names the mismatch). Returns
+    ``(lopt, info)`` with the configs and history."""
+    tensors, meta = read_checkpoint(path)
+    lcfg = LOptConfig.from_dict(json.loads(meta["lopt_config"]))
+    mcfg = json.loads(meta["meta_config"])
+    task = task if task is not None else make_task(mcfg["task"])
+    lopt = LOpt(lcfg, task.template()).to(_DTYPES[mcfg.get("dtype", "float32")])
+    state = {k[len("phi/"):]: v for k, v in tensors.items() if k.startswith("phi/")}
+    own = dict(lopt.named_parameters())
+    for n, p in own.items():
+        if n not in state or tuple(state[n].shape) != tuple(p.shape):
+            got = tuple(state[n].shape) if n in state else "missing"
+            raise LoptError(f"checkpoint {path}: parameter {n!r} is {got}, but f={lcfg.f!r} "
+                            f"on task {task.name!r} needs {tuple(p.shape)} (train with "
+                            "symmetry 'np' to transfer across widths)")
+    with torch.no_grad():
+        for n, p in own.items():
+            p.copy_(state[n])
+    return lopt, {"lopt_config": lcfg, "meta_config": mcfg,
+                  "history": json.loads(meta["history"]), "step": int(meta["step"])}

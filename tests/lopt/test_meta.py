@@ -1,0 +1,207 @@
+"""Meta-training: TBPTT gradient vs finite differences, ES mean on a quadratic, resume."""
+
+import pytest
+import torch
+from torch import nn
+
+from gensight.lopt import LOpt, LOptConfig, LoptError
+from gensight.lopt.meta import (
+    CHECKPOINT,
+    MetaConfig,
+    MetaTrainer,
+    antithetic_es_gradient,
+    load_lopt,
+    unroll,
+)
+from gensight.lopt.tasks import Batch, Task
+
+from .helpers import TinyMLPTask
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deepsets", "nfn", "unf", "none"])
+def test_tbptt_meta_gradient_matches_finite_differences(kind):
+    """Second-order TBPTT is the exact gradient of the truncated meta-loss (float64)."""
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f=kind, hidden=4, init_alpha=0.1, init_beta=0.3),
+                task.template()).double()
+    params = task.init([0, 1], torch.float64)
+    state = lopt.init_state(params)
+    gen = torch.Generator().manual_seed(5)
+    batches = [task.sample(2, gen, torch.float64) for _ in range(4)]  # 3 inner steps
+
+    def meta_loss():
+        losses, _, _ = unroll(lopt, task, params, state, batches, second_order=True)
+        return losses.mean()
+
+    named = dict(lopt.named_parameters())
+    grads = dict(zip(named, torch.autograd.grad(meta_loss(), list(named.values()),
+                                                allow_unused=True), strict=True))
+    coords = [("log_alpha", ()), ("log_gamma", ())]
+    if kind != "none":
+        coords += [("log_beta", ())]
+        first = next(n for n in named if n.startswith("f.") and named[n].dim() == 2)
+        coords += [(first, (0, 0)), (first, (1, 2))]
+    h = 1e-6
+    for name, idx in coords:
+        p = named[name]
+        with torch.no_grad():
+            old = p[idx].item()
+            p[idx] = old + h
+            up = meta_loss().item()
+            p[idx] = old - h
+            down = meta_loss().item()
+            p[idx] = old
+        fd = (up - down) / (2 * h)
+        got = grads[name][idx].item()
+        assert abs(got - fd) <= 1e-6 + 1e-5 * abs(fd), (name, idx, got, fd)
+        assert abs(fd) > 1e-8, (name, idx)  # the coordinate matters
+
+
+def test_first_order_tbptt_differs_from_second_order_but_agrees_in_sign_on_alpha():
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f="mlp", hidden=4), task.template()).double()
+    params = task.init([0, 1], torch.float64)
+    state = lopt.init_state(params)
+    gen = torch.Generator().manual_seed(5)
+    batches = [task.sample(2, gen, torch.float64) for _ in range(4)]
+    out = []
+    for second in (False, True):
+        losses, _, _ = unroll(lopt, task, params, state, batches, second_order=second)
+        out.append(torch.autograd.grad(losses.mean(), lopt.log_alpha)[0])
+    assert not torch.allclose(out[0], out[1])
+    assert torch.sign(out[0]) == torch.sign(out[1])
+
+
+def test_antithetic_es_mean_on_quadratic():
+    """For L = 1/2 (t - c)^T A (t - c) the antithetic estimate's mean is A (t - c)."""
+    g = torch.Generator().manual_seed(0)
+    d = 5
+    m = torch.randn(d, d, generator=g, dtype=torch.float64)
+    a = m @ m.T + torch.eye(d, dtype=torch.float64)
+    c = torch.randn(d, generator=g, dtype=torch.float64)
+    theta = torch.randn(d, generator=g, dtype=torch.float64)
+
+    def fn(rows):
+        r = rows - c
+        return 0.5 * ((r @ a) * r).sum(1)
+
+    true = a @ (theta - c)
+    ests = torch.stack([antithetic_es_gradient(fn, theta, 0.1, 50, g)[0] for _ in range(400)])
+    mean, sem = ests.mean(0), ests.std(0) / 400 ** 0.5
+    assert ((mean - true).abs() <= 4 * sem + 1e-12).all(), (mean, true, sem)
+    assert (mean - true).norm() < 0.05 * true.norm()
+    # sigma does not bias it (the quadratic terms cancel between the two antithetic halves)
+    big = torch.stack([antithetic_es_gradient(fn, theta, 3.0, 50, g)[0] for _ in range(400)])
+    assert (big.mean(0) - true).norm() < 0.05 * true.norm()
+
+
+def _trainer(tmp, estimator, steps, every):
+    cfg = MetaConfig(task="tiny-mlp", estimator=estimator, population=4, unroll=3, horizon=6,
+                     meta_steps=steps, checkpoint_every=every, dtype="float64", seed=2)
+    return MetaTrainer(LOptConfig(f="unf", hidden=4), cfg, tmp, task=TinyMLPTask())
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "es", "pes"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, estimator):
+    full = _trainer(tmp_path / "a", estimator, 5, 5)
+    full.run()
+    first = _trainer(tmp_path / "b", estimator, 2, 1)
+    first.run()
+    assert (tmp_path / "b" / CHECKPOINT).exists()
+    second = _trainer(tmp_path / "b", estimator, 5, 1)  # fresh object, resumes at step 2
+    second.run()
+    for (n, p), q in zip(full.lopt.named_parameters(), second.lopt.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert [r["meta_loss"] for r in full.history] == [r["meta_loss"] for r in second.history]
+    for k in full.params:
+        assert torch.equal(full.params[k], second.params[k])
+    # meta-training changed phi
+    fresh = _trainer(None, estimator, 5, 5)
+    assert not torch.equal(fresh.lopt.log_alpha, full.lopt.log_alpha)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    _trainer(tmp_path, "tbptt", 1, 1).run()
+    cfg = MetaConfig(task="tiny-mlp", estimator="tbptt", population=4, unroll=3, horizon=6,
+                     meta_steps=2, dtype="float64", seed=3)
+    other = MetaTrainer(LOptConfig(f="unf", hidden=4), cfg, tmp_path, task=TinyMLPTask())
+    with pytest.raises(LoptError, match="written with seed=2, not 3"):
+        other.run()
+
+
+def test_load_lopt_transfers_np_across_widths_and_refuses_hnp(tmp_path):
+    cfg = MetaConfig(task="tiny-mlp", population=2, unroll=2, horizon=4, meta_steps=1,
+                     dtype="float64")
+    MetaTrainer(LOptConfig(f="unf", hidden=4), cfg, tmp_path / "np", task=TinyMLPTask()).run()
+    wide = TinyMLPTask(widths=(6, 11, 3))
+    lopt, info = load_lopt(tmp_path / "np", wide)
+    assert info["step"] == 1 and lopt.config.f == "unf"
+    MetaTrainer(LOptConfig(f="nfn", hidden=4, symmetry="hnp"), cfg, tmp_path / "hnp",
+                task=TinyMLPTask()).run()
+    with pytest.raises(LoptError, match="symmetry 'np' to transfer"):
+        load_lopt(tmp_path / "hnp", TinyMLPTask(widths=(9, 5, 3)))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"estimator": "adam"}, "estimator must be one of"),
+    ({"estimator": "es", "population": 3}, "population must be even"),
+    ({"horizon": 7}, "horizon \\(7\\) must be a multiple of unroll"),
+    ({"unroll": 0}, "unroll must be a positive integer"),
+    ({"dtype": "half"}, "dtype must be"),
+])
+def test_meta_config_errors(kwargs, match):
+    with pytest.raises(LoptError, match=match):
+        MetaConfig(**kwargs).check()
+
+
+class _Quadratic(Task):
+    """Deterministic inner problem ``1/2 (w_0^2 + 3 w_1^2)`` from ``w = (1, -2)``."""
+
+    name = "quadratic"
+
+    def template(self):
+        return nn.Linear(2, 1, bias=False)
+
+    def init(self, seeds, dtype=torch.float32):
+        w = torch.tensor([[1.0, -2.0]], dtype=dtype)
+        return {"weight": w.expand(len(seeds), 1, 2).clone()}
+
+    def loss(self, params, batch):
+        w = params["weight"][:, 0]
+        return 0.5 * (w[:, 0] ** 2 + 3 * w[:, 1] ** 2)
+
+    def sample(self, n, generator, dtype=torch.float32):
+        return Batch(torch.zeros(n, 1, dtype=dtype), torch.zeros(n, 1, dtype=torch.long))
+
+
+def test_pes_is_unbiased_across_truncations_where_truncated_es_is_not():
+    """Summed over the two truncations of an episode, PES estimates the gradient of the whole
+    episode's meta-loss (Vicol et al. 2021); truncated ES misses how phi moved the state."""
+    k, pairs, reps = 3, 250, 100
+    task = _Quadratic()
+    est = {}
+    for estimator in ("pes", "es"):
+        cfg = MetaConfig(task="quadratic", estimator=estimator, population=2 * pairs,
+                         unroll=k, horizon=2 * k, sigma=0.01, dtype="float64")
+        tr = MetaTrainer(LOptConfig(f="none", init_alpha=0.1), cfg, task=task)
+        rows = []
+        for _ in range(reps):
+            tr._reset_inner()
+            rows.append(tr._es_step()[1] + tr._es_step()[1])  # phi fixed: no Adam step
+        est[estimator] = torch.stack(rows)[:, [0, 2]]  # log_alpha, log_gamma
+    lopt = tr.lopt
+    params = task.init([0], torch.float64)
+    batches = [task.sample(1, None, torch.float64)] * (2 * k + 1)
+    losses, _, _ = unroll(lopt, task, params, lopt.init_state(params), batches,
+                          second_order=True)
+    # meta-loss of the episode = sum over truncations of each truncation's mean loss
+    true = torch.stack(torch.autograd.grad(2 * losses.mean(), [lopt.log_alpha,
+                                                                lopt.log_gamma]))
+    for name, rows in est.items():
+        mean, sem = rows.mean(0), rows.std(0) / reps ** 0.5
+        if name == "pes":
+            assert ((mean - true).abs() < 4 * sem).all(), (mean, true, sem)
+        else:
+            assert ((mean - true).abs() > 10 * sem).all(), (mean, true, sem)

@@ -1,0 +1,194 @@
+"""Learned optimizer: reduction to SGD with momentum, equivariance, config errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gensight.lopt import LearnedOptimizer, LOpt, LOptConfig, LoptError, make_task
+from gensight.nf import perm_spec
+from gensight.nf.unf import permute, random_permutation
+
+from .helpers import TinyMLPTask
+
+
+def _sgd_lopt(template, lr, momentum=0.9):
+    cfg = LOptConfig(f="none", momentum=momentum, decays=(0.5, momentum, 0.99))
+    lopt = LOpt(cfg, template).double()
+    with torch.no_grad():
+        lopt.log_alpha.fill_(math.log(lr))
+        lopt.log_gamma.fill_(0.0)
+    return lopt
+
+
+def test_f_zero_is_sgd_momentum_golden_trajectory():
+    """f = 0, gamma = 1, alpha = lr: the torch.optim wrapper follows torch.optim.SGD."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref.load_state_dict(model.state_dict())
+    w0 = model[0].weight.detach().clone()
+    lr = 0.05
+    ours = LearnedOptimizer(model.named_parameters(), _sgd_lopt(model, lr))
+    theirs = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (16,), generator=g)
+        for m, opt in ((model, ours), (ref, theirs)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-13), k
+    assert (model[0].weight - w0).abs().max() > 1e-3  # the trajectory is not trivial
+
+
+def test_f_zero_batched_update_is_sgd_per_member():
+    task = TinyMLPTask()
+    lopt = _sgd_lopt(task.template(), 0.1, momentum=0.5)
+    params = task.init([0, 1, 2], torch.float64)
+    state = lopt.init_state(params)
+    bufs = {k: torch.zeros_like(v) for k, v in params.items()}
+    ref = {k: v.clone() for k, v in params.items()}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        b = task.sample(3, gen, torch.float64)
+        p = {k: v.requires_grad_(True) for k, v in params.items()}
+        grads = torch.autograd.grad(task.loss(p, b).sum(), list(p.values()))
+        with torch.no_grad():
+            params, state = lopt.update({k: v.detach() for k, v in p.items()},
+                                        dict(zip(p, grads, strict=True)), state)
+        for k, g in zip(ref, grads, strict=True):
+            bufs[k] = 0.5 * bufs[k] + g
+            ref[k] = ref[k] - 0.1 * bufs[k]
+    for k in ref:
+        assert torch.allclose(params[k], ref[k], atol=1e-13)
+
+
+def _hidden_perm(template, n, seed):
+    """Random permutations (one per member) of the hidden labels of ``template``."""
+    hnp = perm_spec(template, "hnp")  # hidden neurons are the labelled axes under HNP
+    shapes = {k: tuple(v.shape) for k, v in template.state_dict().items()}
+    perms = random_permutation(hnp, shapes, torch.Generator().manual_seed(seed), batch_size=n)
+    return hnp, perms
+
+
+def _perm(tensors, spec, perms):
+    out = permute({k: v.unsqueeze(1) for k, v in tensors.items()}, spec, perms)
+    return {k: v.squeeze(1) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("task_name,kind", [
+    ("tiny", "nfn"), ("tiny", "unf"), ("tiny", "mlp"), ("tiny", "deepsets"),
+    ("digits-cnn", "unf"), ("digits-cnn", "nfn"), ("python-rnn", "unf"),
+])
+def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
+    task = TinyMLPTask(widths=(6, 7, 5, 3)) if task_name == "tiny" else make_task(task_name)
+    template = task.template()
+    hidden = 6 if kind in ("nfn", "unf") and task_name != "tiny" else 16
+    lopt = LOpt(LOptConfig(f=kind, hidden=hidden), template).double()
+    with torch.no_grad():
+        lopt.log_beta.fill_(0.0)  # make f dominate the update
+    g = torch.Generator().manual_seed(7)
+    n = 2
+    params = {k: torch.randn(n, *s, generator=g, dtype=torch.float64)
+              for k, s in task.shapes.items()}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    state = {k: torch.randn(n, *v.shape[1:], generator=g, dtype=torch.float64)
+             for k, v in lopt.init_state(params).items()}
+    state = {k: v.abs() if k.startswith("v:") else v for k, v in state.items()}
+    spec, perms = _hidden_perm(template, n, seed=3)
+    assert any(p.shape[1] > 1 for p in perms.values())
+    new, _ = lopt.update(params, grads, state)
+    pstate = {}
+    for k, v in state.items():
+        key = k.split(":", 1)[1]
+        pstate[k] = _perm({key: v}, spec, perms)[key]
+    new_p, _ = lopt.update(_perm(params, spec, perms), _perm(grads, spec, perms), pstate)
+    expect = _perm(new, spec, perms)
+    for k in new:
+        assert torch.allclose(new_p[k], expect[k], atol=1e-10), k
+    # negative control: the permutation really moves entries of the update
+    assert any(not torch.allclose(new_p[k], new[k], atol=1e-6) for k in new)
+    # and the learned term is not trivial: f contributes to the update
+    f_out = lopt.direction(lopt.features(params, grads, lopt.init_state(params)))
+    assert max(float(v.detach().abs().max()) for v in f_out.values()) > 1e-6
+
+
+def test_nfn_and_unf_have_the_same_number_of_parameters_on_mlps():
+    """UNF on an MLP's NP spec spans NPLinear's function class (arXiv 2402.05232, Sec. 4:
+    "UNF and NFN optimizers are equivalent in the MLP task")."""
+    t = TinyMLPTask(widths=(6, 7, 5, 3)).template()
+    n = {k: sum(p.numel() for p in LOpt(LOptConfig(f=k), t).f.parameters())
+         for k in ("nfn", "unf")}
+    assert n["nfn"] == n["unf"]
+
+
+def test_nfn_rejects_recurrent_optimizee():
+    with pytest.raises(LoptError, match="f='nfn' needs an MLP/CNN"):
+        LOpt(LOptConfig(f="nfn"), make_task("python-rnn").template())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"f": "lstm"}, "f must be one of"),
+    ({"momentum": 0.7}, "momentum 0.7 must be one of decays"),
+    ({"init_alpha": -1.0}, "init_alpha must be a positive number"),
+    ({"decays": (0.5, 0.9, 1.5)}, "decays and beta2 must lie in"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(LoptError, match=match):
+        LOptConfig(**kwargs).check()
+
+
+def _train(model, opt, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (16,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_torch_optimizer_wrapper_matches_functional_update_and_restores_state():
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f="unf", hidden=8), task.template()).double()
+    with torch.no_grad():
+        lopt.log_beta.fill_(-1.0)
+    model = task.template().double()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _train(model, LearnedOptimizer(model.named_parameters(), lopt), 4)
+    # the same 4 steps through the batched functional form (P = 1)
+    params = {k: v.unsqueeze(0) for k, v in start.items()}
+    state = lopt.init_state(params)
+    g = torch.Generator().manual_seed(0)
+    ref = task.template().double()
+    for _ in range(4):
+        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (16,), generator=g)
+        ref.load_state_dict({k: v[0] for k, v in params.items()})
+        ref.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        grads = {k: p.grad.unsqueeze(0) for k, p in ref.named_parameters()}
+        with torch.no_grad():
+            params, state = lopt.update(params, grads, state)
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, params[k][0], atol=1e-12), k
+    # state_dict round trip: 2 steps + save/load + 2 steps == 4 steps
+    a = task.template().double()
+    a.load_state_dict(start)
+    opt_a = LearnedOptimizer(a.named_parameters(), lopt)
+    _train(a, opt_a, 2)
+    saved = opt_a.state_dict()
+    assert set(saved["state"][0]) == {"m0", "m1", "m2", "v"}
+    b = task.template().double()
+    b.load_state_dict(a.state_dict())
+    opt_b = LearnedOptimizer(b.named_parameters(), lopt)
+    opt_b.load_state_dict(saved)
+    _train(b, opt_b, 2, seed=1)
+    _train(a, opt_a, 2, seed=1)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k

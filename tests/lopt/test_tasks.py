@@ -1,0 +1,50 @@
+"""The batched inner tasks compute what their template modules compute, member by member."""
+
+import pytest
+import torch
+
+from gensight.lopt import make_task
+from gensight.lopt.errors import LoptError
+from gensight.nf import perm_spec
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "python-rnn"])
+def test_batched_forward_matches_template(name):
+    task = make_task(name)
+    seeds = [3, 4, 5]
+    params = task.init(seeds, torch.float64)
+    batch = task.sample(3, torch.Generator().manual_seed(0), torch.float64)
+    logits = task.forward(params, batch.x)
+    for i, s in enumerate(seeds):
+        torch.manual_seed(s)
+        module = task.template().double()
+        # init(seed) draws exactly the template's default initialisation
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, params[k][i])
+        x = batch.x[i]
+        if name == "digits-mlp":
+            x = x.flatten(1)
+        if name == "python-rnn":
+            x = torch.nn.functional.one_hot(x, 256).double()
+        assert torch.allclose(module(x), logits[i], atol=1e-10)
+
+
+def test_member_loss_is_per_member():
+    task = make_task("digits-mlp")
+    params = task.init([0, 1], torch.float64)
+    batch = task.sample(2, torch.Generator().manual_seed(1), torch.float64)
+    loss = task.loss(params, batch)
+    one = task.loss({k: v[1:] for k, v in params.items()},
+                    type(batch)(batch.x[1:], batch.y[1:]))
+    assert torch.allclose(loss[1:], one, atol=1e-12)
+
+
+def test_rnn_perm_spec_ties_recurrent_axes():
+    spec = perm_spec(make_task("python-rnn").template(), "hnp")
+    assert spec["rnn.weight_hh_l0"][0] == spec["rnn.weight_hh_l0"][1] is not None
+    assert spec["head.weight"][0] is None
+
+
+def test_unknown_task():
+    with pytest.raises(LoptError, match="unknown task 'nope'"):
+        make_task("nope")
