@@ -4,7 +4,7 @@
 
 (``--quick`` defaults to ``runs/tickets-bench-quick``, a zoo of its own.)
 
-1. A tickets zoo (``examples/tickets-digits.toml``): 640 digits MLPs 64-32-10, IMP with
+1. A tickets zoo (``examples/tickets/digits.toml``): 640 digits MLPs 64-32-10, IMP with
    rewinding for 15 rounds (20% of the remaining weights per layer and round, output layer
    10%), Adam 3e-3, batch 64, 15 epochs per round, data order tied to the init seed. Built
    (or resumed) in ``--zoo``; its build time is the population cost of IMP.
@@ -45,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default=None, help="tickets zoo directory (default "
                     "runs/tickets-bench, or runs/tickets-bench-quick with --quick)")
-    ap.add_argument("--config", default=str(ROOT / "examples" / "tickets-digits.toml"))
+    ap.add_argument("--config", default=str(ROOT / "examples" / "tickets" / "digits.toml"))
     ap.add_argument("--test-inits", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=30, help="predictor epochs")
     ap.add_argument("--rounds", default="3,8,11,15")

@@ -14,7 +14,7 @@ from gensight.tickets.report import evaluate_methods, mask_methods
 from gensight.tickets.store import TicketsStoreError, TicketZoo, build_tickets, verify_tickets
 from gensight.tickets.train import imp_schedule, init_weights
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tickets-digits.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tickets" / "digits.toml"
 
 torch.set_num_threads(1)
 

@@ -216,7 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="tickets_command", metavar="COMMAND", required=True)
     build = tsub.add_parser("build", help="run IMP for every init of CONFIG into a tickets zoo",
                             description="Run IMP with rewinding for every init of a TOML "
-                            "config (see examples/tickets-digits.toml) and store initial "
+                            "config (see examples/tickets/digits.toml) and store initial "
                             "weights, the masks of every round (uint8 safetensors), ticket "
                             "and random-mask accuracies. Rerun to resume a killed build.")
     build.add_argument("config", help="TOML config")

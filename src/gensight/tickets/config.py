@@ -1,6 +1,6 @@
 """The configuration of a tickets zoo (IMP with rewinding, run as a population).
 
-A TOML file (or dict) such as ``examples/tickets-digits.toml``::
+A TOML file (or dict) such as ``examples/tickets/digits.toml``::
 
     name = "digits-tickets"
     dataset = "digits"
