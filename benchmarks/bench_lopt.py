@@ -84,7 +84,8 @@ def main() -> None:
         print("|---|---|---|---|")
         for c in results[tname]:
             s = c.summary()
-            print(f"| {c.name} | {s['train_loss']:.4f} ± {s['train_loss_std']:.4f} | "
+            div = f" ({s['diverged']}/{s['seeds']} seeds diverged)" if s["diverged"] else ""
+            print(f"| {c.name}{div} | {s['train_loss']:.4f} ± {s['train_loss_std']:.4f} | "
                   f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f} | {s['seconds']:.1f} |",
                   flush=True)
     page = write_report(results, out / "report.html",

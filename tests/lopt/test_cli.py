@@ -80,3 +80,34 @@ def test_train_then_eval_writes_report(run, tmp_path):
     names = [r["optimizer"] for r in summary["digits-mlp"]]
     assert names == ["unf: unf", "adam (lr 0.1)", "sgdm (lr 0.1)"]
     assert all(0 <= r["test_acc"] <= 1 and r["train_loss"] > 0 for r in summary["digits-mlp"])
+
+
+def test_eval_argument_errors_come_before_any_work(run, tmp_path):
+    missing = str(tmp_path / "missing")
+    rc, _, err = run("lopt", "eval", missing, "--lr-grid", ",")
+    assert rc == 2 and "--lr-grid needs at least one learning rate; got ','" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, _, err = run("lopt", "eval", missing, "--out", str(tmp_path / "r.json"))
+    assert rc == 2 and "ends in .json; name the HTML page" in err
+    rc, _, err = run("lopt", "eval", missing, "--out", str(tmp_path))
+    assert rc == 2 and "is a directory" in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc, _, err = run("lopt", "train", "--out", str(afile), "--meta-steps", "1", *TINY)
+    assert rc == 2 and "is an existing file; it must name a run directory" in err
+    assert afile.read_text() == "x"
+
+
+def test_eval_checks_every_task_checkpoint_pair_before_training(run, tmp_path, monkeypatch):
+    import gensight.lopt.evaluate as ev
+
+    out = tmp_path / "unf"
+    rc, _, err = run("lopt", "train", "--out", str(out), "--meta-steps", "1", *TINY)
+    assert rc == 0, err
+    calls = []
+    monkeypatch.setattr(ev, "compare", lambda *a, **k: calls.append(a) or [])
+    rc, _, err = run("lopt", "eval", str(out), "--task", "digits-mlp,digits-cnn", "--steps",
+                     "2", "--seeds", "1", "--out", str(tmp_path / "r.html"), "--quiet")
+    assert rc == 2 and "task 'digits-cnn'" in err and "differs in depth or layer kinds" in err
+    assert len(err.strip().splitlines()) == 1
+    assert calls == []  # nothing was trained

@@ -205,3 +205,144 @@ def test_pes_is_unbiased_across_truncations_where_truncated_es_is_not():
             assert ((mean - true).abs() < 4 * sem).all(), (mean, true, sem)
         else:
             assert ((mean - true).abs() > 10 * sem).all(), (mean, true, sem)
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "es", "pes"])
+def test_resume_mid_episode_gives_the_same_result(tmp_path, estimator):
+    """Stop after 1 meta-step (inside every inner run's episode) and resume."""
+    full = _trainer(tmp_path / "a", estimator, 5, 5)
+    full.run()
+    first = _trainer(tmp_path / "b", estimator, 1, 1)
+    first.run()
+    assert first.step == 1 and (first.inner_steps % 6 != 0).any()  # mid-episode
+    second = _trainer(tmp_path / "b", estimator, 5, 1)
+    second.run()
+    for (n, p), q in zip(full.lopt.named_parameters(), second.lopt.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert [r["meta_loss"] for r in full.history] == [r["meta_loss"] for r in second.history]
+    for k in full.params:
+        assert torch.equal(full.params[k], second.params[k])
+    assert torch.equal(full.inner_steps, second.inner_steps)
+    assert full.adam_step == second.adam_step == 5
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_inner_runs_restart_staggered_with_their_own_seeds(estimator):
+    cfg = MetaConfig(task="tiny-mlp", estimator=estimator, population=4, unroll=2,
+                     horizon=4, meta_steps=6, dtype="float64", seed=1)
+    task = TinyMLPTask()
+    tr = MetaTrainer(LOptConfig(f="mlp", hidden=4), cfg, task=task)
+    n = tr._n_runs
+    assert tr.inner_steps.tolist() == [(j * 2 // n) * 2 for j in range(n)]
+    used = set(range(1_000_003, 1_000_003 + n))
+    for _ in range(6):
+        before = tr.inner_steps.clone()
+        inits = tr.n_inits
+        if estimator == "pes":
+            xi_before = tr.xi.clone()
+        tr.meta_step()
+        reset = [j for j in range(n) if tr.inner_steps[j] == 0]
+        assert reset == [j for j in range(n) if before[j] + 2 >= 4]
+        assert 0 < len(reset) < n  # some, never all at once
+        fresh = task.init([1_000_003 + inits + i for i in range(len(reset))], torch.float64)
+        for i, j in enumerate(reset):
+            rows = [j, j + n] if estimator == "pes" else [j]
+            for r in rows:
+                for k in fresh:
+                    assert torch.equal(tr.params[k][r], fresh[k][i])
+            if estimator == "pes":
+                assert (tr.xi[j] == 0).all()
+        if estimator == "pes":
+            kept = [j for j in range(n) if j not in reset]
+            assert (tr.xi[kept] != xi_before[kept]).any()
+        used |= {1_000_003 + inits + i for i in range(len(reset))}
+    assert tr.n_inits == len(used)  # a new seed for every restart
+
+
+def test_adam_bias_correction_ignores_skipped_steps():
+    def trainer():
+        cfg = MetaConfig(task="tiny-mlp", population=2, unroll=2, horizon=4, meta_steps=3,
+                         dtype="float64")
+        return MetaTrainer(LOptConfig(f="mlp", hidden=4), cfg, task=TinyMLPTask())
+
+    g = torch.randn(sum(p.numel() for p in trainer().lopt.parameters()),
+                    generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-3
+    a, b = trainer(), trainer()
+    calls = iter([(float("nan"), g), (1.0, g)])
+    a._tbptt = lambda: next(calls)
+    b._tbptt = lambda: (1.0, g)
+    a.meta_step()
+    a.meta_step()  # one skipped, one applied
+    b.meta_step()  # one applied
+    assert a.history[0]["skipped"] and a.adam_step == b.adam_step == 1
+    for (n, p), q in zip(a.lopt.named_parameters(), b.lopt.parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_seeds_overlapping_held_out_seeds_are_refused():
+    from gensight.lopt.evaluate import EVAL_SEED0, MAX_SEEDS, TUNE_SEED0
+    from gensight.lopt.meta import HELD_OUT_SEEDS, meta_seed_range
+
+    assert HELD_OUT_SEEDS[0] <= EVAL_SEED0 < TUNE_SEED0 + MAX_SEEDS <= HELD_OUT_SEEDS[1]
+    MetaConfig(seed=9, meta_steps=1000).check()
+    for seed in (10, 15, 20):  # seed * 1_000_003 + j would reach the held-out seeds
+        with pytest.raises(LoptError, match="overlap the held-out evaluation seeds"):
+            MetaConfig(seed=seed).check()
+    with pytest.raises(LoptError, match="overlap"):  # long runs are caught too
+        MetaConfig(seed=9, meta_steps=200_000).check()
+    lo, hi = meta_seed_range(21, 200, 8)
+    assert lo >= HELD_OUT_SEEDS[1]
+    MetaConfig(seed=21).check()
+
+
+def test_checkpoint_write_is_fsynced_through_a_unique_temp_file(tmp_path, monkeypatch):
+    import os
+
+    tr = _trainer(tmp_path, "tbptt", 1, 1)
+    (tmp_path / (CHECKPOINT + ".tmp")).mkdir()  # a fixed temp name is taken
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    tr.run()
+    assert len(synced) >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, CHECKPOINT + ".tmp"]
+    assert load_lopt(tmp_path, TinyMLPTask())[1]["step"] == 1
+
+
+def test_load_lopt_names_a_depth_mismatch():
+    import tempfile
+
+    cfg = MetaConfig(task="tiny-mlp", population=2, unroll=2, horizon=4, meta_steps=1,
+                     dtype="float64")
+    with tempfile.TemporaryDirectory() as d:
+        MetaTrainer(LOptConfig(f="unf", hidden=4), cfg, d, task=TinyMLPTask()).run()
+        with pytest.raises(LoptError, match="differs in depth or layer kinds") as exc:
+            load_lopt(d, TinyMLPTask(widths=(6, 7, 5, 3)))
+        assert "symmetry 'np' to transfer" not in str(exc.value)
+
+
+def test_last_unroll_pass_computes_only_the_loss(monkeypatch):
+    import gensight.lopt.meta as meta
+
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f="mlp", hidden=4), task.template()).double()
+    params = task.init([0, 1], torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    batches = [task.sample(2, gen, torch.float64) for _ in range(4)]
+    calls = []
+    real = meta.inner_grads
+    monkeypatch.setattr(meta, "inner_grads", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    for track in (True, False):
+        calls.clear()
+        losses, _, _ = unroll(lopt, task, params, lopt.init_state(params), batches, track=track)
+        assert len(calls) == 3  # 3 inner steps, no gradient after the last one
+        # the same losses as evaluating every step explicitly
+        p, s, ref = params, lopt.init_state(params), []
+        for b_prev, b in zip(batches[:-1], batches[1:], strict=True):
+            q = {k: v.detach().requires_grad_(True) for k, v in p.items()}
+            _, g = real(task, q, b_prev, create_graph=False)
+            with torch.no_grad():
+                p, s = lopt.update({k: v.detach() for k, v in q.items()}, g, s)
+                ref.append(task.loss(p, b))
+        assert torch.equal(losses.detach(), torch.stack(ref))

@@ -1,5 +1,6 @@
 """Learned optimizer: reduction to SGD with momentum, equivariance, config errors."""
 
+import copy
 import math
 
 import pytest
@@ -7,6 +8,8 @@ import torch
 from torch import nn
 
 from gensight.lopt import LearnedOptimizer, LOpt, LOptConfig, LoptError, make_task
+from gensight.lopt.evaluate import train_members
+from gensight.lopt.optimizer import _rms_normalize
 from gensight.nf import perm_spec
 from gensight.nf.unf import permute, random_permutation
 
@@ -88,6 +91,7 @@ def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
     task = TinyMLPTask(widths=(6, 7, 5, 3)) if task_name == "tiny" else make_task(task_name)
     template = task.template()
     hidden = 6 if kind in ("nfn", "unf") and task_name != "tiny" else 16
+    torch.manual_seed(0)  # f's initialisation draws from the global RNG
     lopt = LOpt(LOptConfig(f=kind, hidden=hidden), template).double()
     with torch.no_grad():
         lopt.log_beta.fill_(0.0)  # make f dominate the update
@@ -192,3 +196,110 @@ def test_torch_optimizer_wrapper_matches_functional_update_and_restores_state():
     _train(a, opt_a, 2, seed=1)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_f_zero_is_sgd_momentum_with_a_frozen_layer():
+    """A parameter without gradient (frozen mid-training, p.grad None) is skipped like
+    torch.optim.SGD skips it: not moved, its momentum kept as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref.load_state_dict(model.state_dict())
+    lr = 0.05
+    ours = LearnedOptimizer(model.named_parameters(), _sgd_lopt(model, lr))
+    theirs = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for it in range(10):
+        if it == 4:  # freeze the first layer after it has built up momentum
+            for m in (model, ref):
+                m[0].requires_grad_(False)
+        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (16,), generator=g)
+        for m, opt in ((model, ours), (ref, theirs)):
+            opt.zero_grad()  # set_to_none: the frozen layer's grads become None
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+        if it == 4:
+            frozen = model[0].weight.detach().clone()
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-13), k
+    assert torch.equal(model[0].weight, frozen)
+
+
+@pytest.mark.parametrize("kind", ["unf", "nfn", "deepsets"])
+def test_learned_f_leaves_parameters_without_gradient_unchanged(kind):
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f=kind, hidden=8), task.template()).double()
+    with torch.no_grad():
+        lopt.log_beta.fill_(0.0)
+    model = task.template().double()
+    frozen = model[0].weight
+    frozen.requires_grad_(False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = LearnedOptimizer(model.named_parameters(), lopt)
+    _train(model, opt, 3)
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
+    assert moved == [k for k in start if k != "0.weight"]  # everything else trains
+    assert frozen not in opt.state and len(opt.state) == len(start) - 1
+
+
+def test_float64_optimizer_drives_float32_and_float32_drives_float64():
+    task = TinyMLPTask(dtype=torch.float32)
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f="unf", hidden=8), task.template()).double()
+    # meta-trained in float64, evaluated in float32 (what gensight lopt eval does)
+    with torch.no_grad():
+        c32 = train_members(task, [0, 1], 5, lopt, dtype=torch.float32)
+        c64 = train_members(task, [0, 1], 5, lopt, dtype=torch.float64)
+    assert c32.losses.isfinite().all()
+    assert torch.allclose(c32.losses, c64.losses.float(), atol=1e-4)
+    # a float32 optimizer around a float64 model
+    model = task.template().double()
+    _train(model, LearnedOptimizer(model.named_parameters(), lopt.float()), 3)
+    assert all(v.dtype == torch.float64 and v.isfinite().all()
+               for v in model.state_dict().values())
+
+
+def test_zero_dim_parameters_are_normalized_per_optimizee():
+    x = torch.tensor([1e-3, 1e3], dtype=torch.float64)  # one 0-dim parameter, P = 2
+    assert torch.allclose(_rms_normalize(x, 1e-8), torch.ones(2, dtype=torch.float64))
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 3)
+            self.scale = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return self.scale * self.lin(x)
+
+    for kind in ("deepsets", "mlp"):
+        torch.manual_seed(0)
+        model = Scaled().double()
+        lopt = LOpt(LOptConfig(f=kind, hidden=8), model).double()
+        opt = LearnedOptimizer(model.named_parameters(), lopt)
+        _train(model, opt, 3)
+        assert model.scale.dim() == 0 and model.scale.item() != 1.5
+        assert opt.state[model.scale]["m0"].dim() == 0
+
+
+def test_one_param_group_and_state_dict_checks_the_learned_optimizer():
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f="mlp", hidden=8), task.template()).double()
+    model = task.template().double()
+    opt = LearnedOptimizer(model.named_parameters(), lopt)
+    with pytest.raises(LoptError, match="single parameter group"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    _train(model, opt, 2)
+    saved = opt.state_dict()
+    assert "config" in saved["lopt"] and len(saved["lopt"]["phi_sha256"]) == 64
+    # the same learned optimizer (a copy) loads fine
+    LearnedOptimizer(model.named_parameters(), copy.deepcopy(lopt)).load_state_dict(saved)
+    other = LOpt(LOptConfig(f="mlp", hidden=8), task.template()).double()  # other phi
+    with pytest.raises(LoptError, match="different learned-optimizer meta-parameters"):
+        LearnedOptimizer(model.named_parameters(), other).load_state_dict(saved)
+    wider = LOpt(LOptConfig(f="mlp", hidden=9), task.template()).double()
+    with pytest.raises(LoptError, match="different learned-optimizer config"):
+        LearnedOptimizer(model.named_parameters(), wider).load_state_dict(saved)

@@ -89,6 +89,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       second_order=args.second_order, seed=_int("--seed", args.seed, 0),
                       checkpoint_every=ints["checkpoint_every"])
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LoptError(f"--out {out} is an existing file; it must name a run directory")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise LoptError(f"--out {out}: {parent} is a file, not a directory")
     err = Console(stderr=True)
     trainer = MetaTrainer(lcfg, mcfg, out)
     resumed = (out / CHECKPOINT).exists()
@@ -135,8 +140,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     seeds = _int("--seeds", args.seeds)
     tune = _int("--tune-seeds", args.tune_seeds)
     grid = LR_GRID
-    if args.lr_grid:
+    if args.lr_grid is not None:
         grid = tuple(_float("--lr-grid", v) for v in args.lr_grid.split(",") if v.strip())
+        if not grid:
+            raise LoptError(f"--lr-grid needs at least one learning rate; got "
+                            f"{args.lr_grid!r}")
+    out = Path(args.out)
+    if out.suffix.lower() == ".json":
+        raise LoptError(f"--out {out} ends in .json; name the HTML page (e.g. "
+                        f"{out.with_suffix('.html')}), the JSON summary is written next to it")
+    if out.is_dir():
+        raise LoptError(f"--out {out} is a directory; name the HTML page to write")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise LoptError(f"--out {out}: {parent} is a file, not a directory")
     if args.threads is not None:
         import torch
 
@@ -147,40 +164,46 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         names.append(p.name if p.is_dir() else p.parent.name or p.stem)
     if len(set(names)) != len(names):
         names = [f"{n} #{i}" for i, n in enumerate(names)]
-    loaded_tasks = {}
-    first_task = None
-    for ck in args.checkpoints:
-        _, info = load_lopt(ck)  # validates every checkpoint before any training
-        first_task = first_task or info["meta_config"]["task"]
-    tasks = tasks or [first_task or "digits-mlp"]
+    if not tasks:
+        _, info = load_lopt(args.checkpoints[0])
+        tasks = [info["meta_config"]["task"]]
+    # every (task, checkpoint) pair is loaded before any training, so a checkpoint that does
+    # not fit one of the tasks fails at once
+    per_task = {}
+    for t in tasks:
+        task = make_task(t)
+        lopts = {}
+        for ck, name in zip(args.checkpoints, names, strict=True):
+            lopt, info = load_lopt(ck, task)
+            lopts[f"{info['lopt_config'].f}: {name}"] = lopt
+        per_task[t] = (task, lopts)
+    baselines = () if args.no_baselines else ("adam", "sgdm")
     err = Console(stderr=True)
     results = {}
     with _progress(err, args.quiet) as bar:
-        job = bar.add_task("eval", total=len(tasks) * (len(args.checkpoints) + 2))
-        for t in tasks:
-            task = loaded_tasks.setdefault(t, make_task(t))
-            lopts = {}
-            for ck, name in zip(args.checkpoints, names, strict=True):
-                lopt, info = load_lopt(ck, task)
-                lopts[f"{info['lopt_config'].f}: {name}"] = lopt
+        job = bar.add_task("eval", total=len(tasks) * (len(args.checkpoints) + len(baselines)))
+        for t, (task, lopts) in per_task.items():
+            def progress(what: str, done: bool, t=t) -> None:
+                if done:
+                    bar.update(job, advance=1, description=f"{t}: {what} done")
+                else:
+                    bar.update(job, description=f"{t}: {what}")
 
-            def progress(what: str, t=t) -> None:
-                bar.update(job, advance=1, description=f"{t}: {what}")
-
-            results[t] = compare(task, lopts, steps, seeds, tune, grid,
-                                 baselines=() if args.no_baselines else ("adam", "sgdm"),
+            results[t] = compare(task, lopts, steps, seeds, tune, grid, baselines=baselines,
                                  progress=progress)
+        bar.update(job, description="eval done")
     for t, curves in results.items():
         table = Table(title=f"{t}: after {steps} inner steps, {seeds} held-out seeds")
         for col in ("optimizer", "train loss", "test acc", "s"):
             table.add_column(col, justify="left" if col == "optimizer" else "right")
         for c in curves:
             s = c.summary()
-            table.add_row(c.name, f"{s['train_loss']:.4f} ± {s['train_loss_std']:.4f}",
+            div = f" ({s['diverged']}/{s['seeds']} diverged)" if s["diverged"] else ""
+            table.add_row(c.name + div, f"{s['train_loss']:.4f} ± {s['train_loss_std']:.4f}",
                           f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f}",
                           f"{s['seconds']:.1f}")
         Console().print(table)
-    page = write_report(results, args.out)
+    page = write_report(results, out)
     print(f"report: {page}", file=sys.stderr)
     return 0
 

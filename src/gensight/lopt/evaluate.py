@@ -20,21 +20,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gensight.lopt.meta import inner_grads
+from gensight.lopt.errors import LoptError
+from gensight.lopt.meta import HELD_OUT_SEEDS, inner_grads
 from gensight.lopt.optimizer import LOpt
 from gensight.lopt.tasks import Task
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 EVAL_SEED0 = 10_000_000
-"""Evaluation members use seeds from here on (meta-training uses ``seed * 1_000_003 + i``
-with far fewer members), so they are held out."""
+"""Evaluation members use seeds from here on; with :data:`TUNE_SEED0` they lie in
+:data:`gensight.lopt.meta.HELD_OUT_SEEDS`, a range meta-training is not allowed to use
+(:meth:`~gensight.lopt.meta.MetaConfig.check`), so they are held out."""
 TUNE_SEED0 = 20_000_000
+MAX_SEEDS = 1_000_000
+"""At most this many evaluation (and tuning) seeds, so both stay inside the held-out range."""
+assert HELD_OUT_SEEDS[0] <= EVAL_SEED0 and EVAL_SEED0 + MAX_SEEDS <= TUNE_SEED0
+assert TUNE_SEED0 + MAX_SEEDS <= HELD_OUT_SEEDS[1]
 
 
 @dataclass
 class Curve:
     """One optimizer on one task: ``losses (S, steps)`` minibatch losses after each step;
-    ``train_loss``, ``test_loss``, ``test_acc`` ``(S,)`` at the end."""
+    ``train_loss``, ``test_loss``, ``test_acc`` ``(S,)`` at the end. A member that
+    diverged (non-finite loss or parameters) stops there: its later losses and its final
+    ``train_loss``, ``test_loss`` and ``test_acc`` are NaN; the other members go on."""
 
     name: str
     losses: Tensor
@@ -44,14 +52,25 @@ class Curve:
     lr: float | None
     seconds: float
 
+    @property
+    def diverged(self) -> int:
+        """Number of members that diverged."""
+        return int((~torch.isfinite(self.train_loss)).sum())
+
     def summary(self) -> dict:
+        """Mean and std over the members that did not diverge (NaN if all did), and the
+        number that diverged."""
         def ms(t: Tensor) -> tuple[float, float]:
+            t = t[torch.isfinite(t)]
+            if not t.numel():
+                return math.nan, math.nan
             return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
 
         tl, tls = ms(self.train_loss)
         ta, tas = ms(self.test_acc)
         return {"optimizer": self.name, "lr": self.lr, "train_loss": tl, "train_loss_std": tls,
-                "test_acc": ta, "test_acc_std": tas, "seconds": self.seconds}
+                "test_acc": ta, "test_acc_std": tas, "diverged": self.diverged,
+                "seeds": int(self.train_loss.numel()), "seconds": self.seconds}
 
 
 def _adam_step(lr: float) -> Callable:
@@ -102,25 +121,35 @@ def train_members(task: Task, seeds: Sequence[int], steps: int, optimizer: str |
         step = {"adam": _adam_step, "sgdm": _sgdm_step}[optimizer](float(lr))
     opt_state: dict = {}
     losses = torch.full((len(seeds), steps), math.nan)
+    alive = torch.ones(len(seeds), dtype=torch.bool)
     batch = task.sample(len(seeds), gen, dtype)
     for t in range(1, steps + 1):
         p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             _, grads = inner_grads(task, p, batch, create_graph=False)
         with torch.no_grad():
-            params = step({k: v.detach() for k, v in p.items()}, grads, opt_state, t)
+            new = step({k: v.detach() for k, v in p.items()}, grads, opt_state, t)
+            # diverged members keep their last parameters (members are independent)
+            params = {k: torch.where(alive.view(-1, *([1] * (v.dim() - 1))), v, params[k])
+                      for k, v in new.items()}
             batch = task.sample(len(seeds), gen, dtype)
             loss = task.loss(params, batch)
-        losses[:, t - 1] = loss.float()
-        if not bool(torch.isfinite(loss).all()):
+        losses[:, t - 1] = torch.where(alive, loss.float(), math.nan)
+        finite = torch.isfinite(loss)
+        for v in params.values():
+            finite &= torch.isfinite(v.flatten(1)).all(1)
+        alive &= finite
+        if not bool(alive.any()):
             break
     train_loss, _ = task.evaluate(params, "train", limit)
     test_loss, test_acc = task.evaluate(params, "test", limit)
-    nan = torch.full_like(train_loss, math.nan)
-    ok = torch.isfinite(train_loss)
+    ok = alive & torch.isfinite(train_loss)
+
+    def mask(x: Tensor) -> Tensor:
+        return torch.where(ok, x.float(), math.nan)
+
     return Curve(name or (optimizer if isinstance(optimizer, str) else optimizer.config.f),
-                 losses, torch.where(ok, train_loss, nan).float(),
-                 torch.where(ok, test_loss, nan).float(), test_acc.float(), lr,
+                 losses, mask(train_loss), mask(test_loss), mask(test_acc), lr,
                  time.perf_counter() - t0)
 
 
@@ -140,21 +169,32 @@ def tune_lr(task: Task, optimizer: str, steps: int, seeds: Sequence[int],
 def compare(task: Task, lopts: Mapping[str, LOpt], steps: int, n_seeds: int = 5,
             tune_seeds: int = 3, grid: Sequence[float] = LR_GRID, batch_seed: int = 0,
             baselines: Sequence[str] = ("adam", "sgdm"),
-            progress: Callable[[str], None] | None = None) -> list[Curve]:
-    """All learned optimizers ``lopts`` and the tuned baselines on held-out seeds."""
+            progress: Callable[[str, bool], None] | None = None) -> list[Curve]:
+    """All learned optimizers ``lopts`` and the tuned baselines on held-out seeds.
+
+    ``progress(what, done)`` is called when each of the ``len(lopts) + len(baselines)``
+    units starts (``done=False``) and when it has finished (``done=True``)."""
+    if baselines and not grid:
+        raise LoptError("the learning-rate grid is empty")
+    if not 0 < n_seeds <= MAX_SEEDS or not 0 < tune_seeds <= MAX_SEEDS:
+        raise LoptError(f"n_seeds and tune_seeds must lie in [1, {MAX_SEEDS}]")
     seeds = [EVAL_SEED0 + i for i in range(n_seeds)]
     tune = [TUNE_SEED0 + i for i in range(tune_seeds)]
     curves = []
     for name, lopt in lopts.items():
         if progress:
-            progress(name)
+            progress(name, False)
         with torch.no_grad():
             curves.append(train_members(task, seeds, steps, lopt, batch_seed=batch_seed,
                                         name=name))
+        if progress:
+            progress(name, True)
     for base in baselines:
         if progress:
-            progress(f"{base} (tuning lr)")
+            progress(f"{base} (tuning lr)", False)
         lr, _ = tune_lr(task, base, steps, tune, grid)
         curves.append(train_members(task, seeds, steps, base, lr, batch_seed=batch_seed,
                                     name=f"{base} (lr {lr:g})"))
+        if progress:
+            progress(base, True)
     return curves

@@ -4,8 +4,13 @@ A population of ``P`` inner runs (optimizees of one :class:`~gensight.lopt.tasks
 trained at once, batched on a leading axis. Each meta-step unrolls ``K = unroll`` inner steps
 from the current inner state and forms the **meta-loss**: the mean over the ``K`` steps and the
 population of the inner training (minibatch) loss after each update,
-``L(phi) = 1/K sum_{k=1..K} mean_P loss(theta_k)``. Inner runs restart from fresh
-initialisations (new seeds) every ``horizon`` inner steps (all members together).
+``L(phi) = 1/K sum_{k=1..K} mean_P loss(theta_k)``. Every inner run (for ES/PES: every
+antithetic pair) has its own step counter and restarts from a fresh initialisation (a new
+seed) after ``horizon`` inner steps; the counters start staggered (run ``j`` of ``n`` as if
+``floor(j * (horizon / unroll) / n) * unroll`` steps in), so restarts are spread over the
+horizon rather than all at once, and the meta-loss mixes early and late phases of training.
+A run whose parameters become non-finite restarts at once (all runs, re-staggered, if the
+meta-gradient is non-finite while every run is finite).
 
 Estimators of ``dL/dphi`` (``estimator``):
 
@@ -26,17 +31,20 @@ Estimators of ``dL/dphi`` (``estimator``):
   unrolled computation graphs with persistent evolution strategies", Eq. 5, antithetic form):
   every particle keeps its own inner state (the two particles of a pair start from the same
   initialisation and see the same minibatches); the perturbations are accumulated,
-  ``xi_j += eps_j``, and ``g = 1/(2 N sigma^2) sum_j (L_j^+ - L_j^-) xi_j``; ``xi`` resets
-  when the inner runs restart. This removes the truncation bias.
+  ``xi_j += eps_j``, and ``g = 1/(2 N sigma^2) sum_j (L_j^+ - L_j^-) xi_j``; ``xi_j`` resets
+  when pair ``j``'s inner runs restart. This removes the truncation bias.
 
 The UNF paper (arXiv 2402.05232, Sec. 4) meta-trains its learned optimizers with an ES-type
 estimator; we could not check its exact settings, so TBPTT is the CPU default here and ES/PES
 are offered at the same budget (documented choice).
 
-``phi`` is updated with Adam (our own, so its state is checkpointed exactly) and global-norm
-gradient clipping. Checkpoints (``lopt.safetensors``) hold ``phi``, Adam's moments, the inner
-population (parameters, optimizer state, PES noise), the random generator and the history;
-they are written atomically (temp file + ``os.replace``) and a rerun with the same
+``phi`` is updated with Adam (our own, so its state is checkpointed exactly; its bias
+correction counts only the updates applied, not meta-steps skipped for a non-finite estimate)
+and global-norm gradient clipping. Checkpoints (``lopt.safetensors``) hold ``phi``, Adam's
+moments and step, the inner population (parameters, optimizer state, step counters, PES
+noise), the random generator and the history;
+they are written atomically (``tempfile.mkstemp`` in the same directory, fsync,
+``os.replace``) and a rerun with the same
 configuration resumes from them, giving the same result as an uninterrupted run.
 """
 
@@ -59,6 +67,21 @@ from gensight.lopt.tasks import Task, make_task
 CHECKPOINT = "lopt.safetensors"
 ESTIMATORS = ("tbptt", "es", "pes")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+HELD_OUT_SEEDS = (10_000_000, 21_000_000)
+"""Initialisation seeds reserved for meta-testing (``[lo, hi)``; evaluation and
+learning-rate tuning seeds of :mod:`gensight.lopt.evaluate` lie here). Meta-training never
+initialises an inner run from one of them: :meth:`MetaConfig.check` refuses a configuration
+whose seeds ``seed * 1_000_003 + j`` (``j < (meta_steps + 1) * population``) could reach
+this range."""
+SEED_STRIDE = 1_000_003
+
+
+def meta_seed_range(seed: int, meta_steps: int, population: int) -> tuple[int, int]:
+    """``[lo, hi)`` holding every initialisation seed a meta-training run can use (at most one
+    restart per meta-step, at most ``population`` seeds per restart)."""
+    lo = seed * SEED_STRIDE
+    return lo, lo + (meta_steps + 1) * population
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,13 @@ class MetaConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0 < v < math.inf):
                 raise LoptError(f"{name} must be a positive number; got {v!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise LoptError(f"seed must be a non-negative integer; got {self.seed!r}")
+        lo, hi = meta_seed_range(self.seed, self.meta_steps, self.population)
+        if lo < HELD_OUT_SEEDS[1] and hi > HELD_OUT_SEEDS[0]:
+            raise LoptError(f"seed {self.seed} would initialise inner runs from seeds "
+                            f"[{lo}, {hi}), which overlap the held-out evaluation seeds "
+                            f"[{HELD_OUT_SEEDS[0]}, {HELD_OUT_SEEDS[1]}); choose another seed")
         if self.dtype not in _DTYPES:
             raise LoptError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
         return self
@@ -129,13 +159,17 @@ def unroll(lopt: LOpt, task: Task, params: dict[str, Tensor], state: dict[str, T
     params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     state = {k: v.detach() for k, v in state.items()}
     losses = []
+    last = len(batches) - 1
     for i, batch in enumerate(batches):
+        if i == last:  # only the loss after the final update: no inner gradient needed
+            with torch.enable_grad() if track else torch.no_grad():
+                loss = task.loss(params, batch)
+            losses.append(loss if track else loss.detach())
+            break
         with torch.enable_grad():
             loss, grads = inner_grads(task, params, batch, create_graph=second_order and track)
         if i:
             losses.append(loss if track else loss.detach())
-        if i == len(batches) - 1:
-            break
         if track:
             params, state = lopt.update(params, grads, state, phi)
             # under torch.no_grad (e.g. finite differences) the new params are plain tensors
@@ -201,7 +235,9 @@ class MetaTrainer:
         self.adam_m = [torch.zeros_like(p) for p in self.lopt.parameters()]
         self.adam_v = [torch.zeros_like(p) for p in self.lopt.parameters()]
         self.step = 0
-        self.episode = 0
+        self.adam_step = 0  # Adam updates actually applied (skipped steps do not count)
+        self.episode = 0  # number of restarts (of any run) so far
+        self.n_inits = 0  # initialisation seeds used so far
         self.history: list[dict] = []
         self.xi: Tensor | None = None
         self._reset_inner()
@@ -211,19 +247,61 @@ class MetaTrainer:
     def _n_states(self) -> int:
         return self.cfg.population // 2 if self.cfg.estimator == "es" else self.cfg.population
 
-    def _reset_inner(self) -> None:
-        n = self._n_states
-        base = self.cfg.seed * 1_000_003 + self.episode * n
-        if self.cfg.estimator == "pes":  # both particles of a pair start from one init
-            half = self.task.init([base + i for i in range(n // 2)], self.dtype)
-            self.params = {k: torch.cat([v, v]) for k, v in half.items()}
-        else:
-            self.params = self.task.init([base + i for i in range(n)], self.dtype)
-        self.state = self.lopt.init_state(self.params)
-        self.inner_step = 0
+    @property
+    def _n_runs(self) -> int:
+        """Independent inner runs: members (TBPTT) or antithetic pairs (ES, PES)."""
+        return self.cfg.population if self.cfg.estimator == "tbptt" else self.cfg.population // 2
+
+    def _stagger(self) -> Tensor:
+        n, k = self._n_runs, self.cfg.horizon // self.cfg.unroll
+        return torch.tensor([(j * k // n) * self.cfg.unroll for j in range(n)])
+
+    def _reset_inner(self, runs: list[int] | None = None) -> None:
+        """Fresh initialisations (new seeds) for ``runs`` (default: all, step counters
+        staggered); a reset run's counter is 0 and, for PES, its pair's ``xi`` is zeroed."""
+        n = self._n_runs
+        if runs is None:
+            seeds = [self.cfg.seed * SEED_STRIDE + self.n_inits + j for j in range(n)]
+            self.n_inits += n
+            fresh = self.task.init(seeds, self.dtype)
+            if self.cfg.estimator == "pes":  # both particles of a pair start from one init
+                fresh = {k: torch.cat([v, v]) for k, v in fresh.items()}
+            self.params = fresh
+            self.state = self.lopt.init_state(self.params)
+            self.inner_steps = self._stagger()
+            if self.cfg.estimator == "pes":
+                self.xi = torch.zeros(n, _flat(self.lopt).numel(), dtype=self.dtype)
+            return
+        seeds = [self.cfg.seed * SEED_STRIDE + self.n_inits + j for j in range(len(runs))]
+        self.n_inits += len(runs)
+        fresh = self.task.init(seeds, self.dtype)
+        rows = torch.tensor(runs)
         if self.cfg.estimator == "pes":
-            self.xi = torch.zeros(self.cfg.population // 2, _flat(self.lopt).numel(),
-                                  dtype=self.dtype)
+            rows = torch.cat([rows, rows + n])
+            fresh = {k: torch.cat([v, v]) for k, v in fresh.items()}
+        zero = self.lopt.init_state(fresh)
+        self.params = {k: v.index_copy(0, rows, fresh[k]) for k, v in self.params.items()}
+        self.state = {k: v.index_copy(0, rows, zero[k]) for k, v in self.state.items()}
+        self.inner_steps = self.inner_steps.index_fill(0, torch.tensor(runs), 0)
+        if self.cfg.estimator == "pes":
+            self.xi = self.xi.index_fill(0, torch.tensor(runs), 0.0)
+
+    def _restart_due(self, finite: bool) -> None:
+        """Restart the runs that reached the horizon or whose parameters are not finite."""
+        n = self._n_runs
+        ok = torch.ones(n, dtype=torch.bool)
+        for v in self.params.values():
+            row = torch.isfinite(v.flatten(1)).all(1)
+            ok &= row[:n] & row[n:] if self.cfg.estimator == "pes" else row
+        if not finite and bool(ok.all()):
+            self.episode += 1
+            self._reset_inner()
+            return
+        due = [j for j in range(n)
+               if int(self.inner_steps[j]) >= self.cfg.horizon or not bool(ok[j])]
+        if due:
+            self.episode += 1
+            self._reset_inner(due)
 
     def _batches(self, n: int, repeat: int = 1) -> list:
         out = []
@@ -261,11 +339,8 @@ class MetaTrainer:
                 grad = grad * (self.cfg.clip / gnorm)
             self._adam(grad)
         self.step += 1
-        self.inner_step += self.cfg.unroll
-        if self.inner_step >= self.cfg.horizon or not finite or not all(
-                bool(torch.isfinite(v).all()) for v in self.params.values()):
-            self.episode += 1
-            self._reset_inner()
+        self.inner_steps = self.inner_steps + self.cfg.unroll
+        self._restart_due(finite)
         row = {"step": self.step, "meta_loss": meta, "grad_norm": gnorm, "skipped": not finite,
                **self.lopt.scalars()}
         self.history.append(row)
@@ -309,7 +384,8 @@ class MetaTrainer:
 
     def _adam(self, grad: Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
               ) -> None:
-        t = self.step + 1
+        self.adam_step += 1
+        t = self.adam_step
         start = 0
         with torch.no_grad():
             for p, m, v in zip(self.lopt.parameters(), self.adam_m, self.adam_v, strict=True):
@@ -348,22 +424,45 @@ class MetaTrainer:
             t[f"inner_state/{k}"] = v
         if self.xi is not None:
             t["pes_xi"] = self.xi
+        t["inner_steps"] = self.inner_steps
         t["rng"] = self.gen.get_state()
         return {k: v.contiguous() for k, v in t.items()}
 
     def save(self, path: str | Path) -> Path:
-        """Write the checkpoint atomically (temp file + ``os.replace``)."""
-        from safetensors.torch import save_file
+        """Write the checkpoint atomically: a unique temp file in the same directory
+        (``tempfile.mkstemp``), fsynced, then ``os.replace``d over ``path``."""
+        import tempfile
+
+        from safetensors.torch import save
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": "gensight-lopt/1", "lopt_config": json.dumps(self.lcfg.to_dict()),
                 "meta_config": json.dumps(asdict(self.cfg)), "step": str(self.step),
-                "episode": str(self.episode), "inner_step": str(self.inner_step),
+                "adam_step": str(self.adam_step),
+                "episode": str(self.episode), "n_inits": str(self.n_inits),
                 "history": json.dumps(self.history)}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self._tensors(), str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        data = save(self._tensors(), metadata=meta)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        try:  # make the rename durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return path
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
         return path
 
     def load(self, path: str | Path) -> None:
@@ -381,6 +480,10 @@ class MetaTrainer:
         if json.loads(meta["lopt_config"]) != self.lcfg.to_dict():
             raise LoptError(f"checkpoint {path} holds a different learned optimizer "
                             f"({meta['lopt_config']}); use another --out or the same settings")
+        if "inner_steps" not in tensors:
+            raise LoptError(f"checkpoint {path} was written by an older gensight (all inner "
+                            "runs restarting together); it cannot be resumed, use another "
+                            "--out")
         with torch.no_grad():
             for (n, p), m, v in zip(self.lopt.named_parameters(), self.adam_m, self.adam_v,
                                     strict=True):
@@ -393,8 +496,10 @@ class MetaTrainer:
         self.xi = tensors.get("pes_xi")
         self.gen.set_state(tensors["rng"])
         self.step = int(meta["step"])
+        self.adam_step = int(meta.get("adam_step", meta["step"]))
         self.episode = int(meta["episode"])
-        self.inner_step = int(meta["inner_step"])
+        self.n_inits = int(meta["n_inits"])
+        self.inner_steps = tensors["inner_steps"]
         self.history = json.loads(meta["history"])
 
 
@@ -435,12 +540,25 @@ def load_lopt(path: str | Path, task: Task | None = None) -> tuple[LOpt, dict]:
     lopt = LOpt(lcfg, task.template()).to(_DTYPES[mcfg.get("dtype", "float32")])
     state = {k[len("phi/"):]: v for k, v in tensors.items() if k.startswith("phi/")}
     own = dict(lopt.named_parameters())
-    for n, p in own.items():
-        if n not in state or tuple(state[n].shape) != tuple(p.shape):
-            got = tuple(state[n].shape) if n in state else "missing"
-            raise LoptError(f"checkpoint {path}: parameter {n!r} is {got}, but f={lcfg.f!r} "
-                            f"on task {task.name!r} needs {tuple(p.shape)} (train with "
-                            "symmetry 'np' to transfer across widths)")
+    bad = [n for n, p in own.items()
+           if n not in state or tuple(state[n].shape) != tuple(p.shape)]
+    if bad or set(state) != set(own):
+        trained = mcfg.get("task")
+        n = bad[0] if bad else sorted(set(state) ^ set(own))[0]
+        got = tuple(state[n].shape) if n in state else "missing"
+        need = tuple(own[n].shape) if n in own else "absent"
+        same_names = set(state) == set(own)
+        if lcfg.symmetry == "hnp" and same_names:
+            why = (f"with symmetry 'hnp' f={lcfg.f!r} depends on the optimizee's layer "
+                   f"widths, which differ between {trained!r} and {task.name!r}; train with "
+                   "symmetry 'np' to transfer across widths")
+        else:
+            why = (f"the optimizee of task {task.name!r} differs in depth or layer kinds "
+                   f"from the one f was trained on (task {trained!r}); f={lcfg.f!r} with "
+                   f"symmetry {lcfg.symmetry!r} depends on the number and kind of layers and "
+                   "transfers only across widths")
+        raise LoptError(f"checkpoint {path}: parameter {n!r} is {got}, but task "
+                        f"{task.name!r} needs {need}: {why}")
     with torch.no_grad():
         for n, p in own.items():
             p.copy_(state[n])

@@ -23,6 +23,8 @@ Shapes: a population of ``P`` optimizees is ``{key: (P, *shape)}``; features are
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -98,9 +100,20 @@ class LOptConfig:
 
 
 def _rms_normalize(x: Tensor, eps: float) -> Tensor:
-    """``x / sqrt(mean(x^2) + eps^2)`` over all axes but the first (per optimizee)."""
+    """``x / sqrt(mean(x^2) + eps^2)`` over all axes but the first (per optimizee).
+
+    A ``(P,)`` tensor (a 0-dim parameter per optimizee) is normalized entry by entry; never
+    over the optimizee axis (``mean(dim=())`` would average over everything)."""
+    if x.dim() < 2:
+        return x * torch.rsqrt(x.pow(2) + eps * eps)
     dims = tuple(range(1, x.dim()))
     return x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps * eps)
+
+
+def _f_dtype(module: nn.Module, fparams: Mapping[str, Tensor] | None) -> torch.dtype | None:
+    """The floating dtype of ``f``'s parameters (``None`` for a parameter-free ``f``)."""
+    vals = list(fparams.values()) if fparams is not None else list(module.parameters())
+    return vals[0].dtype if vals else None
 
 
 class LOpt(nn.Module):
@@ -151,7 +164,19 @@ class LOpt(nn.Module):
     def direction(self, feats: Mapping[str, Tensor],
                   fparams: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """``f(feats)``; with ``fparams`` (``f``'s parameters stacked ``(P, ...)``, one set
-        per optimizee, as evolution strategies need) ``f`` is vmapped over optimizees."""
+        per optimizee, as evolution strategies need) ``f`` is vmapped over optimizees.
+
+        The features are cast to ``f``'s dtype and the directions back to the features'
+        dtype, so a float64 optimizer drives float32 optimizees and vice versa."""
+        fdt = _f_dtype(self.f, fparams)
+        in_dt = {k: v.dtype for k, v in feats.items()}
+        if fdt is not None:
+            feats = {k: v.to(fdt) for k, v in feats.items()}
+        out = self._direction(feats, fparams)
+        return {k: v.to(in_dt[k]) for k, v in out.items()}
+
+    def _direction(self, feats: Mapping[str, Tensor],
+                   fparams: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
         if fparams is None:
             return self.f(feats)
         from torch.func import functional_call, vmap
@@ -170,20 +195,43 @@ class LOpt(nn.Module):
 
         return vmap(one)(dict(fparams), dict(feats))
 
-    def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: State,
-               phi: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], State]:
+    def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor | None],
+               state: State, phi: Mapping[str, Tensor] | None = None
+               ) -> tuple[dict[str, Tensor], State]:
         """One step for all ``P`` optimizees; returns ``(new params, new state)``.
 
         ``phi``: optional per-optimizee meta-parameters, ``{name: (P, *shape)}`` for every
         name of ``self.named_parameters()`` (used by ES/PES); default: this module's own.
+
+        A parameter whose gradient is missing from ``grads`` (or ``None``) has no gradient,
+        as in ``torch.optim``: it and its state are returned unchanged. ``f`` still sees it
+        (with zero gradient features and its unchanged state), because NFN/UNF update all
+        tensors jointly. 0-dim parameters (``(P,)`` stacked) are handled as ``(P, 1)``.
         """
         c = self.config
+        scalar = {k for k, p in params.items() if p.dim() == 1}
+
+        def up(k: str, t: Tensor) -> Tensor:
+            return t.unsqueeze(-1) if k in scalar else t
+
+        has = {k for k in params if grads.get(k) is not None}
+        ps = {k: up(k, p) for k, p in params.items()}
+        gs = {k: up(k, grads[k]) if k in has else torch.zeros_like(ps[k]) for k in params}
         new_state: State = {}
+        feat_state: State = {}
         for k in params:
+            keys = [f"m{i}:{k}" for i in range(len(c.decays))] + [f"v:{k}"]
+            if k not in has:
+                for key in keys:
+                    new_state[key] = state[key]
+                    feat_state[key] = up(k, state[key])
+                continue
             g = grads[k]
             for i, d in enumerate(c.decays):
                 new_state[f"m{i}:{k}"] = d * state[f"m{i}:{k}"] + g
             new_state[f"v:{k}"] = c.beta2 * state[f"v:{k}"] + (1 - c.beta2) * g * g
+            for key in keys:
+                feat_state[key] = up(k, new_state[key])
         if phi is None:
             la, lb, lg = self.log_alpha, self.log_beta, self.log_gamma
             fparams = None
@@ -191,17 +239,22 @@ class LOpt(nn.Module):
             la, lb, lg = phi["log_alpha"], phi["log_beta"], phi["log_gamma"]
             fparams = {n[2:]: v for n, v in phi.items() if n.startswith("f.")}
         alpha, beta, gamma = la.exp(), lb.exp(), lg.exp()
-        if c.f == "none":
+        if c.f == "none" or not has:
             dirs = None
         else:
-            dirs = self.direction(self.features(params, grads, new_state), fparams)
+            dirs = self.direction(self.features(ps, gs, feat_state), fparams)
         out = {}
         for k, p in params.items():
+            if k not in has:
+                out[k] = p
+                continue
             shape = (-1,) + (1,) * (p.dim() - 1)
-            a, b_, g_ = (s.view(shape) if s.dim() else s for s in (alpha, beta, gamma))
+            a, b_, g_ = (s.to(p.dtype).view(shape) if s.dim() else s.to(p.dtype)
+                         for s in (alpha, beta, gamma))
             step = g_ * new_state[f"m{self._mu}:{k}"]
             if dirs is not None:
-                step = step + b_ * dirs[k]
+                d = dirs[k].squeeze(-1) if k in scalar else dirs[k]
+                step = step + b_ * d.to(p.dtype)
             out[k] = p - a * step
         return out, new_state
 
@@ -209,6 +262,16 @@ class LOpt(nn.Module):
         return {"alpha": float(self.log_alpha.detach().exp()),
                 "beta": float(self.log_beta.detach().exp()),
                 "gamma": float(self.log_gamma.detach().exp())}
+
+
+def _phi_hash(lopt: LOpt) -> str:
+    """SHA-256 of a learned optimizer's meta-parameters (as float64, so a dtype cast of the
+    same optimizer keeps its hash)."""
+    h = hashlib.sha256()
+    for n, p in lopt.named_parameters():
+        h.update(n.encode())
+        h.update(p.detach().to(torch.float64).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -219,10 +282,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             state-dict keys of the template the ``LOpt`` was built for.
         lopt: the learned optimizer (its parameters are not changed).
 
-    ``step()`` reads ``p.grad`` (``None`` counts as zero) and applies the update of
-    :meth:`LOpt.update` to every parameter in place, as one optimizee (``P = 1``). The
-    momenta and second moments live in ``self.state[p]`` (``{"m0": ..., "v": ...}``), so
-    ``state_dict()`` / ``load_state_dict()`` save and restore them like any torch optimizer.
+    ``step()`` reads ``p.grad`` and applies the update of :meth:`LOpt.update` to every
+    parameter in place, as one optimizee (``P = 1``). As in ``torch.optim``, a parameter with
+    ``p.grad is None`` (e.g. frozen, ``requires_grad=False``) is neither changed nor given
+    state; NFN/UNF still see it, with zero gradient features. The momenta and second moments
+    live in ``self.state[p]`` (``{"m0": ..., "v": ...}``), so ``state_dict()`` /
+    ``load_state_dict()`` save and restore them like any torch optimizer; the state dict also
+    records the learned optimizer's config and a hash of its meta-parameters, and loading it
+    into an optimizer around a different learned optimizer is refused. There is one parameter
+    group (the update has no per-group hyperparameters); ``add_param_group`` is refused.
     """
 
     def __init__(self, named_params: Iterable[tuple[str, Tensor]], lopt: LOpt):
@@ -234,6 +302,34 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.names = [n for n, _ in named]
         self.lopt = lopt
 
+    def add_param_group(self, param_group: dict) -> None:
+        if self.param_groups:
+            raise LoptError("LearnedOptimizer has a single parameter group; build it with "
+                            "all of model.named_parameters()")
+        super().add_param_group(param_group)
+
+    def _lopt_info(self) -> dict:
+        return {"config": json.dumps(self.lopt.config.to_dict(), sort_keys=True),
+                "phi_sha256": _phi_hash(self.lopt)}
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["lopt"] = self._lopt_info()
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("lopt", None)
+        if saved is not None:
+            mine = self._lopt_info()
+            if saved.get("config") != mine["config"]:
+                raise LoptError("optimizer state was saved with a different learned-optimizer "
+                                f"config ({saved.get('config')}), not {mine['config']}")
+            if saved.get("phi_sha256") != mine["phi_sha256"]:
+                raise LoptError("optimizer state was saved with different learned-optimizer "
+                                "meta-parameters (phi hash differs)")
+        super().load_state_dict(state_dict)
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401 - torch API
         loss = None
@@ -242,20 +338,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         ps = self.param_groups[0]["params"]
         params = {n: p.detach().unsqueeze(0) for n, p in zip(self.names, ps, strict=True)}
-        grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad).unsqueeze(0)
-                 for n, p in zip(self.names, ps, strict=True)}
+        grads = {n: p.grad.unsqueeze(0) for n, p in zip(self.names, ps, strict=True)
+                 if p.grad is not None}
         fresh = self.lopt.init_state(params)
         state = {}
         for n, p in zip(self.names, ps, strict=True):
             for key in fresh:
                 kind, name = key.split(":", 1)
                 if name == n:
-                    own = self.state[p].get(kind)
+                    own = self.state[p].get(kind) if p in self.state else None
                     state[key] = fresh[key] if own is None else own.unsqueeze(0)
         new, state = self.lopt.update(params, grads, state)
         for n, p in zip(self.names, ps, strict=True):
-            p.copy_(new[n][0])
+            if n in grads:
+                p.copy_(new[n][0])
         for key, v in state.items():
             kind, name = key.split(":", 1)
-            self.state[ps[self.names.index(name)]][kind] = v[0]
+            if name in grads:
+                self.state[ps[self.names.index(name)]][kind] = v[0]
         return loss

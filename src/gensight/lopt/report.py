@@ -29,8 +29,35 @@ def _smooth(x: torch.Tensor, window: int) -> torch.Tensor:
     return torch.nn.functional.conv1d(xp, k).squeeze(1)
 
 
+def _nan_smooth(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Moving average over the last axis using only finite points; entries that are not
+    finite stay NaN (a diverged seed's curve ends where it diverged)."""
+    ok = torch.isfinite(x)
+    if window <= 1 or x.shape[1] < 2:
+        return torch.where(ok, x, float("nan"))
+    vals = _smooth(torch.where(ok, x, 0.0), window)
+    cnt = _smooth(ok.to(x.dtype), window)
+    out = vals / cnt.clamp_min(1e-12)
+    return torch.where(ok, out, float("nan"))
+
+
+def band(losses: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step mean and std over seeds of the smoothed curves, using only the seeds that are
+    finite at that step (NaN where none is): nothing is filled in for diverged seeds."""
+    sm = _nan_smooth(losses.double(), window)
+    ok = torch.isfinite(sm)
+    n = ok.sum(0)
+    z = torch.where(ok, sm, 0.0)
+    mean = z.sum(0) / n.clamp_min(1)
+    var = (torch.where(ok, sm - mean, 0.0) ** 2).sum(0) / (n - 1).clamp_min(1)
+    std = torch.where(n > 1, var.sqrt(), 0.0)
+    nan = torch.full_like(mean, float("nan"))
+    return torch.where(n > 0, mean, nan), torch.where(n > 0, std, nan)
+
+
 def curves_png(title: str, curves: Sequence[Curve]) -> bytes:
-    """Training loss vs inner step, mean +- std over seeds, one line per optimizer."""
+    """Training loss vs inner step, mean +- std over seeds, one line per optimizer; a
+    diverged seed contributes only up to where it diverged (:func:`band`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -38,12 +65,11 @@ def curves_png(title: str, curves: Sequence[Curve]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for c in curves:
-        x = c.losses.clone()
-        x[~torch.isfinite(x)] = float("nan")
+        x = c.losses
         steps = torch.arange(1, x.shape[1] + 1)
-        sm = _smooth(torch.nan_to_num(x, nan=float(torch.nanmean(x))), max(1, x.shape[1] // 25))
-        mean, std = sm.mean(0), sm.std(0) if sm.shape[0] > 1 else torch.zeros(sm.shape[1])
-        (line,) = ax.plot(steps, mean, label=c.name, lw=1.4)
+        mean, std = band(x, max(1, x.shape[1] // 25))
+        label = c.name + (f" ({c.diverged}/{x.shape[0]} diverged)" if c.diverged else "")
+        (line,) = ax.plot(steps, mean, label=label, lw=1.4)
         ax.fill_between(steps, (mean - std).clamp_min(1e-4), mean + std, alpha=0.18,
                         color=line.get_color(), lw=0)
     ax.set_yscale("log")
@@ -62,11 +88,14 @@ def _table(curves: Sequence[Curve]) -> str:
     esc = html.escape
     rows = ["<tr><th>optimizer</th><th>final train loss</th><th>test accuracy</th>"
             "<th>seconds</th></tr>"]
-    best = min((float(c.train_loss.mean()) for c in curves), default=0.0)
+    # only optimizers with no diverged seed can be marked best
+    best = min((float(c.train_loss.mean()) for c in curves if not c.diverged), default=None)
     for c in curves:
         s = c.summary()
-        mark = " <b>(best)</b>" if s["train_loss"] == best else ""
-        rows.append(f"<tr><td>{esc(c.name)}{mark}</td><td>{s['train_loss']:.4f} &plusmn; "
+        mark = " <b>(best)</b>" if not c.diverged and s["train_loss"] == best else ""
+        div = (f" <b>({s['diverged']}/{s['seeds']} seeds diverged; mean over the rest)</b>"
+               if s["diverged"] else "")
+        rows.append(f"<tr><td>{esc(c.name)}{mark}{div}</td><td>{s['train_loss']:.4f} &plusmn; "
                     f"{s['train_loss_std']:.4f}</td><td>{s['test_acc']:.4f} &plusmn; "
                     f"{s['test_acc_std']:.4f}</td><td>{s['seconds']:.1f}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -74,9 +103,15 @@ def _table(curves: Sequence[Curve]) -> str:
 
 def write_report(results: Mapping[str, Sequence[Curve]], out: str | Path, *,
                  title: str = "gensight learned optimizers", notes: Sequence[str] = ()) -> Path:
-    """Write ``out`` (HTML) and ``out`` with suffix ``.json`` (the summaries); atomic."""
+    """Write ``out`` (HTML) and ``out`` with suffix ``.json`` (the summaries); atomic.
+    ``out`` must not end in ``.json`` (the summary would overwrite the page)."""
+    from gensight.lopt.errors import LoptError
+
     esc = html.escape
     out = Path(out)
+    if out.suffix.lower() == ".json":
+        raise LoptError(f"report {out} ends in .json; name the HTML page (e.g. "
+                        f"{out.with_suffix('.html')}), the JSON summary is written next to it")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(title)}</title>",
