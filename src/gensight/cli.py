@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from gensight import __version__
 from gensight.errors import GensightError
+from gensight.progress import progress_bar
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
@@ -284,21 +285,6 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure_progress(console, quiet: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                    disable=quiet)
-
-
 def _cmd_measures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -323,7 +309,7 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     rows = zoo.table.query("is_final and finite")
     if args.limit:
         rows = rows.head(args.limit)
-    with _measure_progress(console, args.quiet) as bar:
+    with progress_bar(console, args.quiet) as bar:
         task = bar.add_task("measures", total=len(rows))
         table, notes = zoo_measures(zoo, names, rows, n_examples=args.examples,
                                     progress=lambda done, total: bar.update(task,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from gensight.progress import progress_bar
+
 
 def _int(name: str, value: str, minimum: int = 1) -> int:
     from gensight.lopt.errors import LoptError
@@ -29,20 +31,6 @@ def _float(name: str, value: str) -> float:
     if not 0 < v < float("inf"):
         raise LoptError(f"{name} must be a positive number; got {value!r}")
     return v
-
-
-def _progress(err, quiet: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -102,7 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{mcfg.estimator}, {mcfg.meta_steps} meta-steps x {mcfg.unroll} inner steps x "
               f"{mcfg.population} inner runs" + (f"; resuming from {out / CHECKPOINT}"
                                                  if resumed else ""), markup=False)
-    with _progress(err, args.quiet) as bar:
+    with progress_bar(err, args.quiet) as bar:
         task = bar.add_task(f"{lcfg.f}", total=mcfg.meta_steps)
 
         def progress(step: int, total: int, row: dict) -> None:
@@ -180,7 +168,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     baselines = () if args.no_baselines else ("adam", "sgdm")
     err = Console(stderr=True)
     results = {}
-    with _progress(err, args.quiet) as bar:
+    with progress_bar(err, args.quiet) as bar:
         job = bar.add_task("eval", total=len(tasks) * (len(args.checkpoints) + len(baselines)))
         for t, (task, lopts) in per_task.items():
             def progress(what: str, done: bool, t=t) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from gensight.errors import GensightError
+from gensight.progress import progress_bar
 
 
 class TicketsCLIError(GensightError):
@@ -17,20 +18,6 @@ def _int_list(text: str, flag: str) -> list[int]:
         return [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise TicketsCLIError(f"{flag} must be comma-separated integers; got {text!r}") from None
-
-
-def _progress(console, quiet: bool, label: str):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, disable=quiet)
 
 
 def _threads(n: int | None) -> None:
@@ -54,7 +41,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     config = TicketsConfig.from_toml(args.config)
     start = time.perf_counter()
-    with _progress(console, args.quiet, "IMP trainings") as bar:
+    with progress_bar(console, args.quiet, "IMP trainings") as bar:
         task = bar.add_task("build", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -117,7 +104,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for kind in kinds:
         est = MaskPredictor(kind, objective=args.objective, epochs=args.epochs, seed=args.seed)
         start = time.perf_counter()
-        with _progress(console, args.quiet, f"fit {kind}") as bar:
+        with progress_bar(console, args.quiet, f"fit {kind}") as bar:
             task = bar.add_task("fit", total=args.epochs)
             def fit_progress(epoch: int, _total: int, _loss: float, task=task,
                              bar=bar) -> None:
@@ -129,7 +116,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         est.save(out / f"predictor-{kind}.safetensors")
         predictors[f"nfn-{kind}" if kind != "mlp" else "mlp"] = est
     methods = mask_methods(zoo, predictors, test_ids)
-    with _progress(console, args.quiet, "train masked networks") as bar:
+    with progress_bar(console, args.quiet, "train masked networks") as bar:
         task = bar.add_task("eval", total=None)
         results = evaluate_methods(zoo, methods, test_ids, rounds,
                                    progress=lambda d, n: bar.update(task, completed=d, total=n))
