@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from gensight.progress import progress_bar
+
 
 def _positive_int(name: str, value: str, minimum: int = 1) -> int:
     from gensight.mixing.scaling import MixingError
@@ -24,14 +26,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from gensight.mixing.data import DOMAINS, load_domains
@@ -81,9 +75,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{cfg.context} bytes = {cfg.steps * cfg.batch_size * cfg.context:,} tokens; "
               f"domains " + ", ".join(f"{n} ({d.train.size:,} B)" for n, d in data.items())
               + (f"; resuming from {out / CHECKPOINT}" if resumed else ""), markup=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-                  disable=args.quiet) as bar:
+    with progress_bar(err, args.quiet) as bar:
         task = bar.add_task(f"{cfg.policy}", total=cfg.steps)
 
         def progress(step: int, steps: int, row: dict) -> None:
