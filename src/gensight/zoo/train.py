@@ -558,11 +558,12 @@ def train_population(
                     on_stop(epoch, [running[k] for k in done.nonzero().flatten().tolist()])
                 if full is pop:  # first stop: the full population gets its own buffer
                     full_flat = flat.detach().clone()
-                    full, _ = _population_on(pop, full_flat)
+                    full = _population_on(pop, full_flat)
                 keep = (~done).nonzero().flatten()
                 running = [running[k] for k in keep.tolist()]
                 if running:
-                    pop, flat = _population_on(pop, flat.detach()[keep].clone())
+                    flat = flat.detach()[keep].clone()
+                    pop = _population_on(pop, flat)
                     params = pop.parameters()
                     for p in params:
                         p.requires_grad_(True)
@@ -579,7 +580,7 @@ def train_population(
     return full
 
 
-def _population_on(pop: Population, flat: Tensor) -> tuple[Population, Tensor]:
+def _population_on(pop: Population, flat: Tensor) -> Population:
     """A population like ``pop`` whose parameters are views of ``flat: (M', P)``."""
     views, start = [], 0
     for t in pop.parameters():
@@ -588,7 +589,7 @@ def _population_on(pop: Population, flat: Tensor) -> tuple[Population, Tensor]:
         start += n
     k = len(pop.weights)
     return Population(pop.space, pop.arch, views[:k], views[k:], pop.activation,
-                      pop.conv_chunk), flat
+                      pop.conv_chunk)
 
 
 def train_single_reference(member: Member, arch: Architecture, dataset: Dataset, *,
