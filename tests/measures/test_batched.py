@@ -78,3 +78,26 @@ def test_zoo_measures_rejects_a_bad_alpha_batch(grid_zoo):
 
     with pytest.raises(MeasureError, match="alpha_batch must be a positive number"):
         zoo_measures(grid_zoo, ["sharpness.flatness"], alpha_batch=0)
+
+
+def test_zoo_measures_batched_alphas_with_mixed_train_fractions(tmp_path, monkeypatch):
+    """Members with different training subsets (sizes) are searched in separate batches."""
+    from gensight.measures import registry
+    from gensight.zoo import build_zoo
+
+    monkeypatch.setitem(registry.SEARCH, "restarts", 2)
+    monkeypatch.setitem(registry.SEARCH, "steps", 2)
+    monkeypatch.setitem(registry.SEARCH, "rtol", 0.1)
+    spec = ZooSpec.from_dict({
+        "dataset": "digits", "mode": "grid", "seed": 5, "shard_size": 8,
+        "architecture": {"family": "mlp", "hidden": [8]},
+        "hparams": {"optimizer": ["adam"], "lr": [0.02], "epochs": [4], "batch_size": [32],
+                    "train_fraction": [0.2, 0.4], "activation": ["relu", "tanh"]}})
+    zoo = build_zoo(spec, tmp_path / "z")
+    names = ["sharpness.flatness"]
+    batched, _ = zoo_measures(zoo, names, n_examples=None, alpha_batch=8)
+    single, _ = zoo_measures(zoo, names, n_examples=None, alpha_batch=None)
+    both = batched.merge(single, on="member_id", suffixes=("_b", "_s"))
+    a, b = both["sharpness.flatness_b"], both["sharpness.flatness_s"]
+    assert len(both) == 4 and a.isna().equals(b.isna()) and a.notna().sum() >= 2
+    assert ((a - b).abs() <= 0.05 * b.abs()).all(), both

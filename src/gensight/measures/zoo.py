@@ -96,6 +96,10 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
     if not names:
         raise MeasureError(f"no measures named; known: {', '.join(MEASURES)}")
     _check_n_examples(n_examples)
+    if alpha_batch is not None and (isinstance(alpha_batch, bool)
+                                    or not isinstance(alpha_batch, int) or alpha_batch < 1):
+        raise MeasureError(f"alpha_batch must be a positive number of networks or None, got "
+                           f"{alpha_batch!r}")
     for n in names:
         m = get_measure(n)
         if m.needs_init and not (zoo.table["epoch"] == 0).any():
@@ -157,14 +161,14 @@ def _batched_alphas(zoo, rows: pd.DataFrame, names: Sequence[str], n_examples: i
 
     if hasattr(zoo, "require_training_data"):
         zoo.require_training_data("computing complexity measures")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MeasureError(f"alpha_batch must be a positive number of networks or None, got "
-                           f"{batch_size!r}")
     spec = ZooSpec.from_dict(zoo.manifest["spec"])
     members = {m.member_id: m for m in spec.members()}
     data = load_dataset(spec.dataset)
     out: dict = {}
-    for activation, group in rows.groupby("activation", sort=False):
+    # one population per activation; one example count per train fraction
+    keys = ["activation", *(["train_fraction"] if "train_fraction" in rows.columns else [])]
+    for key, group in rows.groupby(keys, sort=False):
+        activation = key[0]
         for start in range(0, len(group), batch_size):
             chunk = group.iloc[start:start + batch_size]
             batch = zoo.weights(chunk)
