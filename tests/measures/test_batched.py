@@ -1,6 +1,7 @@
 """The batched alpha' search equals the per-network one (float64), and zoo_measures uses it."""
 
 import pytest
+import torch
 
 from gensight.data import load_dataset
 from gensight.measures import sharpness_alpha, zoo_measures
@@ -64,7 +65,12 @@ def test_zoo_measures_batched_alphas_equal_per_network_ones(grid_zoo, monkeypatc
     monkeypatch.setitem(registry.SEARCH, "rtol", 0.05)
     rows = grid_zoo.table.query("is_final and finite").head(6)
     names = ["sharpness.flatness", "sharpness.mag.flatness"]
-    batched, _ = zoo_measures(grid_zoo, names, rows, n_examples=200, alpha_batch=4)
+    calls = []
+    batched, _ = zoo_measures(grid_zoo, names, rows, n_examples=200, alpha_batch=4,
+                              alpha_progress=lambda done, total: calls.append((done, total)))
+    # 6 networks x 2 kinds of alpha', in batches of 4 and 2: every search reported, in order
+    assert calls[-1] == (12, 12) and all(t == 12 for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     single, _ = zoo_measures(grid_zoo, names, rows, n_examples=200, alpha_batch=None)
     both = batched.merge(single, on="member_id", suffixes=("_b", "_s"))
     for name in names:  # float32: the batched products round differently, rarely flipping
@@ -101,3 +107,26 @@ def test_zoo_measures_batched_alphas_with_mixed_train_fractions(tmp_path, monkey
     a, b = both["sharpness.flatness_b"], both["sharpness.flatness_s"]
     assert len(both) == 4 and a.isna().equals(b.isna()) and a.notna().sum() >= 2
     assert ((a - b).abs() <= 0.05 * b.abs()).all(), both
+
+
+def test_measure_examples_are_a_seeded_sample_not_the_first_ones():
+    """MNIST-5k's training split is stored class by class: the first 500 examples hold two
+    classes. The measures' examples are a seeded random sample of the member's subset."""
+    from gensight.measures.zoo import measure_examples
+    from gensight.zoo.train import member_states
+
+    ds = load_dataset("mnist5k")
+    assert ds.y_train[:500].unique().numel() <= 2  # why the first ones would be wrong
+    spec = ZooSpec.from_dict({"dataset": "mnist5k", "configs": 2,
+                              "architecture": {"family": "mlp", "hidden": [4]}})
+    members = spec.members()
+    states = member_states(members, len(ds.y_train))
+    idx = [measure_examples(m, s.subset, 500) for m, s in zip(members, states, strict=True)]
+    for i, s in zip(idx, states, strict=True):
+        assert len(i) == 500 and bool(torch.isin(i, s.subset).all())
+        assert bool((i[1:] > i[:-1]).all())  # distinct, in index order
+        assert ds.y_train[i].unique().numel() == 10
+    assert not torch.equal(idx[0], idx[1])  # each member its own sample ...
+    again = measure_examples(members[0], states[0].subset, 500)
+    assert torch.equal(again, idx[0])  # ... the same on every call
+    assert torch.equal(measure_examples(members[0], states[0].subset, None), states[0].subset)

@@ -63,15 +63,27 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
             model = trained[i]
             init = next(inits) if has_init.iloc[i] else None
             subset = member_states([mem], n_train)[0].subset
-            idx = subset if n_examples is None else subset[:n_examples]
+            idx = measure_examples(mem, subset, n_examples)
             yield row, MemberData(model, data.x_train[idx], data.y_train[idx], init,
                                   n_train=len(subset))
+
+
+def measure_examples(member, subset: torch.Tensor, n_examples: int | None) -> torch.Tensor:
+    """The indices of the training examples the measures use for ``member``: all of its
+    training subset, or ``n_examples`` of them drawn at random (seeded by the member's seed,
+    in index order). Not the first ``n_examples``: a split stored class by class (MNIST-5k's
+    is) would give examples of one or two classes only."""
+    if n_examples is None or n_examples >= len(subset):
+        return subset
+    g = torch.Generator().manual_seed(member.seed + 2)  # + 1 draws the subset and data order
+    return subset[torch.randperm(len(subset), generator=g)[:n_examples]].sort().values
 
 
 def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
                  n_examples: int | None = 1000,
                  progress: Callable[[int, int], None] | None = None,
-                 alpha_batch: int | None = 32
+                 alpha_batch: int | None = 32,
+                 alpha_progress: Callable[[int, int], None] | None = None
                  ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Measures ``names`` for every row (default: finite members at their final checkpoint).
 
@@ -79,7 +91,8 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
     lockstep (:func:`gensight.measures.batched.sharpness_alpha_batch`: the same search as
     :func:`~gensight.measures.core.sharpness_alpha` per network, batched over members as the
     population trainer batches training); ``alpha_batch=None`` runs ``sharpness_alpha`` on
-    each network alone instead.
+    each network alone instead. ``alpha_progress(done, total)`` follows those searches
+    (``total`` = networks x kinds of alpha'), ``progress(done, total)`` the networks after.
 
     Returns a table (``member_id`` plus one column per measure, a name given twice counted
     once; NaN where a measure does not apply) and, per measure that did not apply somewhere,
@@ -108,7 +121,8 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
     if rows is None:
         rows = zoo.table.query("is_final and finite")
     caches = ({} if alpha_batch is None
-              else _batched_alphas(zoo, rows, names, n_examples, batch_size=alpha_batch))
+              else _batched_alphas(zoo, rows, names, n_examples, batch_size=alpha_batch,
+                                   progress=alpha_progress))
     records, notes = [], {}
     unconverged: list[str] = []  # per member with a ConvergenceWarning: its first message
     for done, (row, data) in enumerate(member_data(zoo, rows, n_examples), start=1):
@@ -141,7 +155,8 @@ def zoo_measures(zoo, names: Sequence[str], rows: pd.DataFrame | None = None, *,
 
 
 def _batched_alphas(zoo, rows: pd.DataFrame, names: Sequence[str], n_examples: int | None,
-                    batch_size: int) -> dict:
+                    batch_size: int, progress: Callable[[int, int], None] | None = None
+                    ) -> dict:
     """Per member id, the cache entries ``("alpha", magnitude)`` of the sharpness measures
     among ``names``, found by the batched search over up to ``batch_size`` members of one
     activation at a time (on each member's own first ``n_examples`` training examples)."""
@@ -165,6 +180,7 @@ def _batched_alphas(zoo, rows: pd.DataFrame, names: Sequence[str], n_examples: i
     members = {m.member_id: m for m in spec.members()}
     data = load_dataset(spec.dataset)
     out: dict = {}
+    total, finished = len(rows) * len(kinds), 0
     # one population per activation; one example count per train fraction
     keys = ["activation", *(["train_fraction"] if "train_fraction" in rows.columns else [])]
     for key, group in rows.groupby(keys, sort=False):
@@ -174,16 +190,23 @@ def _batched_alphas(zoo, rows: pd.DataFrame, names: Sequence[str], n_examples: i
             batch = zoo.weights(chunk)
             pop = Population(batch.space, spec.architecture, [w[:, 0] for w in batch.weights],
                              [b[:, 0] for b in batch.biases], str(activation))
-            states = member_states([members[i] for i in chunk["member_id"]], len(data.y_train))
-            idx = torch.stack([s.subset if n_examples is None else s.subset[:n_examples]
-                               for s in states])
+            chosen = [members[i] for i in chunk["member_id"]]
+            states = member_states(chosen, len(data.y_train))
+            idx = torch.stack([measure_examples(m, s.subset, n_examples)
+                               for m, s in zip(chosen, states, strict=True)])
             shared = bool((idx == idx[:1]).all())
             x = data.x_train[idx[0]] if shared else data.x_train[idx]
             y = data.y_train[idx[0]] if shared else data.y_train[idx]
             for magnitude in kinds:
+                def step(done: int, _m: int, base: int = finished) -> None:
+                    if progress is not None:
+                        progress(base + done, total)
+
                 found = sharpness_alpha_batch(
                     pop, x, y, magnitude=magnitude, target_drop=SEARCH["target_drop"],
-                    restarts=SEARCH["restarts"], steps=SEARCH["steps"], rtol=SEARCH["rtol"])
+                    restarts=SEARCH["restarts"], steps=SEARCH["steps"], rtol=SEARCH["rtol"],
+                    progress=step)
+                finished += len(chunk)
                 for member_id, res in zip(chunk["member_id"], found, strict=True):
                     value = res.alpha if res.alpha is not None else NotApplicable(res.reason)
                     out.setdefault(member_id, {})[("alpha", magnitude)] = value
