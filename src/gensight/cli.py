@@ -310,10 +310,15 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     if args.limit:
         rows = rows.head(args.limit)
     with progress_bar(console, args.quiet) as bar:
+        searches = None
+        if any(n.startswith("sharpness.") for n in names):  # the batched alpha' searches
+            searches = bar.add_task("alpha' searches", total=None)
         task = bar.add_task("measures", total=len(rows))
-        table, notes = zoo_measures(zoo, names, rows, n_examples=args.examples,
-                                    progress=lambda done, total: bar.update(task,
-                                                                             completed=done))
+        table, notes = zoo_measures(
+            zoo, names, rows, n_examples=args.examples,
+            progress=lambda done, total: bar.update(task, completed=done),
+            alpha_progress=None if searches is None else (
+                lambda done, total: bar.update(searches, completed=done, total=total)))
     out = Path(args.out) if args.out else Path(args.zoo) / "measures.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     from gensight.zoo.store import atomic_write_bytes, parquet_bytes
