@@ -48,3 +48,17 @@ def test_rnn_perm_spec_ties_recurrent_axes():
 def test_unknown_task():
     with pytest.raises(LoptError, match="unknown task 'nope'"):
         make_task("nope")
+
+
+def test_split_limit_is_a_seeded_sample_of_every_class():
+    """MNIST-5k's training split is stored class by class; a limited split must still hold
+    every class (the first 2,000 examples would hold digits 0-6 only)."""
+    from gensight.lopt import make_task
+
+    task = make_task("mnist5k-mlp")
+    x, y = task.split("train", 2000)
+    assert len(y) == 2000 and y.unique().numel() == 10
+    x2, y2 = task.split("train", 2000)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    full_x, full_y = task.split("train")
+    assert len(full_y) == 3000

@@ -132,8 +132,15 @@ class _ImageTask(Task):
         return Batch(x[idx].to(dtype), y[idx])
 
     def split(self, name, limit=None):
+        """The split's examples, or ``limit`` of them drawn at random (seed 0, in index
+        order; the same on every call). Not the first ``limit``: MNIST-5k's splits are
+        stored class by class."""
         x, y = self.data.split(name)
-        return (x, y) if limit is None else (x[:limit], y[:limit])
+        if limit is None or limit >= len(y):
+            return x, y
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(y), generator=g)[:limit].sort().values
+        return x[idx], y[idx]
 
 
 class MLPTask(_ImageTask):
