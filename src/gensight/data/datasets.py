@@ -91,15 +91,22 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
 
 
 _LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "mnist1d": _mnist1d}
-DATASETS = tuple(_LOADERS)
+# Sequence tasks: token ids and per-position targets (zoo family "gru" only).
+SEQUENCE_DATASETS = ("arith",)
+DATASETS = (*_LOADERS, *SEQUENCE_DATASETS)
 
 
 @functools.cache
 def load_dataset(name: str) -> Dataset:
-    """Load a dataset by name (``digits``, ``mnist5k``, ``mnist1d``) with its fixed split.
+    """Load a dataset by name (``digits``, ``mnist5k``, ``mnist1d``; the sequence task
+    ``arith``, :mod:`gensight.data.arith`) with its fixed split.
 
     The split is stratified by class and the same on every call and every machine.
     """
+    if name == "arith":
+        from gensight.data.arith import load_arith
+
+        return load_arith()
     if name not in _LOADERS:
         raise GensightError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     x, y, value_range = _LOADERS[name]()

@@ -33,6 +33,7 @@ def member_data(zoo, rows: pd.DataFrame, n_examples: int | None = 1000):
     _check_n_examples(n_examples)
     if hasattr(zoo, "require_training_data"):
         zoo.require_training_data("computing complexity measures")
+        zoo.require_feedforward("computing complexity measures")
     spec = ZooSpec.from_dict(zoo.manifest["spec"])
     members = {m.member_id: m for m in spec.members()}
     if "member_id" not in rows.columns:
@@ -176,6 +177,7 @@ def _batched_alphas(zoo, rows: pd.DataFrame, names: Sequence[str], n_examples: i
 
     if hasattr(zoo, "require_training_data"):
         zoo.require_training_data("computing complexity measures")
+        zoo.require_feedforward("computing complexity measures")
     spec = ZooSpec.from_dict(zoo.manifest["spec"])
     members = {m.member_id: m for m in spec.members()}
     data = load_dataset(spec.dataset)

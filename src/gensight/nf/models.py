@@ -213,10 +213,11 @@ class InvariantDeepSets(_Invariant):
     tensor (a much larger group than the neuron permutations, so it cannot see how weights
     connect).
 
-    ``forward``: ``WeightBatch (B, 1, ...)`` -> ``(B, out_features)``.
+    ``forward``: ``WeightBatch (B, 1, ...)`` (or a ``ParamBatch`` for a model built on a
+    :class:`~gensight.weightspace.ParamSpace`: any network) -> ``(B, out_features)``.
     """
 
-    def __init__(self, space: WeightSpace, *, channels: Sequence[int] = (32, 32),
+    def __init__(self, space, *, channels: Sequence[int] = (32, 32),
                  out_features: int = 1, head_hidden: Sequence[int] = (256,),
                  dropout: float = 0.0):
         super().__init__()
@@ -224,7 +225,7 @@ class InvariantDeepSets(_Invariant):
             raise GensightError("InvariantDeepSets needs at least one phi layer (channels is "
                                 "empty)")
         self.space = space
-        n_tensors = 2 * space.n_layers
+        n_tensors = len(space.shapes) if hasattr(space, "spec_for") else 2 * space.n_layers
 
         def phi() -> nn.Sequential:
             layers: list[nn.Module] = []
@@ -248,7 +249,9 @@ class InvariantDeepSets(_Invariant):
             raise ShapeMismatchError(f"InvariantDeepSets takes raw weights (1 channel); the "
                                      f"batch has {batch.channels}")
         feats = []
-        for phi, t in zip(self.phis, (*batch.weights, *batch.biases), strict=True):
+        tensors = batch.tensors() if hasattr(batch, "params") else (*batch.weights,
+                                                                    *batch.biases)
+        for phi, t in zip(self.phis, tensors, strict=True):
             entries = t.reshape(t.shape[0], -1, 1)             # (B, entries, 1)
             feats.append(phi(entries).mean(1))
         return torch.cat(feats, 1)

@@ -649,6 +649,10 @@ class UNFLinear(nn.Module):
                 ) -> dict[str, Tensor] | WeightBatch:
         """``{key: (B, c_in, *shape)} -> {key: (B, c_out, *shape)}`` (or WeightBatch ->
         WeightBatch for a layer built with :meth:`from_weight_space`)."""
+        from gensight.weightspace import ParamBatch
+
+        if isinstance(params, ParamBatch):
+            params = params.params
         if isinstance(params, WeightBatch):
             if self.space is None or params.space != self.space:
                 raise ShapeMismatchError(
@@ -856,6 +860,10 @@ class InvariantUNF(nn.Module):
 
     def embed(self, params: Mapping[str, Tensor] | WeightBatch) -> Tensor:
         """The pooled invariant representation ``(B, pool.out_features(channels[-1]))``."""
+        from gensight.weightspace import ParamBatch
+
+        if isinstance(params, ParamBatch):
+            params = params.params
         if isinstance(params, WeightBatch):
             if self.space is None or params.space != self.space:
                 raise ShapeMismatchError(

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from gensight.errors import GensightError, NonFiniteWeightsError
-from gensight.weightspace import WeightBatch, nonfinite_members
+from gensight.weightspace import (
+    ParamBatch,
+    ParamSpace,
+    WeightBatch,
+    nonfinite_members,
+    nonfinite_param_members,
+)
 
 
 class PredictError(GensightError, ValueError):
@@ -96,7 +102,7 @@ class ZooSplit:
         return len(self.rows)
 
     @cached_property
-    def weights(self) -> WeightBatch:
+    def weights(self) -> WeightBatch | ParamBatch:
         try:
             batch = self.zoo.weights(self.rows)
         except NonFiniteWeightsError as exc:
@@ -106,7 +112,8 @@ class ZooSplit:
             bad = [self.rows["member_id"].iloc[m] for m in members]
             raise PredictError(f"{len(bad)} of the {len(self.rows)} networks have NaN/inf "
                                f"weights: {_few(bad)} ({exc})") from None
-        bad = nonfinite_members(batch)
+        bad = nonfinite_param_members(batch) if isinstance(batch, ParamBatch) else \
+            nonfinite_members(batch)
         if bad:
             ids = [self.rows["member_id"].iloc[m] for m in bad]
             raise PredictError(f"{len(ids)} of the {len(self.rows)} networks have NaN/inf "
@@ -221,11 +228,13 @@ class Predictor:
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def statnn_features(batch: WeightBatch) -> np.ndarray:
+def statnn_features(batch: WeightBatch | ParamBatch) -> np.ndarray:
     """StatNN features (arXiv 2002.11448, Sec. 4): for every weight and bias tensor, its mean,
     variance and the 0/25/50/75/100% quantiles; ``(networks, 7 * tensors)``."""
     feats = []
-    for t in [*batch.weights, *(b for b in batch.biases if b is not None)]:
+    tensors = batch.tensors() if isinstance(batch, ParamBatch) else \
+        [*batch.weights, *(b for b in batch.biases if b is not None)]
+    for t in tensors:
         flat = t.detach().double().flatten(1)
         q = torch.quantile(flat, torch.tensor(QUANTILES, dtype=flat.dtype), dim=1).T
         feats.append(torch.cat([flat.mean(1, keepdim=True), flat.var(1, keepdim=True), q], 1))
@@ -318,7 +327,15 @@ class NFNPredictor(Predictor):
         self.verbose = verbose
         self.name = f"nfn-{symmetry}"
 
-    def _scaled(self, batch: WeightBatch) -> WeightBatch:
+    # Whether the model takes any ParamSpace (GRUs, residual CNNs): UNF and Deep Sets do; the
+    # NF-Layers and NFT need an MLP/CNN WeightSpace.
+    any_space = False
+
+    def _scaled(self, batch: WeightBatch | ParamBatch) -> WeightBatch | ParamBatch:
+        if isinstance(batch, ParamBatch):
+            return ParamBatch(batch.space, {k: t / s for (k, t), s in
+                                            zip(batch.params.items(), self.w_scale_,
+                                                strict=True)})
         return WeightBatch(batch.space, [w / s for w, s in zip(batch.weights, self.w_scale_,
                                                                strict=True)],
                            [None if b is None else b / s for b, s in
@@ -326,6 +343,11 @@ class NFNPredictor(Predictor):
                            check_finite=False)
 
     def check_split(self, split: ZooSplit) -> None:
+        space = split.zoo.space if hasattr(split.zoo, "space") else None
+        if isinstance(space, ParamSpace) and not self.any_space:
+            raise PredictError(f"{self.name} needs an MLP or CNN zoo; this zoo holds family "
+                               f"{split.zoo.family!r} networks: use unf, unf-np, deepsets, "
+                               f"statnn or statnn-mlp")
         if len(split) < 2:
             raise PredictError(f"{self.name} needs at least 2 training networks (one to train "
                                f"on, one to stop early on); the training split has "
@@ -350,8 +372,13 @@ class NFNPredictor(Predictor):
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         batch = split.weights
-        self.w_scale_ = [w.std().clamp_min(1e-8) for w in batch.weights]
-        self.b_scale_ = [None if b is None else b.std().clamp_min(1e-8) for b in batch.biases]
+        if isinstance(batch, ParamBatch):
+            self.w_scale_ = [t.std().clamp_min(1e-8) for t in batch.tensors()]
+            self.b_scale_ = []
+        else:
+            self.w_scale_ = [w.std().clamp_min(1e-8) for w in batch.weights]
+            self.b_scale_ = [None if b is None else b.std().clamp_min(1e-8)
+                             for b in batch.biases]
         batch = self._scaled(batch)
         y = torch.tensor(split.y, dtype=torch.float32)
         n = len(y)
@@ -369,7 +396,13 @@ class NFNPredictor(Predictor):
             for start in range(0, len(perm), self.batch_size):
                 idx = perm[start:start + self.batch_size]
                 xb = batch[idx]
-                if self.augment:
+                if self.augment and isinstance(xb, ParamBatch):
+                    from gensight.nf import unf
+
+                    spec = xb.space.spec_for(self.symmetry)
+                    perms = unf.random_permutation(spec, xb.space.shape_dict, gen, len(idx))
+                    xb = ParamBatch(xb.space, unf.permute(xb.params, spec, perms))
+                elif self.augment:
                     xb = permute(xb, random_permutation(batch.space, self.symmetry,
                                                         batch_size=len(idx), generator=gen))
                 loss = loss_fn(model(xb).squeeze(-1), y[idx])
@@ -433,6 +466,8 @@ class UNFPredictor(NFNPredictor):
     the NF-Layers' maps; the class exists so that any :class:`~gensight.nf.PermSpec` space
     gets the same predictor."""
 
+    any_space = True
+
     def __init__(self, symmetry: str = "hnp", channels=(16, 16, 16), **kwargs):
         super().__init__(symmetry, channels, **kwargs)
         self.name = "unf" if symmetry == "hnp" else "unf-np"
@@ -440,12 +475,17 @@ class UNFPredictor(NFNPredictor):
     def _make_model(self, space) -> nn.Module:
         from gensight.nf import InvariantUNF
 
+        if isinstance(space, ParamSpace):
+            return InvariantUNF(space.spec_for(self.symmetry), space.shape_dict,
+                                channels=self.channels)
         return InvariantUNF.from_weight_space(space, self.symmetry, channels=self.channels)
 
 
 class DeepSetsPredictor(NFNPredictor):
     """The Deep Sets baseline of arXiv 2402.05232 (:class:`~gensight.nf.InvariantDeepSets`:
     every tensor a set of scalars), trained as :class:`NFNPredictor`."""
+
+    any_space = True
 
     def __init__(self, channels=(32, 32), **kwargs):
         super().__init__("hnp", channels, **kwargs)

@@ -8,6 +8,10 @@ checkpoint, ``is_final`` true) and one row per member: ``member_id``, ``image_id
 in the zoo's image order), ``split``, ``image_index`` (index within that split), ``label``,
 ``fit_index``, ``seed``, ``epoch``, ``is_final``, ``finite``, ``shard``, ``shard_pos``,
 ``steps_used``, ``mse`` and ``psnr`` (dB, of the stored weights on the image in [-1, 1]).
+GRU and residual-CNN zoos (``family = "gru"`` / ``"rescnn"``, :mod:`gensight.zoo.families`)
+train each shard with :func:`~gensight.zoo.families.train_param_population` and store a
+:class:`~gensight.weightspace.ParamSpace` in the manifest; their rows are a classifier zoo's
+(a GRU's ``*_acc`` columns are success rates: exact answers).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from torch import Tensor
 import gensight
 from gensight.data import Dataset, apply_shift, load_dataset
 from gensight.errors import GensightError
-from gensight.weightspace import WeightSpace
+from gensight.weightspace import ParamSpace, WeightSpace
 from gensight.zoo.siren import fit_sirens, siren_space
 from gensight.zoo.spec import (
+    PARAM_FAMILIES,
     SIREN_DATASETS,
     SPLITS,
     STRUCTURAL,
@@ -205,16 +210,32 @@ def build_zoo(
     return Zoo.open(root)
 
 
+ShardBuilder = Callable[[ShardPlan, Callable[[], None]], ShardRows]
+
+
 def _shard_builder(root: Path, spec: ZooSpec
-                   ) -> tuple[WeightSpace, Callable[[ShardPlan, Callable[[], None]], ShardRows]]:
+                   ) -> tuple[WeightSpace | ParamSpace, ShardBuilder]:
     """The zoo's weight space and a function that builds one shard (loads the data once)."""
     if spec.is_siren:
         images = siren_images(spec)
         return siren_space(spec.architecture.hidden), (
             lambda plan, on_step: _build_siren_shard(root, spec, plan, images, on_step))
     dataset = load_dataset(spec.dataset)
-    template = init_member(spec.members()[0], spec.architecture, dataset)
     sets: list[dict[str, tuple[Tensor, Tensor]]] = []  # computed once, when first needed
+    if spec.architecture.family in PARAM_FAMILIES:
+        from gensight.zoo.families import build_template
+
+        act = spec.members()[0].hparams["activation"]
+        space = ParamSpace.from_module(build_template(spec.architecture, dataset.input_shape,
+                                                      dataset.n_classes, act))
+
+        def build_param(plan: ShardPlan, on_step: Callable[[], None]) -> ShardRows:
+            if not sets:
+                sets.append(eval_sets(spec, dataset))
+            return _build_param_shard(root, spec, plan, dataset, sets[0], on_step)
+
+        return space, build_param
+    template = init_member(spec.members()[0], spec.architecture, dataset)
 
     def build(plan: ShardPlan, on_step: Callable[[], None]) -> ShardRows:
         if not sets:
@@ -249,7 +270,7 @@ def _check_root(root: Path, spec: ZooSpec) -> None:
                             "or empty --out directory")
 
 
-def _resume(root: Path, spec: ZooSpec, space: WeightSpace, plans: list[ShardPlan],
+def _resume(root: Path, spec: ZooSpec, space: WeightSpace | ParamSpace, plans: list[ShardPlan],
             say: Callable[[str], None]) -> dict[int, ShardRows]:
     """Verify the completed shards (moving damaged ones aside) and bring the index up to
     date with them. Returns the intact shards."""
@@ -305,7 +326,8 @@ def _ray_shard_task(root: str, source: dict, index: int) -> int:
     return index
 
 
-def _write_manifest(root: Path, spec: ZooSpec, space: WeightSpace, n_shards: int) -> None:
+def _write_manifest(root: Path, spec: ZooSpec, space: WeightSpace | ParamSpace,
+                    n_shards: int) -> None:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -383,6 +405,64 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
     metadata = {"member_ids": [m.member_id for m in members],
                 "checkpoints": list(checkpoints),
                 "structural": {k: members[0].hparams[k] for k in STRUCTURAL}}
+    return write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
+
+
+def _build_param_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
+                       sets: dict[str, tuple[Tensor, Tensor]], on_step: Callable[[], None]
+                       ) -> ShardRows:
+    """A shard of a ``gru`` / ``rescnn`` zoo: one population, the classifier zoo's rows (a
+    GRU's accuracies are success rates) and tensors ``e{epoch}/{state-dict key}``."""
+    from gensight.zoo.families import (
+        build_template,
+        evaluate_params,
+        population_logits,
+        train_param_population,
+    )
+
+    members = plan.members
+    hp0 = members[0].hparams
+    epochs = hp0["epochs"]
+    checkpoints = spec.checkpoint_epochs(epochs)
+    tensors: dict[str, Tensor] = {}
+    rows: list[dict] = []
+    subsets = torch.stack([s.subset for s in member_states(members, len(dataset.y_train))])
+    own_train = (dataset.x_train[subsets], dataset.y_train[subsets])
+    forward = population_logits(spec.architecture, build_template(
+        spec.architecture, dataset.input_shape, dataset.n_classes, hp0["activation"]))
+
+    def on_checkpoint(epoch: int, params: dict[str, Tensor]) -> None:
+        for key, values in params.items():
+            tensors[f"e{epoch}/{key}"] = values.clone()
+        results = {"train": evaluate_params(forward, params, *own_train, per_member=True)}
+        results.update({name: evaluate_params(forward, params, x, y,
+                                              keep_logits=spec.store_logits)
+                        for name, (x, y) in sets.items()})
+        if spec.store_logits:
+            for name, ev in results.items():
+                if ev.logits is not None:
+                    tensors[f"logits/e{epoch}/{name}"] = ev.logits.half()
+        finite = torch.stack([torch.isfinite(t.flatten(1)).all(1)
+                              for t in params.values()]).all(0)
+        for pos, member in enumerate(members):
+            row = {
+                "member_id": member.member_id, "config_id": member.config_id,
+                "seed_index": member.seed_index, "seed": member.seed,
+                "epoch": epoch, "is_final": epoch == epochs, "finite": bool(finite[pos]),
+                "shard": plan.index, "shard_pos": pos, **member.hparams,
+            }
+            for name, ev in results.items():
+                key = name if name in ("train", "val", "test") else f"shift:{name}"
+                row[f"{key}_loss"] = float(ev.loss[pos])
+                row[f"{key}_acc"] = float(ev.accuracy[pos])
+            row["gen_gap"] = row["train_acc"] - row["test_acc"]
+            rows.append(row)
+
+    train_param_population(members, spec.architecture, dataset, checkpoints, on_checkpoint,
+                           on_step)
+    metadata = {"member_ids": [m.member_id for m in members],
+                "checkpoints": list(checkpoints), "family": spec.architecture.family,
+                "structural": {k: hp0[k] for k in STRUCTURAL}}
     return write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
 
 

@@ -113,7 +113,9 @@ class SpecError(GensightError, ValueError):
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "elu", "leaky_relu", "silu")
-FAMILIES = ("mlp", "cnn", "siren")
+FAMILIES = ("mlp", "cnn", "siren", "gru", "rescnn")
+# Families whose weight space is a ParamSpace (gensight.zoo.families), not a WeightSpace.
+PARAM_FAMILIES = ("gru", "rescnn")
 SPLITS = ("train", "val", "test")
 
 # name -> (type, default choices). The order is the sampling order of ``members()``: keep it.
@@ -207,6 +209,7 @@ _DATASET_SHAPES = {
     "digits": DatasetShape((1, 8, 8), 10, 1078, 359, 360, True),
     "mnist5k": DatasetShape((1, 28, 28), 10, 3000, 1000, 1000, True),
     "mnist1d": DatasetShape((1, 40), 10, 3000, 1000, 1000, False),
+    "arith": DatasetShape((8,), 13, 600, 200, 200, False),
 }
 
 
@@ -270,6 +273,7 @@ class Architecture:
     kernel_size: int = 3
     stride: int = 2  # cnn: stride of every conv (the Small CNN Zoo uses 2)
     omega_0: float = 30.0  # siren: sin(omega_0 * (W x + b)) after every hidden layer
+    blocks: int = 0  # rescnn: residual blocks after the stem
 
     @property
     def padding(self) -> int:
@@ -278,8 +282,8 @@ class Architecture:
 
     @property
     def widths(self) -> tuple[int, ...]:
-        """Hidden widths (mlp, siren) or channel counts (cnn)."""
-        return self.channels if self.family == "cnn" else self.hidden
+        """Hidden widths (mlp, siren, gru) or channel counts (cnn, rescnn)."""
+        return self.channels if self.family in ("cnn", "rescnn") else self.hidden
 
     def conv_output_sizes(self, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
         """cnn: spatial size after each conv layer, for inputs of size ``spatial``."""
@@ -293,6 +297,10 @@ class Architecture:
     def n_params(self, input_shape: tuple[int, ...], n_classes: int) -> int:
         """Parameters (weights and biases) of the network ``build_model`` makes (siren: of
         the 2 -> hidden -> 1 SIREN; ``input_shape`` and ``n_classes`` are not used)."""
+        if self.family in PARAM_FAMILIES:
+            from gensight.zoo.families import n_params
+
+            return n_params(self, input_shape, n_classes)
         if self.family == "siren":
             widths = [2, *self.hidden, 1]
             return sum(a * b + b for a, b in itertools.pairwise(widths))
@@ -305,7 +313,12 @@ class Architecture:
         return conv + chans[-1] * n_classes + n_classes
 
     def forward_macs(self, input_shape: tuple[int, ...], n_classes: int) -> int:
-        """Multiply-accumulates of one example's forward pass (siren: of one pixel)."""
+        """Multiply-accumulates of one example's forward pass (siren: of one pixel; gru: of
+        a whole sequence)."""
+        if self.family in PARAM_FAMILIES:
+            from gensight.zoo.families import forward_macs
+
+            return forward_macs(self, input_shape, n_classes)
         if self.family == "siren":
             widths = [2, *self.hidden, 1]
             return sum(a * b for a, b in itertools.pairwise(widths))
@@ -324,6 +337,11 @@ class Architecture:
             return {"family": "mlp", "hidden": list(self.hidden)}
         if self.family == "siren":
             return {"family": "siren", "hidden": list(self.hidden), "omega_0": self.omega_0}
+        if self.family == "gru":
+            return {"family": "gru", "hidden": list(self.hidden)}
+        if self.family == "rescnn":
+            return {"family": "rescnn", "channels": self.channels[0], "blocks": self.blocks,
+                    "kernel_size": self.kernel_size, "stride": self.stride}
         return {"family": "cnn", "channels": list(self.channels),
                 "kernel_size": self.kernel_size, "stride": self.stride}
 
@@ -488,6 +506,8 @@ class ZooSpec:
         mode = _choice("mode", get("mode"), ("random", "grid"))
         hparams = _hparams(data.get("hparams", {}), mode)
         _check_batch_size(hparams["batch_size"], dataset, info)
+        if arch.family in PARAM_FAMILIES:
+            _check_param_family(arch.family, data, hparams)
         if mode == "grid":
             configs = math.prod(len(v) for v in hparams.values())  # type: ignore[arg-type]
             given = data.get("configs", configs)
@@ -824,13 +844,44 @@ def _positive_ints(where: str, value: Any, *, non_empty: bool) -> tuple[int, ...
 def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
     if not isinstance(data, dict):
         raise SpecError(f"architecture: expected a table with 'family', got {_show(data)}")
+    from gensight.data.datasets import SEQUENCE_DATASETS
+
     family = _choice("architecture.family", data.get("family"), FAMILIES)
-    allowed = {"family", "hidden"} if family == "mlp" else {
-        "family", "channels", "kernel_size", "stride"}
+    allowed = {"mlp": {"family", "hidden"}, "gru": {"family", "hidden"},
+               "rescnn": {"family", "channels", "blocks", "kernel_size", "stride"}}.get(
+        family, {"family", "channels", "kernel_size", "stride"})
     unknown = sorted((k for k in data if k not in allowed), key=str)
     if unknown:
         raise SpecError(f"architecture: unknown field(s) {unknown} for family {family!r}; "
                         f"allowed: {sorted(allowed)}")
+    if (family == "gru") != (dataset in SEQUENCE_DATASETS):
+        if family == "gru":
+            raise SpecError(f"dataset: family 'gru' trains on a sequence task "
+                            f"{list(SEQUENCE_DATASETS)}, got {dataset!r}")
+        raise SpecError(f"dataset: {dataset!r} is a sequence task (token ids); it needs "
+                        f"architecture.family 'gru', got {family!r}")
+    if family == "gru":
+        hidden = _positive_ints("architecture.hidden", data.get("hidden", [32]),
+                                non_empty=True)
+        if len(set(hidden)) != 1:
+            raise SpecError(f"architecture.hidden: the layers of one nn.GRU share their width; "
+                            f"got {list(hidden)}")
+        return Architecture("gru", hidden=hidden)
+    if family == "rescnn":
+        channels = _int("architecture.channels", data.get("channels", 16), 1)
+        blocks = _int("architecture.blocks", data.get("blocks", 2), 0)
+        kernel = _int("architecture.kernel_size", data.get("kernel_size", 3), 1)
+        stride = _int("architecture.stride", data.get("stride", 2), 1)
+        if len(info.spatial) != 2:
+            raise SpecError(f"architecture.family: 'rescnn' needs 2-D images; {dataset!r} has "
+                            f"{len(info.spatial)}-D inputs")
+        side = min(info.spatial)
+        for key, value in (("kernel_size", kernel), ("stride", stride)):
+            if value > side:
+                raise SpecError(f"architecture.{key}: {value} is larger than the "
+                                f"{info.describe()} input of {dataset!r}")
+        return Architecture("rescnn", channels=(channels,), kernel_size=kernel, stride=stride,
+                            blocks=blocks)
     if family == "mlp":
         hidden = _positive_ints("architecture.hidden", data.get("hidden", [32]),
                                 non_empty=False)
@@ -854,6 +905,26 @@ def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
                             f"{'x'.join(map(str, size))} positions on the {info.describe()} "
                             f"input of {dataset!r}")
     return arch
+
+
+def _check_param_family(family: str, data: dict, hparams: dict) -> None:
+    """What families ``gru`` and ``rescnn`` (:mod:`gensight.zoo.families`) do not support,
+    as one-line errors; a GRU's activation is its own (``tanh``, set here)."""
+    drop = hparams["dropout"]
+    if isinstance(drop, Range) or any(v != 0 for v in drop):
+        raise SpecError(f"hparams.dropout: family {family!r} has no dropout; leave it out")
+    if family == "gru":
+        act = hparams["activation"]
+        if "activation" in data.get("hparams", {}) and list(act) != ["tanh"]:
+            raise SpecError(f"hparams.activation: a GRU's gates use sigmoid and tanh; leave "
+                            f"activation out (got {_show(act)})")
+        hparams["activation"] = ["tanh"]
+        for key in ("shifts", "store_logits"):
+            if data.get(key):
+                raise SpecError(f"{key}: family 'gru' is evaluated on its own questions only; "
+                                f"remove {key}")
+    if data.get("stop_loss") is not None:
+        raise SpecError(f"stop_loss: not supported for family {family!r}; remove it")
 
 
 def _n_images(info: DatasetShape) -> int:

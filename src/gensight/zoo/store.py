@@ -41,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from gensight.errors import GensightError
-from gensight.weightspace import WeightBatch, WeightSpace
+from gensight.weightspace import ParamBatch, ParamSpace, WeightBatch, WeightSpace
+from gensight.weightspace.params import space_from_dict
 
 FORMAT = "gensight-zoo"
 FORMAT_VERSION = 2
@@ -202,7 +203,7 @@ def read_manifest(root: Path) -> dict:
             f"{str(path)!r}: the spec does not match its spec_hash ({spec.content_hash()} vs "
             f"{manifest['spec_hash']}): the manifest was edited; restore it or rebuild the zoo")
     try:
-        WeightSpace.from_dict(manifest["space"])
+        space_from_dict(manifest["space"])
     except (GensightError, KeyError, TypeError, ValueError) as exc:
         raise ZooStoreError(f"{str(path)!r} is corrupt: field 'space' is not a weight "
                             f"space ({exc})") from None
@@ -440,8 +441,19 @@ class Zoo:
         return cls(root, manifest, index.table, notes, dict(index.problems), verify)
 
     @property
-    def space(self) -> WeightSpace:
-        return WeightSpace.from_dict(self.manifest["space"])
+    def space(self) -> WeightSpace | ParamSpace:
+        """The members' weight space: a :class:`WeightSpace` (MLP, CNN, SIREN) or, for the
+        families of :mod:`gensight.zoo.families` (GRU, residual CNN), a :class:`ParamSpace`."""
+        return space_from_dict(self.manifest["space"])
+
+    def require_feedforward(self, what: str) -> None:
+        """Refuse, in one line, work that needs an MLP/CNN weight space (NF-Layers, the
+        complexity measures, ...) on a zoo of GRUs or residual CNNs."""
+        if isinstance(self.space, ParamSpace):
+            name = self.manifest.get("name", str(self.root))
+            raise ZooStoreError(
+                f"zoo {name!r} holds family {self.family!r} networks; {what} needs an MLP or "
+                f"CNN zoo (unf, unf-np, deepsets, statnn and statnn-mlp predict on any zoo)")
 
     @property
     def complete(self) -> bool:
@@ -450,9 +462,10 @@ class Zoo:
         return len(self.table) > 0 and not self.damaged and \
             self.table["shard"].nunique() == self.manifest["n_shards"]
 
-    def weights(self, rows: pd.DataFrame | None = None) -> WeightBatch:
+    def weights(self, rows: pd.DataFrame | None = None) -> WeightBatch | ParamBatch:
         """The weights of ``rows`` (a subset of :attr:`table`, one row per member and
-        checkpoint; default: every row) as a :class:`WeightBatch` in the rows' order."""
+        checkpoint; default: every row) as a :class:`WeightBatch` in the rows' order (a
+        :class:`ParamBatch` for a zoo whose :attr:`space` is a :class:`ParamSpace`)."""
         rows = self.table if rows is None else rows
         if len(rows) == 0:
             raise ZooStoreError("no rows selected: nothing to load")
@@ -471,11 +484,13 @@ class Zoo:
                     raise ZooStoreError(f"the zoo stores no tensor {name!r}")
                 out[k].append(tensors[name][pos])
         state_dicts = [dict(zip(keys, vals, strict=True)) for vals in zip(*out, strict=True)]
+        if isinstance(space, ParamSpace):
+            return ParamBatch.from_state_dicts(space, state_dicts)
         return WeightBatch.from_state_dicts(space, state_dicts)
 
     @property
     def family(self) -> str:
-        """The members' architecture family: "mlp", "cnn" or "siren"."""
+        """The members' architecture family: "mlp", "cnn", "siren", "gru" or "rescnn"."""
         return self.manifest["spec"]["architecture"]["family"]
 
     def require_training_data(self, what: str) -> None:
@@ -502,6 +517,14 @@ class Zoo:
         self.require_training_data("rebuilding its networks as modules")
 
         spec = ZooSpec.from_dict(self.manifest["spec"])
+        if isinstance(self.space, ParamSpace):
+            from gensight.zoo.families import member_module
+
+            data = load_dataset(spec.dataset)
+            batch = self.weights(rows)
+            return [member_module(spec.architecture, data.input_shape, data.n_classes, sd,
+                                  str(act))
+                    for sd, act in zip(batch.state_dicts(), rows["activation"], strict=True)]
         if spec.is_siren:
             from gensight.zoo.siren import siren_module
 
@@ -622,7 +645,8 @@ class VerifyReport:
         return not self.problems and not self.damaged_shards
 
 
-def check_shard(root: Path, index: int, member_ids: Sequence[str], space: WeightSpace,
+def check_shard(root: Path, index: int, member_ids: Sequence[str],
+                space: WeightSpace | ParamSpace,
                 checkpoints: Sequence[int] | None = None) -> ShardRows:
     """Check shard ``index`` through: both content hashes, its members (``member_ids``, in
     order), and every weight tensor's shape. Raises :class:`ZooStoreError` on the first
@@ -653,7 +677,9 @@ def check_shard(root: Path, index: int, member_ids: Sequence[str], space: Weight
     return shard
 
 
-def _state_dict_shapes(space: WeightSpace) -> list[tuple[str, tuple[int, ...]]]:
+def _state_dict_shapes(space: WeightSpace | ParamSpace) -> list[tuple[str, tuple[int, ...]]]:
+    if isinstance(space, ParamSpace):
+        return space.state_dict_shapes()
     out = []
     for layer in space.layers:
         out.append((layer.weight_key, layer.weight_shape))
@@ -678,7 +704,7 @@ def quarantine_shard(root: Path, index: int) -> list[Path]:
     return moved
 
 
-def check_shards(root: Path, spec, space: WeightSpace, plans
+def check_shards(root: Path, spec, space: WeightSpace | ParamSpace, plans
                  ) -> tuple[dict[int, ShardRows], dict[int, str], list[int]]:
     """:func:`check_shard` on every planned shard: ``(intact shards, damaged shard -> why,
     shards not built)``."""
@@ -724,7 +750,7 @@ def verify_zoo(root: str | Path, *, repair: bool = False) -> VerifyReport:
         raise ZooStoreError(f"{str(root)!r} is not a directory")
     manifest = read_manifest(root)
     spec = ZooSpec.from_dict(manifest["spec"])
-    space = WeightSpace.from_dict(manifest["space"])
+    space = space_from_dict(manifest["space"])
     plans = plan_shards(spec)
     report.n_shards = len(plans)
     if manifest["n_shards"] != len(plans) or manifest["n_members"] != spec.n_members:
