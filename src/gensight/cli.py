@@ -345,7 +345,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     console = Console()
     zoo = _open_zoo(args.zoo, "predict")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from gensight.weightspace import ParamSpace
+
+    default = ("statnn,unf,unf-np,deepsets" if isinstance(zoo.space, ParamSpace)
+               else "statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec")
+    methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     # unknown names and splits a method cannot fit on fail before any work
     probes = [make_predictor(m, seed=args.seed, epochs=args.epochs) for m in methods]
     train, test = split_zoo(zoo, by=args.split, test_fraction=args.test_fraction,
@@ -550,10 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train each method on a seeded split of ZOO and score its predictions on "
         "the held-out networks: Kendall's tau, granulated tau, CMI (PGDL), R^2, MAE, time.")
     pre.add_argument("zoo", help="zoo directory")
-    pre.add_argument("--methods", default="statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec",
+    pre.add_argument("--methods", default=None,
                      help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, nft, "
                      "nft-np, unf, unf-np, deepsets, margin-signature, measure:NAME "
-                     "(default: %(default)s)")
+                     "(default: statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec; on a GRU or "
+                     "residual-CNN zoo: statnn,unf,unf-np,deepsets)")
     _add_fit_options(pre)
     pre.add_argument("--test-fraction", type=float, default=0.25)
     pre.add_argument("--out", help="output directory (default: ZOO/predict)")

@@ -21,6 +21,7 @@ from gensight.zoo.families import (
     gru_logits,
     init_member_params,
     member_module,
+    population_logits,
     train_param_population,
     train_param_reference,
 )
@@ -81,6 +82,30 @@ def test_success_rate_counts_exact_answers_only():
                          {"w": torch.zeros(1, 1)}, x, y)
     assert isinstance(ev, ParamEvaluation)
     assert ev.accuracy.item() == pytest.approx(0.75)
+
+
+def test_evaluate_params_per_member_and_across_chunks():
+    spec = _gru_spec()
+    ds = load_dataset("arith")
+    members = spec.members()
+    params = [init_member_params(m, spec.architecture, ds.input_shape, ds.n_classes)
+              for m in members]
+    stacked = {k: torch.stack([p[k] for p in params]) for k in params[0]}
+    forward = population_logits(spec.architecture, None)
+    # each member its own examples, in chunks of 7 (not a divisor of 30)
+    idx = torch.stack([torch.randperm(600, generator=torch.Generator().manual_seed(i))[:30]
+                       for i in range(len(members))])
+    ev = evaluate_params(forward, stacked, ds.x_train[idx], ds.y_train[idx], per_member=True,
+                         chunk=7)
+    for i, p in enumerate(params):
+        module = member_module(spec.architecture, ds.input_shape, ds.n_classes, p)
+        with torch.no_grad():
+            logits = module(F.one_hot(ds.x_train[idx[i]], 13).float())
+        y = ds.y_train[idx[i]]
+        loss = F.cross_entropy(logits.reshape(-1, 13), y.reshape(-1), ignore_index=IGNORE)
+        ok = ((logits.argmax(-1) == y) | (y == IGNORE)).all(1).float().mean()
+        assert ev.loss[i].item() == pytest.approx(loss.item(), rel=1e-5)
+        assert ev.accuracy[i].item() == pytest.approx(ok.item())
 
 
 # --- forward and training --------------------------------------------------------------------
@@ -160,6 +185,8 @@ def test_rescnn_spec_errors_and_round_trip():
         _res_spec(dataset="mnist1d")
     with pytest.raises(SpecError, match="architecture.kernel_size: 9 is larger"):
         _res_spec(architecture={"family": "rescnn", "kernel_size": 9})
+    with pytest.raises(SpecError, match="architecture.kernel_size: 'rescnn' needs an odd"):
+        _res_spec(architecture={"family": "rescnn", "kernel_size": 2})
     spec = _res_spec()
     assert ZooSpec.from_dict(spec.to_dict()) == spec
     gru = _gru_spec()
@@ -181,15 +208,31 @@ def test_param_space_round_trip_and_errors():
     again = space_from_dict(data)
     assert again == space and dict(again.spec) == dict(space.spec)
     assert again.spec_for("np") == space.np_spec
+    bad = json.loads(json.dumps(data))
+    bad["shapes"][0][1][0] = 6.7
+    with pytest.raises(Exception, match="6.7"):
+        space_from_dict(bad)
     data["spec"]["rnn.weight_hh_l0"] = [{"gated": 3}, 1]
     with pytest.raises(Exception, match="gated"):
         space_from_dict(data)
+    # indexing keeps the batch axis, whatever the integer type
+    import numpy as np
+
+    batch = ParamBatch(space, {k: torch.randn(4, 1, *s) for k, s in space.shapes})
+    for i in (2, np.int64(2), torch.tensor(2)):
+        assert len(batch[i]) == 1
+        torch.testing.assert_close(batch[i].params["readout.bias"], batch.params[
+            "readout.bias"][2:3])
 
 
 @pytest.fixture(scope="module")
 def gru_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo") / "gru"
-    spec = _gru_spec(configs=4, seeds_per_config=2, shard_size=4, checkpoints=[0, "final"])
+    # GRUs that learn something (success rates above 0), so that the table checks bite
+    spec = _gru_spec(configs=4, seeds_per_config=2, shard_size=4, checkpoints=[0, "final"],
+                     architecture={"family": "gru", "hidden": [24]},
+                     hparams={"lr": {"low": 0.01, "high": 0.03}, "optimizer": ["adam"],
+                              "epochs": [6], "batch_size": [16]})
     build_zoo(spec, root, max_shards=1)   # "killed" after one shard ...
     zoo = build_zoo(spec, root)           # ... and resumed
     return spec, zoo
@@ -202,13 +245,23 @@ def test_gru_zoo_store_round_trip(gru_zoo, tmp_path):
     rows = zoo.table.query("is_final")
     batch = zoo.weights(rows)
     assert isinstance(batch, ParamBatch) and len(batch) == 8 and batch.channels == 1
-    # the stored weights reproduce the table: the modules' success rate on the test questions
+    # the stored weights reproduce the table: the modules' success rate and loss on the
+    # test questions, and on each member's own training subset
     ds = load_dataset("arith")
-    for module, acc in zip(zoo.modules(rows.iloc[:3]), rows["test_acc"].iloc[:3], strict=True):
-        with torch.no_grad():
-            logits = module(F.one_hot(ds.x_test, 13).float())
-        ok = ((logits.argmax(-1) == ds.y_test) | (ds.y_test == IGNORE)).all(1)
-        assert ok.float().mean().item() == pytest.approx(acc, abs=1e-6)
+    assert rows["train_acc"].max() > 0.05 and rows["test_acc"].max() > 0.0
+    members = {m.member_id: m for m in spec.members()}
+    from gensight.zoo.train import member_states
+
+    for module, (_, row) in zip(zoo.modules(rows), rows.iterrows(), strict=True):
+        subset = member_states([members[row["member_id"]]], len(ds.y_train))[0].subset
+        for (x, y), name in (((ds.x_test, ds.y_test), "test"),
+                             ((ds.x_train[subset], ds.y_train[subset]), "train")):
+            with torch.no_grad():
+                logits = module(F.one_hot(x, 13).float())
+            ok = ((logits.argmax(-1) == y) | (y == IGNORE)).all(1)
+            assert ok.float().mean().item() == pytest.approx(row[f"{name}_acc"], abs=1e-6)
+            loss = F.cross_entropy(logits.reshape(-1, 13), y.reshape(-1), ignore_index=IGNORE)
+            assert loss.item() == pytest.approx(row[f"{name}_loss"], rel=1e-4)
     # a resumed build equals an uninterrupted one, byte for byte
     other = build_zoo(spec, tmp_path / "again")
     for name in ("shard-00000", "shard-00001"):

@@ -392,9 +392,10 @@ def test_to_dict_round_trips(s):
                              "shard_size", "checkpoints", "shifts", "severities",
                              "store_logits", "architecture", "hparams"}
         assert set(data["hparams"]) == set(HPARAMS)
-        assert set(data["architecture"]) == (
-            {"family", "hidden"} if s.architecture.family == "mlp"
-            else {"family", "channels", "kernel_size", "stride"})
+        assert set(data["architecture"]) == {
+            "mlp": {"family", "hidden"}, "gru": {"family", "hidden"},
+            "rescnn": {"family", "channels", "blocks", "kernel_size", "stride"},
+        }.get(s.architecture.family, {"family", "channels", "kernel_size", "stride"})
     for again in (ZooSpec.from_dict(data), ZooSpec.from_dict(json.loads(s.to_json()))):
         assert again == s
         assert again.content_hash() == s.content_hash() and again.to_json() == s.to_json()

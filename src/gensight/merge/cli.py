@@ -140,9 +140,10 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         from gensight.zoo import Zoo
 
         zoo = Zoo.open(sources[0])
-        if zoo.family == "siren":
-            raise MergeCLIError(f"{sources[0]!r} is a SIREN zoo; gensight merge needs "
-                                "classifier zoos (MLP or CNN)")
+        if zoo.family not in ("mlp", "cnn"):
+            raise MergeCLIError(f"{sources[0]!r} is a {zoo.family!r} zoo; gensight merge reads "
+                                "classifier zoos of family mlp or cnn (merge GRUs or residual "
+                                "networks as modules: gensight.merge's Python API)")
         rows = zoo.table.query("is_final")
         if "finite" in rows.columns:
             rows = rows[rows["finite"].astype(bool)]

@@ -549,6 +549,7 @@ class UNFLinear(nn.Module):
                 f"out_channels={out_channels}"
             )
         spec.validate(shapes)
+        self.shapes = {k: tuple(int(n) for n in v) for k, v in shapes.items()}
         # gated axes (GRU/LSTM gates) are split into (None, label) for the layer
         self.spec = spec                 # as given (what permute and users see)
         self.outer_shapes = {k: tuple(int(n) for n in shapes[k]) for k in spec.gated_keys}
@@ -652,6 +653,11 @@ class UNFLinear(nn.Module):
         from gensight.weightspace import ParamBatch
 
         if isinstance(params, ParamBatch):
+            shapes = params.space.shape_dict
+            if set(shapes) != set(self.spec) or any(
+                    self.shapes[k] != tuple(s) for k, s in shapes.items()):
+                raise ShapeMismatchError(f"UNFLinear got a ParamBatch of {params.space!r} "
+                                         "whose keys or shapes are not the model's")
             params = params.params
         if isinstance(params, WeightBatch):
             if self.space is None or params.space != self.space:
@@ -841,6 +847,7 @@ class InvariantUNF(nn.Module):
             raise GensightError("InvariantUNF needs at least one UNF layer (channels is empty)")
         spec = spec if isinstance(spec, PermSpec) else PermSpec(spec)
         self.spec, self.space = spec, None
+        self.shapes = {k: tuple(int(n) for n in v) for k, v in shapes.items()}
         widths = (in_channels, *channels)
         self.layers = nn.ModuleList(UNFLinear(spec, shapes, a, b, bias=bias)
                                     for a, b in zip(widths, widths[1:], strict=False))
@@ -863,6 +870,11 @@ class InvariantUNF(nn.Module):
         from gensight.weightspace import ParamBatch
 
         if isinstance(params, ParamBatch):
+            shapes = params.space.shape_dict
+            if set(shapes) != set(self.spec) or any(
+                    self.shapes[k] != tuple(s) for k, s in shapes.items()):
+                raise ShapeMismatchError(f"InvariantUNF got a ParamBatch of {params.space!r} "
+                                         "whose keys or shapes are not the model's")
             params = params.params
         if isinstance(params, WeightBatch):
             if self.space is None or params.space != self.space:

@@ -574,6 +574,10 @@ class MarginSignature(Predictor):
         self.kind, self.n_examples = kind, n_examples
         self.name = "margin-signature"
 
+    def check_split(self, split: ZooSplit) -> None:
+        if hasattr(split.zoo, "require_feedforward"):
+            split.zoo.require_feedforward(f"{self.name}")
+
     def _features(self, split: ZooSplit) -> np.ndarray:
         from gensight.measures import NotApplicable
         from gensight.measures.margins import normalized_margins, signature

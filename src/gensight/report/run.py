@@ -34,6 +34,9 @@ DEFAULT_METHODS = (
 )
 """Predictors a report compares when none are named: the weight-based predictors and a few
 measures from each family of arXiv 1912.02178 (norms, distance, path norm, flatness)."""
+PARAM_SPACE_METHODS = ("statnn", "unf", "unf-np", "deepsets")
+"""The default on a zoo of GRUs or residual CNNs (a ParamSpace): what reads any weight
+space."""
 
 
 class ReportError(GensightError, ValueError):
@@ -181,7 +184,11 @@ def build_report(zoo, out: str | Path, *, methods: Sequence[str] | None = None,
     if len(final) < 8:
         raise ReportError(f"a report needs at least 8 trained members with finite weights; "
                           f"{zoo.root} has {len(final)}")
-    methods = list(methods) if methods else list(DEFAULT_METHODS)
+    from gensight.weightspace import ParamSpace
+
+    param_space = isinstance(zoo.space, ParamSpace)
+    methods = list(methods) if methods else list(PARAM_SPACE_METHODS if param_space
+                                                 else DEFAULT_METHODS)
     for m in methods:  # unknown names fail before any work
         make_predictor(m, seed=seed, epochs=epochs)
     methods = _usable_methods(zoo, methods, notes)
@@ -276,7 +283,10 @@ def _command(zoo, methods, shifts, target, split, seed, epochs, n_examples) -> s
     import shlex
 
     args = ["gensight", "report", str(zoo.root)]
-    if list(methods) != list(DEFAULT_METHODS):
+    from gensight.weightspace import ParamSpace
+
+    default = PARAM_SPACE_METHODS if isinstance(zoo.space, ParamSpace) else DEFAULT_METHODS
+    if list(methods) != list(default):
         args += ["--methods", ",".join(methods)]
     if list(shifts) != default_shifts(zoo):
         args += ["--shifts", ",".join(shifts)]

@@ -149,10 +149,11 @@ class TicketsConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        from gensight.data.datasets import DATASETS
+        from gensight.data.datasets import DATASETS, SEQUENCE_DATASETS
 
+        images = [d for d in DATASETS if d not in SEQUENCE_DATASETS]
         checks = [
-            (self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}"),
+            (self.dataset in images, "dataset", f"one of {', '.join(images)}"),
             (self.inits >= 1, "inits", ">= 1"),
             (self.shard_size >= 1, "shard_size", ">= 1"),
             (self.rounds >= 1, "rounds", ">= 1"),

@@ -140,8 +140,13 @@ class ParamSpace:
             return PermSpec({str(k): tuple(_label_from_json(a) for a in v)
                              for k, v in value.items()})
 
+        def size(n: Any) -> int:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"shape entry {n!r} is not a positive int")
+            return n
+
         try:
-            shapes = tuple((str(k), tuple(int(n) for n in s)) for k, s in data["shapes"])
+            shapes = tuple((str(k), tuple(size(n) for n in s)) for k, s in data["shapes"])
             hnp = spec(data["spec"])
             np_spec = spec(data["np_spec"]) if data.get("np_spec") is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -225,6 +230,11 @@ class ParamBatch:
         return ParamBatch(self.space, {k: fn(v) for k, v in self.params.items()})
 
     def __getitem__(self, index) -> ParamBatch:
+        """Networks ``index`` (an int keeps the batch axis, as ``WeightBatch`` does)."""
+        if isinstance(index, Tensor) and index.dim() == 0:
+            index = int(index)
+        elif not isinstance(index, slice | Tensor | list) and hasattr(index, "__index__"):
+            index = int(index)  # NumPy integers
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         if isinstance(index, list):

@@ -95,7 +95,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return _siren_info(zoo, console)
     if zoo.table.empty:
         return 0
-    table = Table(title="test accuracy at the final checkpoint")
+    what = "test success rate (exact answers)" if zoo.family == "gru" else "test accuracy"
+    table = Table(title=f"{what} at the final checkpoint")
     for col in ("optimizer", "activation", "members", "mean", "std", "min", "median", "max",
                 "mean gap"):
         table.add_column(col, justify="left" if col in ("optimizer", "activation") else "right")

@@ -13,10 +13,11 @@ the template module. UNF (arXiv 2402.05232) and Deep Sets read that space; StatN
   learning rate and batch size). Here: one decoder-only :class:`CharGRU` (one-hot
   characters -> ``nn.GRU`` -> linear readout) reads ``"a+b="`` and is trained with
   next-character cross-entropy on the answer ``"c."`` (``"."`` ends it), with a and b in
-  0..99 (:func:`gensight.data.arith.load_arith`). A member's *accuracy* columns
+  0..99 and b in 0..9 (:func:`gensight.data.arith.load_arith`). A member's *accuracy* columns
   (``train_acc``, ``val_acc``, ``test_acc``) are its **success rate**: the fraction of
   questions whose every answer character, the end mark included, is the argmax (teacher
   forcing; greedy decoding writes the same answer exactly when this holds).
+  (``b`` runs over 0..9 only: a width-32 GRU learns this table on a CPU in tens of epochs.)
 - ``family = "rescnn"``: a stem convolution, ``blocks`` residual blocks
   ``h <- act(h + conv2(act(conv1(h))))`` at constant width, global average pooling and a
   linear head (:class:`ResidualCNN`); the case NF-Layers cannot express (the residual
@@ -345,7 +346,8 @@ def forward_macs(arch: Architecture, input_shape: Sequence[int], n_classes: int)
     if arch.family == "gru":
         h, layers, v = arch.hidden[0], len(arch.hidden), n_classes
         t = input_shape[0]
-        return t * (3 * h * h * layers + 3 * h * 2 * h * (layers - 1) + 3 * h + h * v)
+        # per step: W_hh of every layer, W_ih of the upper layers, the one-hot gather, readout
+        return t * (3 * h * h * layers + 3 * h * h * (layers - 1) + 3 * h + h * v)
     c, k, s = arch.channels[0], arch.kernel_size ** 2, arch.stride
     side = [(n + 2 * (arch.kernel_size // 2) - arch.kernel_size) // s + 1
             for n in input_shape[1:]]

@@ -65,6 +65,25 @@ in the dataset's 60/20/20 proportion. ``configs``, ``seeds_per_config``, ``mode`
 ``hparams``, ``checkpoints``, ``shifts``, ``severities`` and ``store_logits`` do not apply to a
 SIREN zoo and are errors there; ``[siren]`` is an error for ``mlp`` and ``cnn``.
 
+Two more families (:mod:`gensight.zoo.families`) take the classifier fields above; their
+weight space is stored as a :class:`~gensight.weightspace.ParamSpace`::
+
+    dataset = "arith"         # the sequence task of gensight.data.arith ("a+b=" -> "c.")
+    [architecture]
+    family = "gru"            # one-hot characters -> nn.GRU -> linear readout
+    hidden = [32]             # one entry per GRU layer (the layers share one width)
+
+    dataset = "digits"        # any 2-D image set
+    [architecture]
+    family = "rescnn"         # stem conv, residual blocks, global pooling, linear head
+    channels = 16             # width of the stem and of every block
+    blocks = 2                # residual blocks h <- act(h + conv2(act(conv1(h))))
+    kernel_size = 3
+    stride = 2                # of the stem
+
+Neither has dropout or ``stop_loss``; a GRU's activation is its own (``tanh``) and it has no
+shifted test sets or stored logits (its accuracies are success rates: exact answers).
+
 Rules, all checked by :meth:`ZooSpec.from_dict` before anything is trained or written:
 
 - every field has its type: ``name`` a non-empty one-line string; ``dataset`` and ``mode``
@@ -169,6 +188,10 @@ LARGE_WIDTH = 100_000
 LARGE_SECONDS = 30 * 86_400
 LARGE_DISK_BYTES = 10**12
 ASSUMED_FLOPS = 2e10  # FLOP/s of population training on a 2-core CPU (benchmarks/README.md)
+# Families that reach less: a GRU population runs T small matmuls per step (measured: 1,600
+# width-32 arith GRUs, 30 epochs, batch 16-64, one thread: ~4e9 FLOP/s); residual CNNs run
+# per-member convolutions under vmap.
+FAMILY_FLOPS = {"gru": 4e9, "rescnn": 5e9}
 # SIREN fits (fit_sirens) on the 2-core dev CPU: a member-step costs SIREN_STEP_SECONDS plus
 # pixels x (6 x forward MACs + 2 x hidden units x SINE_FLOPS) / SIREN_ASSUMED_FLOPS. The two
 # constants fit two measurements of a 2-32-32-1 SIREN (9,280 FLOPs per pixel): the pilot's
@@ -682,7 +705,8 @@ class ZooSpec:
         train_examples = info.n_train * mean_fraction
         train = 6 * macs * train_examples * mean_epochs
         evals = n_ckpt * 2 * macs * (train_examples + info.n_val + info.n_test * (1 + shifted))
-        seconds = _float(n) * (train + evals) / ASSUMED_FLOPS
+        flops = FAMILY_FLOPS.get(self.architecture.family, ASSUMED_FLOPS)
+        seconds = _float(n) * (train + evals) / flops
         logits = info.n_classes * 2 * (info.n_val + info.n_test * (1 + shifted))
         disk = n * n_ckpt * (params * 4 + (logits if self.store_logits else 0))
         return SizeEstimate(n, epochs_total, seconds, disk)
@@ -875,6 +899,9 @@ def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
         if len(info.spatial) != 2:
             raise SpecError(f"architecture.family: 'rescnn' needs 2-D images; {dataset!r} has "
                             f"{len(info.spatial)}-D inputs")
+        if kernel % 2 == 0:
+            raise SpecError(f"architecture.kernel_size: 'rescnn' needs an odd kernel (its "
+                            f"'same' padding keeps the residual shapes equal), got {kernel}")
         side = min(info.spatial)
         for key, value in (("kernel_size", kernel), ("stride", stride)):
             if value > side:
