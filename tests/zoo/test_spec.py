@@ -338,8 +338,9 @@ def test_example_specs_are_not_large():
     for path in [*root.glob("examples/*.toml"), *root.glob("benchmarks/specs/*.toml")]:
         s = ZooSpec.from_toml(path)
         est = s.check_size()
-        # SIREN members are tiny fits (examples/digits-siren.toml: 8,985 of them)
-        limit = 10_000 if s.architecture.family == "siren" else 2000
+        # SIREN members are tiny fits (examples/digits-siren.toml: 8,985 of them), and so
+        # are the width-32 GRUs of benchmarks/specs/arith-gru.toml (3,200)
+        limit = 10_000 if s.architecture.family in ("siren", "gru") else 2000
         assert 0 < est.members <= limit and est.seconds < 86_400
 
 

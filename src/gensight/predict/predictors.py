@@ -464,12 +464,16 @@ class UNFPredictor(NFNPredictor):
     """An :class:`~gensight.nf.InvariantUNF` (arXiv 2402.05232) on the zoo's weight space
     (HNP spec by default), trained as :class:`NFNPredictor`. On MLP/CNN spaces its layers span
     the NF-Layers' maps; the class exists so that any :class:`~gensight.nf.PermSpec` space
-    gets the same predictor."""
+    (GRUs, residual CNNs: a :class:`~gensight.weightspace.ParamSpace`) gets the same
+    predictor. The default architecture is the paper's generalization predictor (Sec. 5.1):
+    3 UNF layers of 16 channels, invariant pooling, an MLP head with 2 hidden layers of 512."""
 
     any_space = True
 
-    def __init__(self, symmetry: str = "hnp", channels=(16, 16, 16), **kwargs):
+    def __init__(self, symmetry: str = "hnp", channels=(16, 16, 16),
+                 head_hidden=(512, 512), **kwargs):
         super().__init__(symmetry, channels, **kwargs)
+        self.head_hidden = tuple(head_hidden)
         self.name = "unf" if symmetry == "hnp" else "unf-np"
 
     def _make_model(self, space) -> nn.Module:
@@ -477,8 +481,9 @@ class UNFPredictor(NFNPredictor):
 
         if isinstance(space, ParamSpace):
             return InvariantUNF(space.spec_for(self.symmetry), space.shape_dict,
-                                channels=self.channels)
-        return InvariantUNF.from_weight_space(space, self.symmetry, channels=self.channels)
+                                channels=self.channels, head_hidden=self.head_hidden)
+        return InvariantUNF.from_weight_space(space, self.symmetry, channels=self.channels,
+                                              head_hidden=self.head_hidden)
 
 
 class DeepSetsPredictor(NFNPredictor):

@@ -46,6 +46,7 @@ from gensight.data import Dataset
 from gensight.data.arith import IGNORE
 from gensight.zoo.spec import Architecture, Member
 from gensight.zoo.train import (
+    _ACT_FUNCS,
     BatchedOptimizer,
     _flat_views,
     epoch_batches,
@@ -56,8 +57,6 @@ from gensight.zoo.train import (
 
 PARAM_FAMILIES = ("gru", "rescnn")
 
-_ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid,
-        "elu": F.elu, "leaky_relu": F.leaky_relu, "silu": F.silu}
 
 
 # --- the template modules ----------------------------------------------------------------------
@@ -81,7 +80,7 @@ class _Act(nn.Module):
         self.name = name
 
     def forward(self, x: Tensor) -> Tensor:
-        return _ACT[self.name](x)
+        return _ACT_FUNCS[self.name](x)
 
 
 class ResidualCNN(nn.Module):
