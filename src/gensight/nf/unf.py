@@ -653,12 +653,7 @@ class UNFLinear(nn.Module):
         from gensight.weightspace import ParamBatch
 
         if isinstance(params, ParamBatch):
-            shapes = params.space.shape_dict
-            if set(shapes) != set(self.spec) or any(
-                    self.shapes[k] != tuple(s) for k, s in shapes.items()):
-                raise ShapeMismatchError(f"UNFLinear got a ParamBatch of {params.space!r} "
-                                         "whose keys or shapes are not the model's")
-            params = params.params
+            params = _param_batch_tensors(params, self.shapes, "UNFLinear")
         if isinstance(params, WeightBatch):
             if self.space is None or params.space != self.space:
                 raise ShapeMismatchError(
@@ -733,6 +728,17 @@ class UNFLinear(nn.Module):
             out[key] = fold.unfold(_sum_broadcast(list(acc[key].values()), full),
                                    self.out_channels)
         return out
+
+
+def _param_batch_tensors(batch, shapes: Mapping[str, tuple[int, ...]], who: str
+                         ) -> dict[str, Tensor]:
+    """The tensors of a :class:`~gensight.weightspace.ParamBatch`, checked against the
+    model's ``shapes``."""
+    got = batch.space.shape_dict
+    if set(got) != set(shapes) or any(shapes[k] != tuple(s) for k, s in got.items()):
+        raise ShapeMismatchError(f"{who} got a ParamBatch of {batch.space!r} whose keys or "
+                                 "shapes are not the model's")
+    return batch.params
 
 
 def _sum_broadcast(parts: list[Tensor], full: tuple[int, ...]) -> Tensor:
@@ -870,12 +876,7 @@ class InvariantUNF(nn.Module):
         from gensight.weightspace import ParamBatch
 
         if isinstance(params, ParamBatch):
-            shapes = params.space.shape_dict
-            if set(shapes) != set(self.spec) or any(
-                    self.shapes[k] != tuple(s) for k, s in shapes.items()):
-                raise ShapeMismatchError(f"InvariantUNF got a ParamBatch of {params.space!r} "
-                                         "whose keys or shapes are not the model's")
-            params = params.params
+            params = _param_batch_tensors(params, self.shapes, "InvariantUNF")
         if isinstance(params, WeightBatch):
             if self.space is None or params.space != self.space:
                 raise ShapeMismatchError(

@@ -368,27 +368,7 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
         results = {"train": evaluate(pop, *own_train)}
         results.update({name: evaluate(pop, x, y, keep_logits=spec.store_logits)
                         for name, (x, y) in sets.items()})
-        if spec.store_logits:
-            for name, ev in results.items():
-                if ev.logits is not None:
-                    tensors[f"logits/e{epoch}/{name}"] = ev.logits.half()
-        finite = torch.stack([torch.isfinite(t.flatten(1)).all(1)
-                              for t in batch.tensors()]).all(0)
-        for pos, member in enumerate(members):
-            row = {
-                "member_id": member.member_id, "config_id": member.config_id,
-                "seed_index": member.seed_index, "seed": member.seed,
-                "epoch": epoch, "is_final": epoch == epochs,
-                "finite": bool(finite[pos]),  # False: training diverged to NaN/inf
-                "shard": plan.index, "shard_pos": pos,
-                **member.hparams,
-            }
-            for name, ev in results.items():
-                key = name if name in ("train", "val", "test") else f"shift:{name}"
-                row[f"{key}_loss"] = float(ev.loss[pos])
-                row[f"{key}_acc"] = float(ev.accuracy[pos])
-            row["gen_gap"] = row["train_acc"] - row["test_acc"]
-            rows.append(row)
+        _record_checkpoint(tensors, rows, plan, epoch, epochs, results, batch.tensors())
 
     stopped: dict[int, int] = {}  # position -> epoch its training loss reached stop_loss
 
@@ -406,6 +386,31 @@ def _build_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
                 "checkpoints": list(checkpoints),
                 "structural": {k: members[0].hparams[k] for k in STRUCTURAL}}
     return write_shard(root, plan.index, tensors, pd.DataFrame(rows), metadata)
+
+
+def _record_checkpoint(tensors: dict[str, Tensor], rows: list[dict], plan: ShardPlan,
+                       epoch: int, epochs: int, results: dict, params) -> None:
+    """A checkpoint of a classifier shard: the evaluations' logits (those kept) into
+    ``tensors`` and one row per member into ``rows``: ids, ``finite`` (false: training
+    diverged to NaN/inf), the hyperparameters, ``{set}_loss`` / ``{set}_acc`` per evaluated
+    set (shifted ones as ``shift:{name}``) and ``gen_gap``."""
+    for name, ev in results.items():
+        if ev.logits is not None:
+            tensors[f"logits/e{epoch}/{name}"] = ev.logits.half()
+    finite = torch.stack([torch.isfinite(t.flatten(1)).all(1) for t in params]).all(0)
+    for pos, member in enumerate(plan.members):
+        row = {
+            "member_id": member.member_id, "config_id": member.config_id,
+            "seed_index": member.seed_index, "seed": member.seed,
+            "epoch": epoch, "is_final": epoch == epochs, "finite": bool(finite[pos]),
+            "shard": plan.index, "shard_pos": pos, **member.hparams,
+        }
+        for name, ev in results.items():
+            key = name if name in ("train", "val", "test") else f"shift:{name}"
+            row[f"{key}_loss"] = float(ev.loss[pos])
+            row[f"{key}_acc"] = float(ev.accuracy[pos])
+        row["gen_gap"] = row["train_acc"] - row["test_acc"]
+        rows.append(row)
 
 
 def _build_param_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Dataset,
@@ -438,25 +443,7 @@ def _build_param_shard(root: Path, spec: ZooSpec, plan: ShardPlan, dataset: Data
         results.update({name: evaluate_params(forward, params, x, y,
                                               keep_logits=spec.store_logits)
                         for name, (x, y) in sets.items()})
-        if spec.store_logits:
-            for name, ev in results.items():
-                if ev.logits is not None:
-                    tensors[f"logits/e{epoch}/{name}"] = ev.logits.half()
-        finite = torch.stack([torch.isfinite(t.flatten(1)).all(1)
-                              for t in params.values()]).all(0)
-        for pos, member in enumerate(members):
-            row = {
-                "member_id": member.member_id, "config_id": member.config_id,
-                "seed_index": member.seed_index, "seed": member.seed,
-                "epoch": epoch, "is_final": epoch == epochs, "finite": bool(finite[pos]),
-                "shard": plan.index, "shard_pos": pos, **member.hparams,
-            }
-            for name, ev in results.items():
-                key = name if name in ("train", "val", "test") else f"shift:{name}"
-                row[f"{key}_loss"] = float(ev.loss[pos])
-                row[f"{key}_acc"] = float(ev.accuracy[pos])
-            row["gen_gap"] = row["train_acc"] - row["test_acc"]
-            rows.append(row)
+        _record_checkpoint(tensors, rows, plan, epoch, epochs, results, params.values())
 
     train_param_population(members, spec.architecture, dataset, checkpoints, on_checkpoint,
                            on_step)

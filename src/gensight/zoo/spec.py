@@ -902,11 +902,7 @@ def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
         if kernel % 2 == 0:
             raise SpecError(f"architecture.kernel_size: 'rescnn' needs an odd kernel (its "
                             f"'same' padding keeps the residual shapes equal), got {kernel}")
-        side = min(info.spatial)
-        for key, value in (("kernel_size", kernel), ("stride", stride)):
-            if value > side:
-                raise SpecError(f"architecture.{key}: {value} is larger than the "
-                                f"{info.describe()} input of {dataset!r}")
+        _check_conv(kernel, stride, dataset, info)
         return Architecture("rescnn", channels=(channels,), kernel_size=kernel, stride=stride,
                             blocks=blocks)
     if family == "mlp":
@@ -921,17 +917,21 @@ def _architecture(data: Any, dataset: str, info: DatasetShape) -> Architecture:
     if len(info.spatial) not in (1, 2):
         raise SpecError(f"architecture.family: 'cnn' needs 1-D or 2-D inputs; {dataset!r} has "
                         f"{len(info.spatial)}-D inputs")
-    side = min(info.spatial)
-    for key, value in (("kernel_size", kernel), ("stride", stride)):
-        if value > side:
-            raise SpecError(f"architecture.{key}: {value} is larger than the "
-                            f"{info.describe()} input of {dataset!r}")
+    _check_conv(kernel, stride, dataset, info)
     for i, size in enumerate(arch.conv_output_sizes(info.spatial)):
         if min(size) < 1:  # cannot happen with 'same' padding; kept as a guard
             raise SpecError(f"architecture: conv layer {i + 1} would output "
                             f"{'x'.join(map(str, size))} positions on the {info.describe()} "
                             f"input of {dataset!r}")
     return arch
+
+
+def _check_conv(kernel: int, stride: int, dataset: str, info: DatasetShape) -> None:
+    side = min(info.spatial)
+    for key, value in (("kernel_size", kernel), ("stride", stride)):
+        if value > side:
+            raise SpecError(f"architecture.{key}: {value} is larger than the "
+                            f"{info.describe()} input of {dataset!r}")
 
 
 def _check_param_family(family: str, data: dict, hparams: dict) -> None:
