@@ -190,8 +190,9 @@ LARGE_DISK_BYTES = 10**12
 ASSUMED_FLOPS = 2e10  # FLOP/s of population training on a 2-core CPU (benchmarks/README.md)
 # Families that reach less: a GRU population runs T small matmuls per step (measured:
 # benchmarks/specs/arith-gru.toml at 1,600 width-32 GRUs, 30 epochs, batch 16-64, one thread:
-# 703 s, ~7e9 FLOP/s as counted here); residual CNNs run per-member convolutions under vmap.
-FAMILY_FLOPS = {"gru": 7e9, "rescnn": 5e9}
+# 703 s, ~7e9 FLOP/s as counted here). Residual CNNs under vmap reach about ASSUMED_FLOPS
+# (benchmarks/specs/digits-rescnn.toml: 384 members in 25 s).
+FAMILY_FLOPS = {"gru": 7e9}
 # SIREN fits (fit_sirens) on the 2-core dev CPU: a member-step costs SIREN_STEP_SECONDS plus
 # pixels x (6 x forward MACs + 2 x hidden units x SINE_FLOPS) / SIREN_ASSUMED_FLOPS. The two
 # constants fit two measurements of a 2-32-32-1 SIREN (9,280 FLOPs per pixel): the pilot's
