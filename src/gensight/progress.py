@@ -4,9 +4,11 @@ bar, done/total, time elapsed and time remaining. rich is imported when a bar is
 from __future__ import annotations
 
 
-def progress_bar(console, quiet: bool = False, label: str = "{task.description}"):
+def progress_bar(console, quiet: bool = False, label: str = "{task.description}",
+                 extra: str | None = None):
     """A ``rich.progress.Progress`` on ``console`` (hidden with ``quiet``); ``label`` is the
-    text column's format (default: each task's description)."""
+    text column's format (default: each task's description); ``extra`` is the format of a
+    text column after done/total (e.g. ``"{task.fields[rate]}"``)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -16,5 +18,7 @@ def progress_bar(console, quiet: bool = False, label: str = "{task.description}"
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, disable=quiet)
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(),
+               *([TextColumn(extra)] if extra is not None else []), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    return Progress(*columns, console=console, disable=quiet)

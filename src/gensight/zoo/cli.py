@@ -11,15 +11,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
+    from gensight.progress import progress_bar
     from gensight.zoo import ZooSpec, build_zoo, plan_shards
 
     console = Console(stderr=True)
@@ -30,9 +23,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                   f"{len(plans)} shard(s) -> {escape(str(args.out))} (estimated "
                   f"{_duration(size.seconds)}, {size.disk_bytes / 1e6:,.0f} MB)")
     start = time.perf_counter()
-    with Progress(TextColumn("members"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, disable=args.quiet) as bar:
+    with progress_bar(console, args.quiet, "members", "{task.fields[rate]}") as bar:
         task = bar.add_task("build", total=spec.n_members, rate="")
         first_done: list[int] = []
 
@@ -209,14 +200,13 @@ def _cmd_import(args: argparse.Namespace) -> int:
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from gensight.progress import progress_bar
     from gensight.zoo.importers import LayoutColumns, import_checkpoints, import_small_cnn_zoo
 
     console = Console(stderr=True)
     start = time.perf_counter()
-    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=args.quiet) as bar:
+    with progress_bar(console, args.quiet, "importing") as bar:
         task = bar.add_task("import", total=None)
 
         def progress(done: int, total: int) -> None:
