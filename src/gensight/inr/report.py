@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from gensight import __version__
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
+from gensight.report.html import png_bytes
 
 
 def renderings_png(zoo, count: int = 8) -> bytes:
@@ -57,8 +51,7 @@ def renderings_png(zoo, count: int = 8) -> bytes:
             if r == 0 and "label" in rows:
                 ax.set_title(f"label {int(rows['label'].iloc[c])}", fontsize=8)
     fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
+    png = png_bytes(fig, bbox_inches="tight")
     return png
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -78,10 +77,9 @@ def curves_png(title: str, curves: Sequence[Curve]) -> bytes:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from gensight.report.html import png_bytes
+
+    return png_bytes(fig)
 
 
 def _table(curves: Sequence[Curve]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,10 +144,9 @@ def _barrier_png(barrier: pd.DataFrame) -> bytes:
     if not barrier.empty:
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from gensight.report.html import png_bytes
+
+    return png_bytes(fig)
 
 
 def _page(title: str, accuracy: pd.DataFrame, barrier: pd.DataFrame, png: bytes, method: str,

@@ -35,6 +35,18 @@ def _table(frame: pd.DataFrame, digits: int = 3) -> str:
                          float_format=lambda v: f"{v:.{digits}f}")
 
 
+def png_bytes(fig, **savefig_kwargs) -> bytes:
+    """A matplotlib figure as PNG bytes (for pages that embed their figures); closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _figure(path: Path, caption: str, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,10 +169,9 @@ def _figure(summary: pd.DataFrame) -> bytes:
     ax.set_title("sparse networks trained from their initialization")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from gensight.report.html import png_bytes
+
+    return png_bytes(fig)
 
 
 def _page(title: str, summary: pd.DataFrame, cost: pd.DataFrame | None, png: bytes,
