@@ -21,11 +21,17 @@ from gensight.predict.predictors import PredictError, Predictor, ZooSplit, grid_
 COLUMNS = ["method", "tau", "granulated_tau", "cmi", "r2", "mae", "seconds"]
 
 
-def score_predictions(rows: pd.DataFrame, predicted, target: str, hparams: Sequence[str]
-                      ) -> tuple[dict, list[str]]:
+RANDOM_MODE_NOTE = ("the zoo samples its hyperparameters at random (mode 'random') and they do "
+                    "not form a complete grid (build the zoo with mode 'grid')")
+
+
+def score_predictions(rows: pd.DataFrame, predicted, target: str, hparams: Sequence[str],
+                      grid: bool = True) -> tuple[dict, list[str]]:
     """Tau, granulated tau and R^2/MAE of ``predicted`` against ``rows[target]``, and the
     PGDL CMI of ``-predicted`` (a complexity measure grows with the gap) against
-    ``train_acc - test_acc``. A metric that is undefined here is NaN, with a note."""
+    ``train_acc - test_acc``. A metric that is undefined here is NaN, with a note; with
+    ``grid=False`` (a zoo whose hyperparameters are sampled, not a grid) an incomplete grid
+    gets one short note instead of the list of missing combinations."""
     pred = np.asarray(predicted, dtype=np.float64)
     actual = rows[target].to_numpy(np.float64)
     out, notes = {}, []
@@ -51,6 +57,11 @@ def score_predictions(rows: pd.DataFrame, predicted, target: str, hparams: Seque
     else:
         out["cmi"] = np.nan
         notes.append("cmi: the rows have no train_acc and test_acc to take the gap from")
+    if not grid:  # sampled hyperparameters rarely cover a grid: say why in one short note
+        long = [n for n in notes if "incomplete hyperparameter grid" in n]
+        if long:
+            notes = [n for n in notes if n not in long]
+            notes.append(f"{', '.join(n.split(':')[0] for n in long)}: {RANDOM_MODE_NOTE}")
     attempt("r2", lambda: r2_score(pred, actual))
     attempt("mae", lambda: mean_absolute_error(pred, actual))
     return out, notes
@@ -72,6 +83,8 @@ def evaluate_predictors(train: ZooSplit, test: ZooSplit, predictors: Sequence[Pr
         if check is not None:
             check(train)
     hparams = grid_hparams(test.zoo)
+    manifest = getattr(test.zoo, "manifest", None) or {}
+    grid = manifest.get("spec", {}).get("mode") != "random"
     records, predictions = [], {}
     notes = list(dict.fromkeys([*train.notes, *test.notes]))
     for p in predictors:
@@ -81,7 +94,7 @@ def evaluate_predictors(train: ZooSplit, test: ZooSplit, predictors: Sequence[Pr
         p.fit(train)
         pred = p.predict(test)
         seconds = time.perf_counter() - start
-        scores, why = score_predictions(test.rows, pred, test.target, hparams)
+        scores, why = score_predictions(test.rows, pred, test.target, hparams, grid)
         records.append({"method": p.name, **scores, "seconds": seconds})
         predictions[p.name] = pred
         notes += [f"{p.name}: {w}" for w in why]
