@@ -225,6 +225,24 @@ def test_param_space_round_trip_and_errors():
             "readout.bias"][2:3])
 
 
+def test_param_batch_modules_round_trip_and_cat():
+    torch.manual_seed(0)
+    models = [CharGRU(13, 5) for _ in range(3)]
+    space = ParamSpace.from_module(models[0])
+    batch = ParamBatch.from_modules(space, models)
+    x = F.one_hot(torch.randint(0, 13, (4, LENGTH)), 13).float()
+    for original, again in zip(models, batch.to_modules(CharGRU(13, 5)), strict=True):
+        with torch.no_grad():
+            torch.testing.assert_close(again(x), original(x), rtol=0, atol=0)
+    both = ParamBatch.cat([batch[2], batch[:2]])
+    assert len(both) == 3
+    torch.testing.assert_close(both.params["rnn.weight_hh_l0"][0],
+                               batch.params["rnn.weight_hh_l0"][2])
+    other = ParamSpace.from_module(CharGRU(13, 6))
+    with pytest.raises(Exception, match="different spaces"):
+        ParamBatch.cat([batch, ParamBatch.from_modules(other, [CharGRU(13, 6)])])
+
+
 @pytest.fixture(scope="module")
 def gru_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo") / "gru"

@@ -212,6 +212,36 @@ class ParamBatch:
         """Channel 0 of every network as a state dict."""
         return [{k: v[i, 0] for k, v in self.params.items()} for i in range(len(self))]
 
+    @classmethod
+    def from_modules(cls, space: ParamSpace, modules: Sequence[nn.Module]) -> ParamBatch:
+        """The parameters of ``modules`` (each of ``space``), stacked."""
+        return cls.from_state_dicts(space, [{k: p.detach() for k, p in m.named_parameters()}
+                                            for m in modules])
+
+    def to_modules(self, template: nn.Module) -> list[nn.Module]:
+        """Copies of ``template`` loaded with each network's parameters (channel 0); buffers
+        are the template's."""
+        import copy
+
+        out = []
+        for sd in self.state_dicts():
+            module = copy.deepcopy(template)
+            with torch.no_grad():
+                for key, p in module.named_parameters():
+                    p.copy_(sd[key])
+            out.append(module)
+        return out
+
+    @classmethod
+    def cat(cls, batches: Sequence[ParamBatch]) -> ParamBatch:
+        """Networks of several batches of one space, in order."""
+        if not batches:
+            raise GensightError("ParamBatch.cat: no batches")
+        space = batches[0].space
+        if any(b.space != space for b in batches):
+            raise ShapeMismatchError("ParamBatch.cat: the batches hold different spaces")
+        return cls(space, {k: torch.cat([b.params[k] for b in batches]) for k in space.shape_dict})
+
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
 
