@@ -10,7 +10,9 @@
    (or resumed) in ``--zoo``; its build time is the population cost of IMP.
 2. Mask predictors fitted on the IMP masks of the first 512 inits at rounds 3, 8, 11, 15:
    NFN-HNP and NFN-NP (class-balanced BCE), NFN-HNP with BCE + the unrolled straight-through
-   objective, and the MLP baseline (BCE, hidden-permutation augmentation).
+   objective, and the MLP baseline (BCE, hidden-permutation augmentation); on request
+   (``--predictors``) the paper's own conditional VAE of NF-Layers (``nfn-np+cvae``,
+   ``nfn-hnp+cvae``).
 3. The last 128 inits are held out: their masks from IMP, each predictor, magnitude at init
    and random (same per-layer counts as IMP) are trained with the IMP recipe; test accuracy
    mean +- std per method at 54%, 20%, 12% and 5.9% of the weights kept.
@@ -39,6 +41,11 @@ from gensight.tickets.store import build_tickets
 from gensight.tickets.train import init_weights, layer_sizes, train_masked
 
 ROOT = Path(__file__).resolve().parent.parent
+PREDICTORS = {"nfn-hnp": dict(kind="hnp"), "nfn-np": dict(kind="np"),
+              "mlp": dict(kind="mlp"),
+              "nfn-hnp+unroll": dict(kind="hnp", objective="bce+unroll"),
+              "nfn-np+cvae": dict(kind="np", objective="cvae"),
+              "nfn-hnp+cvae": dict(kind="hnp", objective="cvae")}
 
 
 def main() -> None:
@@ -52,12 +59,21 @@ def main() -> None:
     ap.add_argument("--train-rounds", default=None,
                     help="IMP rounds the predictors learn from: comma-separated, or 'all' "
                     "(default: the evaluated rounds)")
+    ap.add_argument("--predictors", default="nfn-hnp,nfn-np,mlp,nfn-hnp+unroll",
+                    help=f"comma-separated, among {', '.join(PREDICTORS)}")
     ap.add_argument("--no-unroll", action="store_true", help="skip NFN-HNP (BCE + unroll)")
     ap.add_argument("--quick", action="store_true", help="128 inits, 32 held out, 5 epochs")
     ap.add_argument("--out", default=None, help="report directory (default "
                     "runs/tickets-bench-report, or runs/tickets-bench-quick-report)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    names = [n for n in a.predictors.split(",") if n]
+    if not names or any(n not in PREDICTORS for n in names):
+        raise SystemExit(f"--predictors must be among {', '.join(PREDICTORS)}; got "
+                         f"{a.predictors!r}")
+    names = [n for n in names if not (a.no_unroll and n == "nfn-hnp+unroll")]
+    if not names:
+        raise SystemExit("no predictor left to fit after --no-unroll")
     # --quick builds a smaller config, which the full run's zoo would refuse (another config)
     suffix = "-quick" if a.quick else ""
     if a.zoo is None:
@@ -89,10 +105,7 @@ def main() -> None:
     else:
         fit_rounds = rounds
     masks = {k: zoo.masks(k, "imp", train_ids) for k in fit_rounds}
-    specs = {"nfn-hnp": dict(kind="hnp"), "nfn-np": dict(kind="np"),
-             "mlp": dict(kind="mlp")}
-    if not a.no_unroll:
-        specs["nfn-hnp+unroll"] = dict(kind="hnp", objective="bce+unroll")
+    specs = {n: PREDICTORS[n] for n in names}
     predictors, fit_s = {}, {}
     for name, kw in specs.items():
         t = time.perf_counter()
@@ -121,7 +134,8 @@ def main() -> None:
         alive = magnitude_prune(run.weights, alive, zoo.counts[k])
         run = train_masked(w1, b1, alive, [10**6], dataset, config.train, config.activation)
     imp_one_s = time.perf_counter() - t
-    nfn = predictors["nfn-hnp"]
+    nfn_name = next((n for n in predictors if n.startswith("nfn")), names[0])
+    nfn = predictors[nfn_name]
     nfn.predict(w1, b1, zoo.counts[rounds[-1]])
     reps = 20
     t = time.perf_counter()
@@ -131,7 +145,7 @@ def main() -> None:
     cost = pd.DataFrame([
         {"what": f"one IMP run, one init alone ({config.rounds + 1} trainings)",
          "seconds": imp_one_s},
-        {"what": "one NFN-HNP mask, one init (forward + top-k)", "seconds": nfn_one_s},
+        {"what": f"one {nfn_name} mask, one init (forward + top-k)", "seconds": nfn_one_s},
         {"what": f"tickets zoo build ({len(ids)} inits, population; ~0 if already built)",
          "seconds": build_s},
         *({"what": f"fit {n} ({a.epochs} epochs, {len(train_ids)} inits)", "seconds": s}
@@ -140,7 +154,7 @@ def main() -> None:
     ])
     notes = [f"config {a.config}; predictors fitted on inits {train_ids[0]}..{train_ids[-1]}"
              f", IMP rounds {fit_rounds}",
-             f"one IMP run / one NFN mask = {imp_one_s / nfn_one_s:,.0f}x"]
+             f"one IMP run / one {nfn_name} mask = {imp_one_s / nfn_one_s:,.0f}x"]
     write_report(results, a.out, cost=cost, notes=notes,
                  title="gensight tickets benchmark (digits MLP 64-32-10)")
 
@@ -149,8 +163,8 @@ def main() -> None:
     wide = table.pivot_table(index=["round", "density"], columns="method", values="cell",
                              aggfunc="first").reset_index()
     wide["density"] = (wide["density"] * 100).round(1)
-    order = ["round", "density", "imp", "nfn-hnp", "nfn-hnp+unroll", "nfn-np", "mlp",
-             "magnitude", "random"]
+    order = ["round", "density", "imp", "nfn-hnp", "nfn-hnp+unroll", "nfn-hnp+cvae",
+             "nfn-np", "nfn-np+cvae", "mlp", "magnitude", "random"]
     wide = wide[[c for c in order if c in wide.columns]]
     print("\ntest accuracy (%) after training, mean ± std over held-out inits")
     print(wide.to_string(index=False))

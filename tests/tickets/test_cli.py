@@ -92,6 +92,52 @@ def test_build_eval_predict(tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_eval_and_predict_with_the_cvae(tmp_path, capsys):
+    """``--objective cvae``: NFN predictors only (checked before any fit), and a fitted CVAE
+    samples another ticket per ``--z-seed`` at the same per-layer counts."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(CONFIG)
+    zoo = tmp_path / "zoo"
+    assert gcli.main(["tickets", "build", str(cfg), "--out", str(zoo), "--quiet"]) == 0
+    rep = tmp_path / "rep"
+    capsys.readouterr()
+    assert gcli.main(["tickets", "eval", str(zoo), "--out", str(rep), "--test-inits", "2",
+                      "--epochs", "1", "--predictors", "np,mlp", "--objective", "cvae",
+                      "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--objective cvae trains NFN predictors only; pass --predictors hnp,np" in err
+    assert err.count("\n") == 1 and not rep.exists()
+    assert gcli.main(["tickets", "eval", str(zoo), "--out", str(rep), "--test-inits", "2",
+                      "--epochs", "1", "--predictors", "np", "--objective", "cvae",
+                      "--quiet"]) == 0
+    pred = rep / "predictor-np.safetensors"
+    from gensight.tickets.store import TicketZoo
+
+    counts = TicketZoo.open(zoo).counts[2]
+    got = {}
+    for seed in (None, 1, 1, 2):
+        out = tmp_path / f"m{seed}.safetensors"
+        extra = [] if seed is None else ["--z-seed", str(seed)]
+        assert gcli.main(["tickets", "predict", str(pred), "--zoo", str(zoo), "--round", "2",
+                          "--out", str(out), *extra]) == 0
+        masks = load_file(out)
+        assert [int(masks[k][0].sum()) for k in ("1.weight", "3.weight")] == counts
+        if seed is not None:
+            assert torch.equal(masks["1.weight"], got.setdefault(seed, masks["1.weight"]))
+    assert not torch.equal(got[1], got[2])
+    capsys.readouterr()
+    bce = tmp_path / "rep-bce"
+    assert gcli.main(["tickets", "eval", str(zoo), "--out", str(bce), "--test-inits", "2",
+                      "--epochs", "1", "--predictors", "np", "--quiet"]) == 0
+    capsys.readouterr()
+    assert gcli.main(["tickets", "predict", str(bce / "predictor-np.safetensors"), "--zoo",
+                      str(zoo), "--round", "2", "--out", str(tmp_path / "x.safetensors"),
+                      "--z-seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "z_seed needs a predictor fitted with objective 'cvae'" in err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('name = "x"\nrate = 2.0\n', "field 'rate' must be in (0, 1); got 2.0"),
     ('name = "x"\nepochs = 3\n', "unknown field 'epochs'"),

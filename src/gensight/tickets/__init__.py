@@ -9,7 +9,7 @@
 - Mask predictors: :class:`MaskPredictor` (``"hnp"``, ``"np"`` equivariant NFNs and an
   ``"mlp"`` baseline), class-balanced BCE on IMP masks, optionally plus an unrolled
   training of the masked network through a straight-through top-k
-  (:class:`StraightThroughTopK`).
+  (:class:`StraightThroughTopK`), or the paper's conditional VAE (:class:`MaskCVAE`).
 - Baselines and masks: :func:`magnitude_masks`, :func:`random_masks`, :func:`layer_topk`,
   :func:`pruning_schedule`.
 - Evaluation and the HTML report: :func:`evaluate_methods`, :func:`write_report`.
@@ -17,9 +17,10 @@
 Against the paper: its full text (NeurIPS 2023, Table 5, App. D.2) was read after this
 package was written. The paper prunes one step of IMP to 95% sparsity (MNIST MLPs with 128
 hidden units, CIFAR-10 CNNs; 400 training and 50 held-out inits) and predicts masks with a
-conditional VAE of NF-Layers trained on the IMP masks. The recipe here is gensight's own:
-class-balanced BCE on IMP masks, the unrolled straight-through objective, the density input
-channel, several IMP rounds with the output layer pruned at half the rate (Frankle & Carbin's
+conditional VAE of NF-Layers trained on the IMP masks (``objective="cvae"``). The other
+objectives are gensight's own: class-balanced BCE on IMP masks and the unrolled
+straight-through objective. Also gensight's: the density input channel, several IMP rounds
+with the output layer pruned at half the rate (Frankle & Carbin's
 fully connected setting) and the CPU-sized digits MLPs (``examples/tickets/digits.toml``;
 ``digits-wide.toml`` has the paper's width).
 """
@@ -36,13 +37,20 @@ from gensight.tickets.masks import (
     straight_through_topk,
     topk_mask,
 )
-from gensight.tickets.predictor import MaskMLP, MaskNFN, MaskPredictor, PredictorError
+from gensight.tickets.predictor import (
+    MaskCVAE,
+    MaskMLP,
+    MaskNFN,
+    MaskPredictor,
+    PredictorError,
+)
 from gensight.tickets.report import evaluate_methods, mask_methods, summarize, write_report
 from gensight.tickets.store import TicketsStoreError, TicketZoo, build_tickets, verify_tickets
 from gensight.tickets.train import IMPResult, MaskedRun, init_weights, run_imp, train_masked
 
 __all__ = [
     "IMPResult",
+    "MaskCVAE",
     "MaskError",
     "MaskMLP",
     "MaskNFN",

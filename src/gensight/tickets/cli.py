@@ -94,6 +94,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if any(k not in KINDS for k in kinds):
         raise TicketsCLIError(f"--predictors must be among {', '.join(KINDS)}; got "
                               f"{args.predictors!r}")
+    if args.objective == "cvae" and "mlp" in kinds:
+        raise TicketsCLIError("--objective cvae trains NFN predictors only; pass "
+                              "--predictors hnp,np (or one of them)")
+    # every predictor is constructed (its arguments checked) before any work
+    estimators = {kind: MaskPredictor(kind, objective=args.objective, epochs=args.epochs,
+                                      seed=args.seed) for kind in kinds}
     train_ids, test_ids = ids[:-args.test_inits], ids[-args.test_inits:]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +107,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     masks = {k: zoo.masks(k, "imp", train_ids) for k in rounds}
     dataset = load_dataset(zoo.config.dataset)
     predictors, fit_seconds = {}, {}
-    for kind in kinds:
-        est = MaskPredictor(kind, objective=args.objective, epochs=args.epochs, seed=args.seed)
+    for kind, est in estimators.items():
         start = time.perf_counter()
         with progress_bar(console, args.quiet, f"fit {kind}") as bar:
             task = bar.add_task("fit", total=args.epochs)
@@ -182,13 +187,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not 1 <= args.round < len(counts_all):
         raise TicketsCLIError(f"--round must be in 1..{len(counts_all) - 1}; got {args.round}")
     counts = counts_all[args.round]
-    masks = est.predict(w, b, counts)
+    masks = est.predict(w, b, counts, z_seed=args.z_seed)
     tensors = {ly.weight_key: m.to(torch.uint8).contiguous()
                for ly, m in zip(space.layers, masks, strict=True)}
-    atomic_write_bytes(Path(args.out), save(tensors, metadata={
-        "round": str(args.round), "counts": str(list(counts)), "inits": str(ids)}))
+    meta = {"round": str(args.round), "counts": str(list(counts)), "inits": str(ids)}
+    if args.z_seed is not None:
+        meta["z_seed"] = str(args.z_seed)
+    atomic_write_bytes(Path(args.out), save(tensors, metadata=meta))
     print(f"wrote {len(ids)} mask(s) keeping {list(counts)} weights per layer to {args.out}")
     return 0
+
+
+def _z_seed(text: str) -> int:
+    """argparse type of ``--z-seed``: an integer in 0..2^63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2^63-1; got {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -226,7 +244,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--rounds", help="comma-separated rounds (default: the zoo's random_rounds)")
     ev.add_argument("--predictors", default="hnp,np,mlp",
                     help="comma-separated: hnp, np, mlp (default all)")
-    ev.add_argument("--objective", default="bce", help="bce | bce+unroll (default bce)")
+    ev.add_argument("--objective", default="bce",
+                    help="bce | bce+unroll | cvae (the NFN paper's conditional VAE; NFN "
+                    "predictors only) (default bce)")
     ev.add_argument("--epochs", type=int, default=30, help="predictor training epochs")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--threads", type=int, help="torch CPU threads")
@@ -242,4 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--init", help="a safetensors checkpoint of one initial MLP")
     pr.add_argument("--round", type=int, required=True, help="IMP round whose counts to keep")
     pr.add_argument("--out", required=True, help="output .safetensors")
+    pr.add_argument("--z-seed", type=_z_seed, default=None,
+                    help="a predictor fitted with --objective cvae: decode a draw from the "
+                    "latent prior with this seed (another ticket per seed) instead of its mean")
     pr.set_defaults(func=_cmd_predict)

@@ -18,9 +18,21 @@ at a density is the per-layer top-k of the logits (exact per-layer counts, ties 
   ``m`` is the straight-through top-k of the logits (:class:`~gensight.tickets.masks.
   StraightThroughTopK`); gradients flow through the whole unrolled training (second order).
   The masked network uses the zoo's activation (``fit(..., activation=...)``). This is the
-  "task" objective of research note 04, Sec. 3 (B); whether it is the NFN paper's exact
-  objective could not be checked (see the README section "Winning-ticket masks from the
-  initialization").
+  "task" objective of research note 04, Sec. 3 (B); the NFN paper trains the cVAE below
+  instead (see the README section "Winning-ticket masks from the initialization").
+- ``objective="cvae"``: the NFN paper's own objective (arXiv 2302.14040, Sec. 3.3 and
+  App. D.2): a conditional VAE (:class:`MaskCVAE`) whose encoder ``q(Z | theta_0, M)`` and
+  decoder ``p(M | theta_0, Z)`` are both NF-Layer stacks, with a latent ``Z`` of ``latent``
+  channels over the whole weight space and an isotropic Gaussian prior, trained on the ELBO
+  ``E_q[ln p(M | theta_0, z)] - KL(q || p)``. The paper does not state the mask likelihood;
+  here it is Bernoulli (binary cross-entropy with the decoder's logits, not class-balanced).
+  The loss is a per-layer reweighted negative ELBO: the reconstruction term is the mean over
+  each layer's weights, the KL term the sum over latent channels of the mean over each
+  layer's entries (weights and biases), each then averaged over layers with equal weight
+  (proportional to the ELBO only when all layers have the same size), the KL times
+  ``kl_weight``. At prediction the latent is the prior's mean ``z = 0`` (the paper reads its
+  masks "for a fixed latent value"), or a draw from the prior (``z_seed``), which samples
+  different tickets for one initialization.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ from gensight.tickets.masks import layer_topk, straight_through_topk
 from gensight.weightspace import WeightBatch, WeightSpace, permute, random_permutation
 
 KINDS = ("hnp", "np", "mlp")
-OBJECTIVES = ("bce", "bce+unroll")
+OBJECTIVES = ("bce", "bce+unroll", "cvae")
 IN_CHANNELS = 3
 DEFAULT_CHANNELS = {"hnp": (16,), "np": (32, 32)}
 
@@ -68,6 +80,27 @@ def weight_features(space: WeightSpace, init_w: Sequence[Tensor], init_b: Sequen
     return WeightBatch(space, weights, biases, check_finite=False)
 
 
+def _nf_stack(space: WeightSpace, symmetry: str, widths: Sequence[int],
+              io_embed: bool) -> nn.Sequential:
+    """NF-Layers ``widths[0] -> ... -> widths[-1]`` with ReLUs between them."""
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        if symmetry == "hnp":
+            layers.append(HNPLinear(space, widths[i], widths[i + 1]))
+        else:
+            layers.append(NPLinear(space, widths[i], widths[i + 1],
+                                   io_embed=io_embed and i == 0))
+        if i < len(widths) - 2:
+            layers.append(Elementwise(nn.ReLU()))
+    return nn.Sequential(*layers)
+
+
+def _cat_channels(a: WeightBatch, b: WeightBatch) -> WeightBatch:
+    """Concatenate two weight-space feature maps ``(B, C_a, ...)``, ``(B, C_b, ...)`` along
+    the channels."""
+    return a.zip_map(b, lambda x, y: torch.cat([x, y], 1))
+
+
 class MaskNFN(nn.Module):
     """NF-Layers ``3 -> channels[0] -> ... -> 1`` with ReLUs between them (no pooling).
 
@@ -80,20 +113,104 @@ class MaskNFN(nn.Module):
     def __init__(self, space: WeightSpace, symmetry: str = "hnp",
                  channels: Sequence[int] = (32, 32), io_embed: bool = False):
         super().__init__()
-        widths = [IN_CHANNELS, *channels, 1]
-        layers: list[nn.Module] = []
-        for i in range(len(widths) - 1):
-            if symmetry == "hnp":
-                layers.append(HNPLinear(space, widths[i], widths[i + 1]))
-            else:
-                layers.append(NPLinear(space, widths[i], widths[i + 1],
-                                       io_embed=io_embed and i == 0))
-            if i < len(widths) - 2:
-                layers.append(Elementwise(nn.ReLU()))
-        self.net = nn.Sequential(*layers)
+        self.net = _nf_stack(space, symmetry, [IN_CHANNELS, *channels, 1], io_embed)
 
     def forward(self, feats: WeightBatch) -> list[Tensor]:
         return [w[:, 0] for w in self.net(feats).weights]
+
+
+class MaskCVAE(nn.Module):
+    """The NFN paper's conditional VAE of winning tickets (arXiv 2302.14040, Sec. 3.3 and
+    App. D.2), both halves NF-Layer stacks (``symmetry``, ``channels`` as in
+    :class:`MaskNFN`).
+
+    - :meth:`encode`: ``q(Z | theta_0, M)`` from the 3 feature channels of ``theta_0`` and
+      the mask (1 channel; biases, never pruned, read 1) to ``2 * latent`` channels over the
+      whole weight space: the mean and log-variance of ``Z``.
+    - :meth:`decode`: ``p(M | theta_0, Z)`` from the features and ``Z`` (``3 + latent``
+      channels) to one logit per weight ``(B, n_out, n_in)`` per layer.
+    - :meth:`elbo`: the two terms of the training loss, with one reparameterized draw.
+    - ``forward(feats)`` decodes at the prior's mean ``Z = 0``: the predictor's logits.
+
+    Both halves are equivariant, so a hidden-neuron permutation of ``theta_0`` and ``M``
+    permutes ``Z``'s posterior, and one of ``theta_0`` permutes the logits at ``Z = 0``.
+    """
+
+    def __init__(self, space: WeightSpace, symmetry: str = "hnp",
+                 channels: Sequence[int] = (32, 32), latent: int = 5,
+                 io_embed: bool = False):
+        super().__init__()
+        self.latent = latent
+        self.encoder = _nf_stack(space, symmetry, [IN_CHANNELS + 1, *channels, 2 * latent],
+                                 io_embed)
+        self.decoder = _nf_stack(space, symmetry, [IN_CHANNELS + latent, *channels, 1],
+                                 io_embed)
+
+    def encode(self, feats: WeightBatch, masks: Sequence[Tensor]) -> tuple[WeightBatch,
+                                                                           WeightBatch]:
+        """``(mean, log-variance)`` of ``q(Z | theta_0, M)``, each ``(B, latent, ...)``;
+        ``masks[i]: (B, n_out, n_in)`` (bool or 0/1)."""
+        dtype = feats.weights[0].dtype
+        m = WeightBatch(feats.space, [t.unsqueeze(1).to(dtype) for t in masks],
+                        [torch.ones_like(b[:, :1]) for b in feats.biases], check_finite=False)
+        out = self.encoder(_cat_channels(feats, m))
+        c = self.latent
+        return out.map(lambda t: t[:, :c]), out.map(lambda t: t[:, c:])
+
+    def decode(self, feats: WeightBatch, z: WeightBatch) -> list[Tensor]:
+        """Logits ``(B, n_out, n_in)`` per layer of ``p(M | theta_0, Z)``; ``z: (B or 1,
+        latent, ...)`` (one latent broadcast over the batch)."""
+        if z.batch_size != feats.batch_size:
+            z = z.map(lambda t: t.expand(feats.batch_size, *t.shape[1:]))
+        return [w[:, 0] for w in self.decoder(_cat_channels(feats, z)).weights]
+
+    def prior_sample(self, feats: WeightBatch, generator: torch.Generator | None = None,
+                     scale: float = 1.0, batch_size: int | None = None) -> WeightBatch:
+        """``Z ~ N(0, scale^2 I)`` with ``latent`` channels over ``feats``' weight space,
+        ``batch_size`` draws (default: ``feats``' batch size; ``scale = 0`` gives the prior's
+        mean). Drawn on the CPU (``generator``'s device) and moved to ``feats``' device."""
+        n = feats.batch_size if batch_size is None else batch_size
+
+        def draw(t: Tensor) -> Tensor:
+            shape = (n, self.latent, *t.shape[2:])
+            if scale == 0:
+                return t.new_zeros(shape)
+            gen_device = generator.device if generator is not None else t.device
+            return (scale * torch.randn(shape, generator=generator, dtype=t.dtype,
+                                        device=gen_device)).to(t.device)
+        return feats.map(draw)
+
+    def elbo(self, feats: WeightBatch, masks: Sequence[Tensor],
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The two terms of the negative ELBO with one reparameterized draw ``z = mean +
+        exp(logvar / 2) * eps``: ``(bernoulli_nll(decode(feats, z), masks), gaussian_kl(
+        mean, logvar))`` (see those functions for the per-layer averaging)."""
+        mean, logvar = self.encode(feats, masks)
+        eps = self.prior_sample(feats, generator)
+        z = mean + logvar.map(lambda t: (0.5 * t).exp()) * eps
+        return bernoulli_nll(self.decode(feats, z), masks), gaussian_kl(mean, logvar)
+
+    def forward(self, feats: WeightBatch) -> list[Tensor]:
+        return self.decode(feats, self.prior_sample(feats, scale=0.0))
+
+
+def gaussian_kl(mean: WeightBatch, logvar: WeightBatch) -> Tensor:
+    """``KL(N(mean, exp(logvar)) || N(0, I))`` per entry: summed over the latent channels,
+    averaged over each layer's entries (weights and biases), then over layers."""
+    total = 0.0
+    for mw, mb, lw, lb in zip(mean.weights, mean.biases, logvar.weights, logvar.biases,
+                              strict=True):
+        kw = 0.5 * (mw ** 2 + lw.exp() - 1 - lw).sum(1)
+        kb = 0.5 * (mb ** 2 + lb.exp() - 1 - lb).sum(1)
+        total = total + (kw.flatten(1).sum(1) + kb.sum(1)) / (kw[0].numel() + kb[0].numel())
+    return (total / len(mean.weights)).mean()
+
+
+def bernoulli_nll(logits: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
+    """``-ln p(M | logits)`` of a Bernoulli mask, the mean over each layer's weights, then
+    over layers; ``logits[i], targets[i]: (B, n_out, n_in)``."""
+    return sum(F.binary_cross_entropy_with_logits(z, t.to(z.dtype))
+               for z, t in zip(logits, targets, strict=True)) / len(logits)
 
 
 class MaskMLP(nn.Module):
@@ -195,7 +312,10 @@ class MaskPredictor:
         channels: NF-Layer widths (NFN; default ``DEFAULT_CHANNELS[kind]``: HNP layers on
             a 64-input MLP have ~13M parameters at 32 -> 32 channels, so HNP defaults to one
             hidden layer of 16 channels, NP to 32, 32); ``hidden``: MLP width.
-        objective: ``"bce"`` or ``"bce+unroll"`` (module docstring).
+        objective: ``"bce"``, ``"bce+unroll"`` or ``"cvae"`` (module docstring; ``"cvae"``
+            needs an NFN kind).
+        latent, kl_weight: the CVAE's latent channels (the paper's 5) and the KL term's
+            weight in the ELBO (``objective="cvae"``).
         epochs, lr, batch_size: Adam on the predictor's parameters.
         unroll_steps, unroll_lr, unroll_batch, unroll_weight, unroll_every: the unrolled
             objective: SGD steps of the masked network, its learning rate, examples per step,
@@ -214,15 +334,24 @@ class MaskPredictor:
                  epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
                  unroll_steps: int = 10, unroll_lr: float = 0.5, unroll_batch: int = 128,
                  unroll_weight: float = 1.0, unroll_every: int = 4,
+                 latent: int = 5, kl_weight: float = 1.0,
                  augment: bool | None = None, seed: int = 0):
         if kind not in KINDS:
             raise PredictorError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
         if objective not in OBJECTIVES:
             raise PredictorError(f"objective must be one of {', '.join(OBJECTIVES)}; got "
                                  f"{objective!r}")
+        if objective == "cvae" and kind == "mlp":
+            raise PredictorError("objective 'cvae' needs an NFN kind (hnp or np); got 'mlp'")
         if epochs < 0 or batch_size < 1 or lr <= 0 or unroll_steps < 1 or unroll_every < 1:
             raise PredictorError("epochs must be >= 0, batch_size, unroll_steps and "
                                  "unroll_every >= 1, lr > 0")
+        if (not isinstance(latent, int) or isinstance(latent, bool) or latent < 1
+                or not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight)
+                or kl_weight < 0):
+            raise PredictorError(f"latent must be an integer >= 1 and kl_weight a finite "
+                                 f"number >= 0; got latent {latent!r}, kl_weight "
+                                 f"{kl_weight!r}")
         if channels is None:
             channels = DEFAULT_CHANNELS.get(kind, ())
         self.kind, self.channels, self.hidden, self.io_embed = kind, tuple(channels), hidden, \
@@ -232,6 +361,7 @@ class MaskPredictor:
         self.unroll_steps, self.unroll_lr, self.unroll_batch = unroll_steps, unroll_lr, \
             unroll_batch
         self.unroll_weight, self.unroll_every = unroll_weight, unroll_every
+        self.latent, self.kl_weight = latent, kl_weight
         self.augment = (kind == "mlp") if augment is None else augment
         self.seed = seed
 
@@ -239,6 +369,8 @@ class MaskPredictor:
     def _make_model(self, space: WeightSpace) -> nn.Module:
         if self.kind == "mlp":
             return MaskMLP(space, self.hidden)
+        if self.objective == "cvae":
+            return MaskCVAE(space, self.kind, self.channels, self.latent, self.io_embed)
         return MaskNFN(space, self.kind, self.channels, self.io_embed)
 
     def get_params(self) -> dict:
@@ -247,7 +379,8 @@ class MaskPredictor:
                 "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                 "unroll_steps": self.unroll_steps, "unroll_lr": self.unroll_lr,
                 "unroll_batch": self.unroll_batch, "unroll_weight": self.unroll_weight,
-                "unroll_every": self.unroll_every, "augment": self.augment,
+                "unroll_every": self.unroll_every, "latent": self.latent,
+                "kl_weight": self.kl_weight, "augment": self.augment,
                 "seed": self.seed}
 
     def _check_fitted(self) -> None:
@@ -308,8 +441,13 @@ class MaskPredictor:
                     w, b, target = _augment(space, w, b, target, g)
                 dens = torch.tensor([c / n for c, n in zip(counts[k], sizes, strict=True)])
                 dens = dens.expand(len(idx), -1)
-                logits = model(weight_features(space, w, b, dens))
-                loss = balanced_bce(logits, target, dens)
+                feats = weight_features(space, w, b, dens)
+                if self.objective == "cvae":
+                    nll, kl = model.elbo(feats, target, g)
+                    loss = nll + self.kl_weight * kl
+                else:
+                    logits = model(feats)
+                    loss = balanced_bce(logits, target, dens)
                 if self.objective == "bce+unroll" and step % self.unroll_every == 0:
                     st = [straight_through_topk(z.reshape(len(idx), -1), c).view(z.shape)
                           for z, c in zip(logits, counts[k], strict=True)]
@@ -337,9 +475,12 @@ class MaskPredictor:
 
     # --- predict ------------------------------------------------------------------------
     def decision_function(self, init_w: Sequence[Tensor], init_b: Sequence[Tensor],
-                          counts: Sequence[int]) -> list[Tensor]:
+                          counts: Sequence[int], *, z_seed: int | None = None
+                          ) -> list[Tensor]:
         """Logits ``(M, n_out, n_in)`` per layer for the per-layer ``counts`` (the density
-        channel of the features)."""
+        channel of the features). A CVAE decodes at ``Z = 0``, or at one draw from the
+        prior seeded by ``z_seed``, shared by all M inits (a different ticket per seed; an
+        init's mask does not depend on the other inits)."""
         self._check_fitted()
         sizes = [math.prod(ly.weight_shape) for ly in self.space_.layers]
         if len(counts) != len(sizes) or any(not 1 <= c <= n for c, n in zip(counts, sizes,
@@ -347,16 +488,29 @@ class MaskPredictor:
             raise PredictorError(f"counts {list(counts)} do not fit layers of {sizes} weights")
         dtype = next(self.model_.parameters()).dtype
         m = init_w[0].shape[0]
+        if z_seed is not None and not isinstance(self.model_, MaskCVAE):
+            raise PredictorError(f"z_seed needs a predictor fitted with objective 'cvae'; "
+                                 f"this one has {self.objective!r}")
+        if z_seed is not None and (not isinstance(z_seed, int) or isinstance(z_seed, bool)
+                                   or not 0 <= z_seed < 2**63):
+            raise PredictorError(f"z_seed must be an integer in 0..2^63-1; got {z_seed!r}")
         dens = torch.tensor([c / n for c, n in zip(counts, sizes, strict=True)]).expand(m, -1)
         with torch.no_grad():
-            return self.model_(weight_features(self.space_, [w.to(dtype) for w in init_w],
-                                               [b.to(dtype) for b in init_b], dens))
+            feats = weight_features(self.space_, [w.to(dtype) for w in init_w],
+                                    [b.to(dtype) for b in init_b], dens)
+            if z_seed is None:
+                return self.model_(feats)
+            # one latent draw shared by every init: a mask depends on (init, z_seed) only
+            g = torch.Generator().manual_seed(z_seed)
+            return self.model_.decode(feats, self.model_.prior_sample(feats, g, batch_size=1))
 
     def predict(self, init_w: Sequence[Tensor], init_b: Sequence[Tensor],
-                counts: Sequence[int]) -> list[Tensor]:
+                counts: Sequence[int], *, z_seed: int | None = None) -> list[Tensor]:
         """Bool masks ``(M, n_out, n_in)`` keeping exactly ``counts[i]`` weights of layer i
-        (per-layer top-k of :meth:`decision_function`, ties by index)."""
-        return layer_topk(self.decision_function(init_w, init_b, counts), counts)
+        (per-layer top-k of :meth:`decision_function`, ties by index); ``z_seed`` as
+        there."""
+        return layer_topk(self.decision_function(init_w, init_b, counts, z_seed=z_seed),
+                          counts)
 
     # --- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
