@@ -1,14 +1,18 @@
 """FLEET-MERGE on a CPU-sized fleet, and the loss barrier before/after alignment.
 
     python benchmarks/bench_merge.py [--members 10] [--rounds 5] [--steps 40] [--quick]
+        [--plain-loss]
 
 1. Fleet experiment (the CPU-sized stand-in for FLEET-MERGE's 50 Meta-World tasks, arXiv
    2310.01362): K members, each trained only on its own task, a random subset of 3 of
    the 10 digit classes (``digits``, seeded). Two architectures: an MLP 64-128-128-10 and a
    GRU sequence classifier (the 8x8 image read row by row: 8 steps of 8 features, 64 hidden
    units, linear readout). Every member trains ``rounds * steps`` Adam steps (lr 3e-3,
-   batch 32) in total. Accuracy on each member's task (test split, logits restricted to the
-   task's 3 classes, so chance is 1/3), averaged over the K tasks, of:
+   batch 32) in total, on the cross-entropy of its own task's 3 logits (``restrict=True``:
+   a member never pushes down the outputs of classes it has not seen, as a policy trained
+   on its own task knows nothing of the others' actions; ``--plain-loss``: 10-way
+   cross-entropy, as before). Accuracy on each member's task (test split, logits restricted
+   to the task's 3 classes, so chance is 1/3), averaged over the K tasks, of:
 
    - each member alone on its own task (no communication);
    - one-shot merging of the members (no communication during training): FLEET-MERGE's
@@ -67,7 +71,8 @@ def _gru(seed: int) -> nn.Module:
     return RecurrentClassifier(8, 64, 10, "gru")
 
 
-def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float) -> pd.DataFrame:
+def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float,
+          restrict: bool = True) -> pd.DataFrame:
     data = load_dataset("digits")
     rng = np.random.default_rng(0)
     subsets = [sorted(rng.choice(10, 3, replace=False).tolist()) for _ in range(k)]
@@ -75,7 +80,7 @@ def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float) -> pd.
     pooled = pooled_task(tasks)
     inits = [factory(s) for s in range(k)]
     t0 = time.perf_counter()
-    members = train_members(inits, tasks, steps=rounds * steps, lr=lr)
+    members = train_members(inits, tasks, steps=rounds * steps, lr=lr, restrict=restrict)
     x = alignment_inputs(pooled)  # 256 seeded random pooled inputs, every task's
     one_shot = {
         "one-shot FLEET-MERGE (weight, ref 0)": merge(members).model,
@@ -83,13 +88,16 @@ def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float) -> pd.
         "one-shot activation, ref 0": merge(members, method="activation", x=x).model,
         "one-shot naive average": average(members),
     }
-    fm = fleet_merge(inits, tasks, rounds=rounds, local_steps=steps, lr=lr)
-    naive = fleet_merge(inits, tasks, rounds=rounds, local_steps=steps, lr=lr, align=False)
+    fm = fleet_merge(inits, tasks, rounds=rounds, local_steps=steps, lr=lr,
+                     restrict=restrict)
+    naive = fleet_merge(inits, tasks, rounds=rounds, local_steps=steps, lr=lr, align=False,
+                        restrict=restrict)
     fm_common = fleet_merge(inits, tasks, rounds=rounds, local_steps=steps, lr=lr,
-                            common_init=True)
+                            common_init=True, restrict=restrict)
     naive_common = fleet_merge(inits, tasks, rounds=rounds, local_steps=steps, lr=lr,
-                               align=False, common_init=True)
-    joint = train_members([factory(10_000)], [pooled], steps=rounds * steps, lr=lr)[0]
+                               align=False, common_init=True, restrict=restrict)
+    joint = train_members([factory(10_000)], [pooled], steps=rounds * steps, lr=lr,
+                          restrict=restrict)[0]
     table = compare_merges(members, tasks, {
         **one_shot, f"{rounds} rounds FLEET-MERGE": fm.merged,
         f"{rounds} rounds naive average": naive.merged,
@@ -99,7 +107,8 @@ def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float) -> pd.
     curves = pd.DataFrame({
         "FLEET-MERGE": fm.history.groupby("round")["acc"].mean(),
         "naive average": naive.history.groupby("round")["acc"].mean()})
-    print(f"\n## Fleet: {k} {name}s on digits label subsets ({rounds} x {steps} steps, "
+    loss = "own-logit loss" if restrict else "10-way loss"
+    print(f"\n## Fleet: {k} {name}s on digits label subsets ({rounds} x {steps} steps, {loss}, "
           f"{time.perf_counter() - t0:.0f} s)\n")
     print("| method | mean accuracy over tasks |\n|---|---|")
     for method, acc in mean.items():
@@ -155,13 +164,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--quick", action="store_true", help="4 members, 2 x 20 steps")
+    parser.add_argument("--plain-loss", action="store_true",
+                        help="members train on 10-way cross-entropy, not their own classes'")
     args = parser.parse_args()
     if args.quick:
         args.members, args.rounds, args.steps = 4, 2, 20
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    means = [fleet("MLP", _mlp, args.members, args.rounds, args.steps, args.lr),
-             fleet("GRU", _gru, args.members, args.rounds, args.steps, args.lr)]
+    restrict = not args.plain_loss
+    means = [fleet("MLP", _mlp, args.members, args.rounds, args.steps, args.lr, restrict),
+             fleet("GRU", _gru, args.members, args.rounds, args.steps, args.lr, restrict)]
     print("\n## Summary: mean accuracy over tasks\n")
     print(markdown(pd.concat(means, axis=1).rename_axis("method")))
     epochs = 3 if args.quick else 20

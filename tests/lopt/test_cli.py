@@ -31,6 +31,10 @@ TINY = ["--population", "2", "--unroll", "2", "--horizon", "4", "--hidden", "4",
     (["--meta-lr", "-1"], "--meta-lr must be a positive number; got '-1'"),
     (["--symmetry", "full"], "--symmetry must be 'np' or 'hnp'"),
     (["--f", "nfn", "--task", "python-rnn"], "f='nfn' needs an MLP/CNN optimizee"),
+    (["--backbone", "gnn"], "--backbone must be one of own, deepsets; got 'gnn'"),
+    (["--f", "mlp", "--backbone", "deepsets"],
+     "--backbone deepsets needs --f nfn or unf and --layers >= 2; got --f mlp --layers 3"),
+    (["--f", "unf", "--backbone", "deepsets", "--layers", "1"], "got --f unf --layers 1"),
 ])
 def test_train_errors(run, tmp_path, argv, match):
     rc, _, err = run("lopt", "train", "--out", str(tmp_path / "o"), *argv)

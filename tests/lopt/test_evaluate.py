@@ -51,6 +51,29 @@ def test_a_diverged_seed_is_masked_and_the_others_keep_training():
     assert "1/2 seeds diverged" in html and "(best)" not in html
 
 
+def test_curve_summaries_golden_values_and_diverged_members():
+    """mean_loss averages a member's whole minibatch-loss curve, late_loss its last tenth
+    (at least one step); a diverged member counts in neither, as in train_loss."""
+    from gensight.lopt.evaluate import Curve
+
+    losses = torch.stack([torch.arange(20.0), 2 * torch.arange(20.0),
+                          torch.full((20,), math.nan)])
+    c = Curve("x", losses, torch.tensor([1.0, 3.0, math.nan]), torch.zeros(3),
+              torch.tensor([0.5, 0.7, math.nan]), None, 0.0)
+    mean, late = c.curve_losses()
+    assert torch.equal(mean[:2], torch.tensor([9.5, 19.0]))
+    assert torch.equal(late[:2], torch.tensor([18.5, 37.0]))  # steps 18 and 19
+    assert math.isnan(mean[2]) and math.isnan(late[2])
+    s = c.summary()
+    assert s["mean_loss"] == 14.25 and s["late_loss"] == 27.75 and s["train_loss"] == 2.0
+    assert math.isclose(s["mean_loss_std"], float(torch.tensor([9.5, 19.0]).std()))
+    short = Curve("y", torch.tensor([[4.0, 2.0]]), torch.tensor([1.0]), torch.zeros(1),
+                  torch.ones(1), None, 0.0)
+    assert short.curve_losses()[1].item() == 2.0  # the last tenth of 2 steps is one step
+    html = _table([c])
+    assert "mean loss over the curve" in html and "14.2500" in html and "27.7500" in html
+
+
 def test_band_uses_only_finite_points():
     from gensight.lopt.report import band
 

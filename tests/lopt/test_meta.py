@@ -97,20 +97,23 @@ def test_antithetic_es_mean_on_quadratic():
     assert (big.mean(0) - true).norm() < 0.05 * true.norm()
 
 
-def _trainer(tmp, estimator, steps, every):
+def _trainer(tmp, estimator, steps, every, backbone="own"):
     cfg = MetaConfig(task="tiny-mlp", estimator=estimator, population=4, unroll=3, horizon=6,
                      meta_steps=steps, checkpoint_every=every, dtype="float64", seed=2)
-    return MetaTrainer(LOptConfig(f="unf", hidden=4), cfg, tmp, task=TinyMLPTask())
+    lcfg = LOptConfig(f="unf", hidden=4, layers=3 if backbone == "own" else 4,
+                      backbone=backbone)
+    return MetaTrainer(lcfg, cfg, tmp, task=TinyMLPTask())
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "es", "pes"])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, estimator):
-    full = _trainer(tmp_path / "a", estimator, 5, 5)
+@pytest.mark.parametrize("estimator,backbone", [("tbptt", "own"), ("es", "own"),
+                                                ("pes", "own"), ("tbptt", "deepsets")])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, estimator, backbone):
+    full = _trainer(tmp_path / "a", estimator, 5, 5, backbone)
     full.run()
-    first = _trainer(tmp_path / "b", estimator, 2, 1)
+    first = _trainer(tmp_path / "b", estimator, 2, 1, backbone)
     first.run()
     assert (tmp_path / "b" / CHECKPOINT).exists()
-    second = _trainer(tmp_path / "b", estimator, 5, 1)  # fresh object, resumes at step 2
+    second = _trainer(tmp_path / "b", estimator, 5, 1, backbone)  # resumes at step 2
     second.run()
     for (n, p), q in zip(full.lopt.named_parameters(), second.lopt.parameters(), strict=True):
         assert torch.equal(p, q), n
@@ -118,7 +121,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, estimato
     for k in full.params:
         assert torch.equal(full.params[k], second.params[k])
     # meta-training changed phi
-    fresh = _trainer(None, estimator, 5, 5)
+    fresh = _trainer(None, estimator, 5, 5, backbone)
     assert not torch.equal(fresh.lopt.log_alpha, full.lopt.log_alpha)
 
 

@@ -86,13 +86,18 @@ def _perm(tensors, spec, perms):
 @pytest.mark.parametrize("task_name,kind", [
     ("tiny", "nfn"), ("tiny", "unf"), ("tiny", "mlp"), ("tiny", "deepsets"),
     ("digits-cnn", "unf"), ("digits-cnn", "nfn"), ("python-rnn", "unf"),
+    ("tiny", "nfn-ds"), ("tiny", "unf-ds"), ("digits-cnn", "unf-ds"), ("python-rnn", "unf-ds"),
 ])
 def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
+    """``-ds``: the UNF paper's App. C.2 f (Deep Sets trunk, one NF/UNF layer at the end)."""
     task = TinyMLPTask(widths=(6, 7, 5, 3)) if task_name == "tiny" else make_task(task_name)
     template = task.template()
+    kind, _, trunk = kind.partition("-")
     hidden = 6 if kind in ("nfn", "unf") and task_name != "tiny" else 16
     torch.manual_seed(0)  # f's initialisation draws from the global RNG
-    lopt = LOpt(LOptConfig(f=kind, hidden=hidden), template).double()
+    cfg = LOptConfig(f=kind, hidden=hidden, layers=4 if trunk else 3,
+                     backbone="deepsets" if trunk else "own")
+    lopt = LOpt(cfg, template).double()
     with torch.no_grad():
         lopt.log_beta.fill_(0.0)  # make f dominate the update
     g = torch.Generator().manual_seed(7)
@@ -130,6 +135,42 @@ def test_nfn_and_unf_have_the_same_number_of_parameters_on_mlps():
     assert n["nfn"] == n["unf"]
 
 
+def test_deepsets_backbone_is_a_deepsets_trunk_then_one_equivariant_layer():
+    """backbone='deepsets' (App. C.2 of arXiv 2402.05232): the trunk's output, fed to a lone
+    UNF layer, is the whole f; the trunk alone is a Deep Sets f without its last layer; the
+    default config dict is unchanged, so older checkpoints still match."""
+    from gensight.lopt.nets import DeepSetsF, DeepSetsThen
+
+    task = TinyMLPTask(widths=(6, 7, 5, 3))
+    t = task.template()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig(f="unf", layers=4, hidden=8, backbone="deepsets"), t).double()
+    f = lopt.f
+    assert isinstance(f, DeepSetsThen) and len(f.trunk.point) == 3 and len(f.head.lins) == 1
+    g = torch.Generator().manual_seed(1)
+    feats = {k: torch.randn(2, lopt.config.channels, *s, generator=g, dtype=torch.float64)
+             for k, s in task.shapes.items()}
+    hidden = f.trunk(feats)
+    assert all(v.shape == (2, 8, *task.shapes[k]) for k, v in hidden.items())
+    assert min(float(v.detach().min()) for v in hidden.values()) >= 0  # ReLU after last DS
+    out = f(feats)
+    ref = {k: v[:, 0] for k, v in f.head.lins[0](hidden).items()}
+    for k in out:
+        assert torch.allclose(out[k], ref[k], atol=1e-12)
+    # the trunk is the Deep Sets stack: the same weights in a DeepSetsF give its features
+    ds = DeepSetsF(lopt.config.channels, 8, 4).double()
+    ds.point[:3].load_state_dict(f.trunk.point.state_dict())
+    ds.pool[:3].load_state_dict(f.trunk.pool.state_dict())
+    h = {k: v.flatten(2).transpose(1, 2) for k, v in feats.items()}
+    for i in range(3):
+        h = {k: torch.relu(ds.point[i](x) + ds.pool[i](x.mean(1, keepdim=True)))
+             for k, x in h.items()}
+    for k in h:
+        assert torch.allclose(h[k].transpose(1, 2).reshape(hidden[k].shape), hidden[k])
+    assert "backbone" not in LOptConfig(f="unf").to_dict()
+    assert LOptConfig.from_dict(lopt.config.to_dict()) == lopt.config
+
+
 def test_nfn_rejects_recurrent_optimizee():
     with pytest.raises(LoptError, match="f='nfn' needs an MLP/CNN"):
         LOpt(LOptConfig(f="nfn"), make_task("python-rnn").template())
@@ -140,6 +181,9 @@ def test_nfn_rejects_recurrent_optimizee():
     ({"momentum": 0.7}, "momentum 0.7 must be one of decays"),
     ({"init_alpha": -1.0}, "init_alpha must be a positive number"),
     ({"decays": (0.5, 0.9, 1.5)}, "decays and beta2 must lie in"),
+    ({"f": "unf", "backbone": "gnn"}, "backbone must be one of own, deepsets"),
+    ({"f": "mlp", "backbone": "deepsets"}, "for f='nfn' or 'unf'"),
+    ({"f": "unf", "backbone": "deepsets", "layers": 1}, "layers >= 2; got f='unf', layers=1"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(LoptError, match=match):

@@ -54,6 +54,70 @@ def test_population_training_equals_training_each_member_alone(tasks, factory):
     assert not torch.equal(next(together[0].parameters()), next(models[0].parameters()))
 
 
+@pytest.mark.parametrize("factory", [_mlp, _gru])
+def test_restricted_training_equals_a_loop_over_each_tasks_own_logits(tasks, factory):
+    """restrict=True: member i's loss is the cross-entropy of the logits of its task's classes
+    alone (labels renumbered within the subset), checked against a plain torch.optim loop;
+    a task without classes trains on all logits, as without restrict."""
+    from gensight.merge.fleet import _index_stream
+
+    digits = load_dataset("digits")
+    everything = Task("all", digits.x_train, digits.y_train, digits.x_test, digits.y_test)
+    fleet = [*tasks, everything]
+    models = [factory(s) for s in range(4)]
+    steps, bs, lr = 6, 16, 1e-2
+    together = train_members(models, fleet, steps=steps, lr=lr, batch_size=bs, seed=2,
+                             restrict=True)
+    plain = train_members(models, fleet, steps=steps, lr=lr, batch_size=bs, seed=2)
+    for p, q in zip(together[3].parameters(), plain[3].parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)  # classes=None: the plain loss
+    for i, (m, t) in enumerate(zip(models[:3], tasks, strict=True)):
+        ref = factory(i)
+        ref.load_state_dict(m.state_dict())
+        opt = torch.optim.Adam(ref.parameters(), lr=lr)
+        cols = torch.tensor(t.classes)
+        relabel = {c: j for j, c in enumerate(t.classes)}
+        order = _index_stream(len(t.y_train), steps * bs, (2, i))
+        for s in range(steps):
+            ix = order[s * bs:(s + 1) * bs]
+            y = torch.tensor([relabel[int(c)] for c in t.y_train[ix]])
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(t.x_train[ix])[:, cols], y).backward()
+            opt.step()
+        for p, q in zip(together[i].parameters(), ref.parameters(), strict=True):
+            assert torch.allclose(p, q, atol=1e-6)
+        # the other classes' output weights never move; with the plain loss they do
+        head = "3.weight" if factory is _mlp else "readout.weight"
+        others = torch.tensor([c for c in range(10) if c not in t.classes])
+        before = m.state_dict()[head][others]
+        assert torch.equal(together[i].state_dict()[head][others], before)
+        assert not torch.equal(plain[i].state_dict()[head][others], before)
+
+
+def test_restricted_training_refuses_classes_the_network_lacks_before_any_work(tasks,
+                                                                              monkeypatch):
+    import gensight.merge.fleet as fleet_mod
+
+    bad = Task("labels 0,12", tasks[0].x_train, tasks[0].y_train, tasks[0].x_test,
+               tasks[0].y_test, (0, 1, 2, 12))
+    calls = []
+    monkeypatch.setattr(fleet_mod, "_train_stack", lambda *a, **k: calls.append(1))
+    for ray in (False, True):  # checked in the driver, before Ray is even imported
+        with pytest.raises(GensightError, match=r"labels 0,12.*\[12\].*10 outputs"):
+            train_members([_mlp(0)], [bad], steps=1, restrict=True, ray=ray)
+    assert calls == []
+
+
+@pytest.mark.parametrize("classes,match", [
+    ((), "classes is empty"),
+    ((0, 1), r"train labels \[2\] outside its classes \(0, 1\)"),
+])
+def test_task_classes_must_cover_its_labels(tasks, classes, match):
+    t = tasks[0]
+    with pytest.raises(GensightError, match=match):
+        Task("t", t.x_train, t.y_train, t.x_test, t.y_test, classes)
+
+
 def test_label_subset_tasks_and_pooling(tasks):
     assert tasks[0].classes == (0, 1, 2) and set(tasks[0].y_train.tolist()) == {0, 1, 2}
     pooled = pooled_task(tasks)
@@ -135,8 +199,13 @@ def test_ray_training_equals_local_training(tasks):
         if time.monotonic() - start > 20:  # pragma: no cover
             pytest.skip("Ray took over 20 s to start")
         remote = train_members(models, tasks[:2], steps=3, seed=1, ray=True)
+        remote_r = train_members(models, tasks[:2], steps=3, seed=1, ray=True, restrict=True)
     finally:
         ray.shutdown()
+    local_r = train_members(models, tasks[:2], steps=3, seed=1, restrict=True)
+    for a, b in zip(remote_r, local_r, strict=True):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.allclose(p, q, atol=1e-6)
     local = train_members(models, tasks[:2], steps=3, seed=1)
     for a, b in zip(remote, local, strict=True):
         for p, q in zip(a.parameters(), b.parameters(), strict=True):

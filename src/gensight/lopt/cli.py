@@ -40,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from gensight.lopt.errors import LoptError
     from gensight.lopt.meta import CHECKPOINT, ESTIMATORS, MetaConfig, MetaTrainer
-    from gensight.lopt.nets import KINDS
+    from gensight.lopt.nets import BACKBONES, KINDS
     from gensight.lopt.optimizer import LOptConfig
     from gensight.lopt.tasks import TASKS
 
@@ -54,9 +54,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         f"{', '.join(ESTIMATORS)}")
     if args.symmetry not in ("np", "hnp"):
         raise LoptError(f"--symmetry must be 'np' or 'hnp'; got {args.symmetry!r}")
+    if args.backbone not in BACKBONES:
+        raise LoptError(f"--backbone must be one of {', '.join(BACKBONES)}; got "
+                        f"{args.backbone!r}")
     ints = {k: _int(f"--{k.replace('_', '-')}", getattr(args, k))
             for k in ("population", "unroll", "horizon", "meta_steps", "hidden", "layers",
                       "checkpoint_every")}
+    if args.backbone == "deepsets" and (args.f not in ("nfn", "unf") or ints["layers"] < 2):
+        raise LoptError(f"--backbone deepsets needs --f nfn or unf and --layers >= 2; got "
+                        f"--f {args.f} --layers {ints['layers']}")
     if args.estimator != "tbptt" and ints["population"] % 2:
         raise LoptError(f"--population must be even for --estimator {args.estimator} "
                         f"(antithetic pairs); got {ints['population']}")
@@ -68,7 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(_int("--threads", args.threads))
     lcfg = LOptConfig(f=args.f, hidden=ints["hidden"], layers=ints["layers"],
-                      symmetry=args.symmetry)
+                      symmetry=args.symmetry, backbone=args.backbone)
     mcfg = MetaConfig(task=args.task, estimator=args.estimator,
                       population=ints["population"], unroll=ints["unroll"],
                       horizon=ints["horizon"], meta_steps=ints["meta_steps"],
@@ -182,12 +188,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         bar.update(job, description="eval done")
     for t, curves in results.items():
         table = Table(title=f"{t}: after {steps} inner steps, {seeds} held-out seeds")
-        for col in ("optimizer", "train loss", "test acc", "s"):
+        for col in ("optimizer", "train loss", "mean over curve", "last tenth", "test acc",
+                    "s"):
             table.add_column(col, justify="left" if col == "optimizer" else "right")
         for c in curves:
             s = c.summary()
             div = f" ({s['diverged']}/{s['seeds']} diverged)" if s["diverged"] else ""
             table.add_row(c.name + div, f"{s['train_loss']:.4f} ± {s['train_loss_std']:.4f}",
+                          f"{s['mean_loss']:.4f} ± {s['mean_loss_std']:.4f}",
+                          f"{s['late_loss']:.4f} ± {s['late_loss_std']:.4f}",
                           f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f}",
                           f"{s['seconds']:.1f}")
         Console().print(table)
@@ -217,6 +226,9 @@ def register(sub) -> None:
     t.add_argument("--hidden", default="32", help="width of f")
     t.add_argument("--layers", default="3", help="linear layers of f")
     t.add_argument("--symmetry", default="np", help="np | hnp (nfn/unf)")
+    t.add_argument("--backbone", default="own", help="own | deepsets (nfn/unf: --layers - 1 "
+                   "Deep Sets layers, then one NF/UNF layer; the UNF paper's App. C.2 f is "
+                   "--backbone deepsets --layers 4 --hidden 32)")
     t.add_argument("--second-order", action="store_true",
                    help="TBPTT through the inner gradients too (slower, exact)")
     t.add_argument("--seed", default="0")

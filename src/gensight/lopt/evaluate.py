@@ -57,9 +57,25 @@ class Curve:
         """Number of members that diverged."""
         return int((~torch.isfinite(self.train_loss)).sum())
 
+    def curve_losses(self) -> tuple[Tensor, Tensor]:
+        """Per member, two summaries of the whole training-loss curve (the UNF paper,
+        arXiv 2402.05232, Fig. 2, compares optimizers by their curves, not by one point):
+        ``mean_loss (S,)``, the minibatch training loss averaged over all ``steps`` (the
+        area under the curve over its length), and ``late_loss (S,)``, averaged over the
+        last tenth of the steps (at least one), a smoothed final loss. NaN for a member
+        that diverged."""
+        steps = self.losses.shape[1]
+        late = max(1, steps // 10)
+        ok = torch.isfinite(self.train_loss)
+        nan = torch.full_like(self.train_loss, math.nan)
+        mean = torch.where(ok, self.losses.double().mean(1).to(nan.dtype), nan)
+        tail = torch.where(ok, self.losses[:, -late:].double().mean(1).to(nan.dtype), nan)
+        return mean, tail
+
     def summary(self) -> dict:
         """Mean and std over the members that did not diverge (NaN if all did), and the
-        number that diverged."""
+        number that diverged. ``train_loss`` is the training-split loss after the last
+        step; ``mean_loss`` and ``late_loss`` summarize the curve (:meth:`curve_losses`)."""
         def ms(t: Tensor) -> tuple[float, float]:
             t = t[torch.isfinite(t)]
             if not t.numel():
@@ -68,8 +84,12 @@ class Curve:
 
         tl, tls = ms(self.train_loss)
         ta, tas = ms(self.test_acc)
+        mean, late = self.curve_losses()
+        ml, mls = ms(mean)
+        ll, lls = ms(late)
         return {"optimizer": self.name, "lr": self.lr, "train_loss": tl, "train_loss_std": tls,
-                "test_acc": ta, "test_acc_std": tas, "diverged": self.diverged,
+                "test_acc": ta, "test_acc_std": tas, "mean_loss": ml, "mean_loss_std": mls,
+                "late_loss": ll, "late_loss_std": lls, "diverged": self.diverged,
                 "seeds": int(self.train_loss.numel()), "seconds": self.seconds}
 
 

@@ -21,7 +21,12 @@ Sec. 4, "learned optimizers": per-parameter, Deep Sets, NFN, UNF):
 * ``none`` -- ``f = 0``: the optimizer reduces to SGD with momentum (with meta-learned step).
 
 All stacks are ``in -> hidden -> hidden -> 1`` with ReLU between layers (``layers`` linear
-layers in all). Default symmetry is ``"np"`` (all neurons permutable, including input and
+layers in all). ``backbone="deepsets"`` builds ``nfn``/``unf`` as the UNF paper does (App.
+C.2: ``DS[32] -> ReLU -> DS[32] -> ReLU -> DS[32] -> ReLU -> UNF[1]``, likewise ``NFN[1]``):
+``layers - 1`` Deep Sets layers, then one NF-Layer / UNF layer to one channel, so the
+equivariant layer only mixes entries at the end (:class:`DeepSetsThen`).
+
+Default symmetry is ``"np"`` (all neurons permutable, including input and
 output neurons): the layer's parameters then do not depend on the widths, so an optimizer
 meta-trained on one MLP applies to another width or input size.
 """
@@ -83,11 +88,17 @@ class PerParamMLP(nn.Module):
 
 class DeepSetsF(nn.Module):
     """Deep Sets per tensor: layer ``h_e <- A h_e + B mean_{tensor}(h) + b`` (shared over
-    tensors), ReLU between layers; ``(P, C, *shape) -> (P, *shape)``."""
+    tensors), ReLU between layers; ``(P, C, *shape) -> (P, *shape)``. ``out=None`` (the
+    trunk of :class:`DeepSetsThen`): the last layer has ``hidden`` outputs, is followed by a
+    ReLU too, and the channels are kept, ``(P, C, *shape) -> (P, hidden, *shape)``."""
 
-    def __init__(self, in_channels: int, hidden: int = 32, layers: int = 3):
+    def __init__(self, in_channels: int, hidden: int = 32, layers: int = 3,
+                 out: int | None = 1):
         super().__init__()
-        dims = [in_channels] + [hidden] * (layers - 1) + [1]
+        if out not in (1, None):
+            raise LoptError(f"DeepSetsF out must be 1 or None (the trunk); got {out!r}")
+        dims = [in_channels] + [hidden] * (layers - 1) + ([hidden] if out is None else [1])
+        self.out = out
         self.point = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:], strict=False))
         self.pool = nn.ModuleList(nn.Linear(a, b, bias=False)
                                   for a, b in zip(dims, dims[1:], strict=False))
@@ -96,10 +107,26 @@ class DeepSetsF(nn.Module):
         hs = {k: v.flatten(2).transpose(1, 2) for k, v in feats.items()}  # (P, N_k, C)
         for i, (pt, pl) in enumerate(zip(self.point, self.pool, strict=True)):
             hs = {k: pt(h) + pl(h.mean(1, keepdim=True)) for k, h in hs.items()}
-            if i < len(self.point) - 1:
+            if i < len(self.point) - 1 or self.out is None:
                 hs = {k: torch.relu(h) for k, h in hs.items()}
+        if self.out is None:
+            return {k: h.transpose(1, 2).reshape(feats[k].shape[0], -1, *feats[k].shape[2:])
+                    for k, h in hs.items()}
         return {k: h[..., 0].reshape(feats[k].shape[0], *feats[k].shape[2:])
                 for k, h in hs.items()}
+
+
+class DeepSetsThen(nn.Module):
+    """The UNF paper's NFN/UNF optimizer ``f`` (arXiv 2402.05232, App. C.2): a Deep Sets
+    trunk of ``layers - 1`` layers to ``hidden`` channels (ReLU after each), then one
+    equivariant layer (NF-Layer or UNF) to one channel; ``(P, C, *shape) -> (P, *shape)``."""
+
+    def __init__(self, trunk: DeepSetsF, head: nn.Module):
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.head(self.trunk(feats))
 
 
 class NFNF(nn.Module):
@@ -156,11 +183,21 @@ class UNFF(nn.Module):
         return {k: v[:, 0] for k, v in h.items()}
 
 
+BACKBONES = ("own", "deepsets")
+
+
 def make_f(kind: str, template: nn.Module, in_channels: int, hidden: int = 32,
-           layers: int = 3, symmetry: str = "np") -> nn.Module:
-    """Build ``f`` of kind ``kind`` (:data:`KINDS`) for optimizees shaped like ``template``."""
+           layers: int = 3, symmetry: str = "np", backbone: str = "own") -> nn.Module:
+    """Build ``f`` of kind ``kind`` (:data:`KINDS`) for optimizees shaped like ``template``.
+    ``backbone="deepsets"`` (``nfn``/``unf`` only, ``layers >= 2``): the paper's Deep Sets
+    trunk with one equivariant layer at the end (:class:`DeepSetsThen`)."""
     if kind not in KINDS:
         raise LoptError(f"unknown learned-optimizer f {kind!r}; choose from {', '.join(KINDS)}")
+    if backbone not in BACKBONES:
+        raise LoptError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
+    if backbone == "deepsets" and (kind not in ("nfn", "unf") or layers < 2):
+        raise LoptError(f"backbone='deepsets' is for f='nfn' or 'unf' with layers >= 2; got "
+                        f"f={kind!r}, layers={layers}")
     if symmetry not in ("np", "hnp"):
         raise LoptError(f"symmetry must be 'np' or 'hnp'; got {symmetry!r}")
     if hidden < 1 or layers < 1:
@@ -172,6 +209,10 @@ def make_f(kind: str, template: nn.Module, in_channels: int, hidden: int = 32,
         return PerParamMLP(in_channels, hidden, layers)
     if kind == "deepsets":
         return DeepSetsF(in_channels, hidden, layers)
+    if backbone == "deepsets":
+        head_cls = NFNF if kind == "nfn" else UNFF
+        return DeepSetsThen(DeepSetsF(in_channels, hidden, layers - 1, out=None),
+                            head_cls(template, hidden, hidden, 1, symmetry))
     if kind == "nfn":
         return NFNF(template, in_channels, hidden, layers, symmetry)
     return UNFF(template, in_channels, hidden, layers, symmetry)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from gensight.lopt.errors import LoptError
-from gensight.lopt.nets import KINDS, make_f
+from gensight.lopt.nets import BACKBONES, KINDS, make_f
 
 State = dict[str, Tensor]
 
@@ -46,6 +46,9 @@ class LOptConfig:
         f: ``none | mlp | deepsets | nfn | unf`` (see :mod:`gensight.lopt.nets`).
         hidden, layers: width and number of linear layers of ``f``.
         symmetry: ``np`` (default; width-independent, transfers) or ``hnp`` (NFN/UNF only).
+        backbone: ``own`` (default: ``f`` is a stack of its own layers) or ``deepsets``
+            (NFN/UNF: ``layers - 1`` Deep Sets layers, then one NF/UNF layer; with
+            ``layers=4, hidden=32`` the UNF paper's App. C.2 architecture).
         decays: momentum decays fed as features.
         momentum: the decay of the momentum in the update (must be in ``decays``).
         beta2: second-moment decay.
@@ -56,6 +59,7 @@ class LOptConfig:
     hidden: int = 32
     layers: int = 3
     symmetry: str = "np"
+    backbone: str = "own"
     decays: tuple[float, ...] = (0.5, 0.9, 0.99)
     momentum: float = 0.9
     beta2: float = 0.999
@@ -67,6 +71,12 @@ class LOptConfig:
     def check(self) -> LOptConfig:
         if self.f not in KINDS:
             raise LoptError(f"f must be one of {', '.join(KINDS)}; got {self.f!r}")
+        if self.backbone not in BACKBONES:
+            raise LoptError(f"backbone must be one of {', '.join(BACKBONES)}; got "
+                            f"{self.backbone!r}")
+        if self.backbone == "deepsets" and (self.f not in ("nfn", "unf") or self.layers < 2):
+            raise LoptError(f"backbone='deepsets' is for f='nfn' or 'unf' with layers >= 2; "
+                            f"got f={self.f!r}, layers={self.layers}")
         if self.momentum not in self.decays:
             raise LoptError(f"momentum {self.momentum} must be one of decays {self.decays}")
         for name in ("init_alpha", "init_beta", "init_gamma", "eps"):
@@ -86,6 +96,8 @@ class LOptConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["decays"] = list(self.decays)
+        if d["backbone"] == "own":  # written only when set: older checkpoints still match
+            del d["backbone"]
         return d
 
     @classmethod
@@ -130,7 +142,7 @@ class LOpt(nn.Module):
         super().__init__()
         self.config = config.check()
         self.f = make_f(config.f, template, config.channels, config.hidden, config.layers,
-                        config.symmetry)
+                        config.symmetry, config.backbone)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_alpha)))
         self.log_beta = nn.Parameter(torch.tensor(math.log(config.init_beta)))
         self.log_gamma = nn.Parameter(torch.tensor(math.log(config.init_gamma)))

@@ -84,8 +84,8 @@ def curves_png(title: str, curves: Sequence[Curve]) -> bytes:
 
 def _table(curves: Sequence[Curve]) -> str:
     esc = html.escape
-    rows = ["<tr><th>optimizer</th><th>final train loss</th><th>test accuracy</th>"
-            "<th>seconds</th></tr>"]
+    rows = ["<tr><th>optimizer</th><th>final train loss</th><th>mean loss over the curve</th>"
+            "<th>loss over the last tenth</th><th>test accuracy</th><th>seconds</th></tr>"]
     # only optimizers with no diverged seed can be marked best
     best = min((float(c.train_loss.mean()) for c in curves if not c.diverged), default=None)
     for c in curves:
@@ -94,7 +94,9 @@ def _table(curves: Sequence[Curve]) -> str:
         div = (f" <b>({s['diverged']}/{s['seeds']} seeds diverged; mean over the rest)</b>"
                if s["diverged"] else "")
         rows.append(f"<tr><td>{esc(c.name)}{mark}{div}</td><td>{s['train_loss']:.4f} &plusmn; "
-                    f"{s['train_loss_std']:.4f}</td><td>{s['test_acc']:.4f} &plusmn; "
+                    f"{s['train_loss_std']:.4f}</td><td>{s['mean_loss']:.4f} &plusmn; "
+                    f"{s['mean_loss_std']:.4f}</td><td>{s['late_loss']:.4f} &plusmn; "
+                    f"{s['late_loss_std']:.4f}</td><td>{s['test_acc']:.4f} &plusmn; "
                     f"{s['test_acc_std']:.4f}</td><td>{s['seconds']:.1f}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 

@@ -53,6 +53,16 @@ class Task:
             if len(x) == 0 or len(x) != len(y):
                 raise GensightError(f"task {self.name!r}: x_{split} has {len(x)} examples and "
                                     f"y_{split} {len(y)}; expected the same positive number")
+        if self.classes is not None:
+            if not self.classes:
+                raise GensightError(f"task {self.name!r}: classes is empty; give its labels "
+                                    "or None for all classes")
+            for split in ("train", "test"):
+                y = getattr(self, f"y_{split}")
+                outside = sorted(set(y.unique().tolist()) - set(self.classes))
+                if outside:
+                    raise GensightError(f"task {self.name!r} has {split} labels {outside} "
+                                        f"outside its classes {tuple(self.classes)}")
 
 
 def label_subset_tasks(dataset, subsets: Sequence[Sequence[int]]) -> list[Task]:
@@ -105,8 +115,29 @@ def _index_stream(n: int, count: int, seed: Sequence[int]) -> Tensor:
     return torch.from_numpy(np.concatenate(parts)[:count])
 
 
+def _class_masks(models: Sequence[nn.Module], tasks: Sequence[Task]) -> Tensor:
+    """``(N, C)`` additive logit masks: 0 on member i's task classes, -inf elsewhere (0
+    everywhere for a task without ``classes``), in the logits' dtype and device. ``C`` is
+    read from one forward pass of a copy of ``models[0]`` in eval mode (no running statistics
+    move, no random numbers are drawn)."""
+    with torch.no_grad():
+        out = copy.deepcopy(models[0]).eval()(tasks[0].x_train[:1])
+    n_out = out.shape[-1]
+    masks = torch.zeros(len(tasks), n_out, dtype=out.dtype, device=out.device)
+    for i, t in enumerate(tasks):
+        if t.classes is not None:
+            bad = [c for c in t.classes if not 0 <= c < n_out]
+            if bad:
+                raise GensightError(f"task {t.name!r} has classes {bad} outside the network's "
+                                    f"{n_out} outputs")
+            masks[i] = float("-inf")
+            masks[i, list(t.classes)] = 0.0
+    return masks
+
+
 def _train_stack(models: Sequence[nn.Module], tasks: Sequence[Task], steps: int, lr: float,
-                 batch_size: int, seeds: Sequence[Sequence[int]]) -> list[nn.Module]:
+                 batch_size: int, seeds: Sequence[Sequence[int]],
+                 restrict: bool = False) -> list[nn.Module]:
     base = copy.deepcopy(models[0])
     base.train()
     names = [k for k, _ in base.named_parameters()]
@@ -117,8 +148,16 @@ def _train_stack(models: Sequence[nn.Module], tasks: Sequence[Task], steps: int,
     streams = [_index_stream(len(t.y_train), steps * batch_size, s)
                for t, s in zip(tasks, seeds, strict=True)]
 
-    def member_loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(base, p, (xb,)), yb)
+    if restrict:
+        extra = (_class_masks(models, tasks),)
+
+        def member_loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor, mask: Tensor) -> Tensor:
+            return F.cross_entropy(functional_call(base, p, (xb,)) + mask, yb)
+    else:  # no mask operand at all: the plain loss stays exactly what it was
+        extra = ()
+
+        def member_loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+            return F.cross_entropy(functional_call(base, p, (xb,)), yb)
 
     losses = vmap(member_loss, randomness="different")
     for s in range(steps):
@@ -126,27 +165,32 @@ def _train_stack(models: Sequence[nn.Module], tasks: Sequence[Task], steps: int,
         xb = torch.stack([t.x_train[ix[sl]] for t, ix in zip(tasks, streams, strict=True)])
         yb = torch.stack([t.y_train[ix[sl]] for t, ix in zip(tasks, streams, strict=True)])
         opt.zero_grad()
-        losses(stacked, xb, yb).sum().backward()  # members' gradients are independent
+        losses(stacked, xb, yb, *extra).sum().backward()  # members' grads are independent
         opt.step()
     return [_load(models[0], {k: v[i].detach() for k, v in stacked.items()}).eval()
             for i in range(len(models))]
 
 
 def _ray_train_one(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int,
-                   seed: Sequence[int]) -> nn.Module:
+                   seed: Sequence[int], restrict: bool) -> nn.Module:
     torch.set_num_threads(1)
-    return _train_stack([model], [task], steps, lr, batch_size, [seed])[0]
+    return _train_stack([model], [task], steps, lr, batch_size, [seed], restrict)[0]
 
 
 def train_members(models: Sequence[nn.Module], tasks: Sequence[Task], *, steps: int,
                   lr: float = 1e-2, batch_size: int = 32, seed: int = 0,
-                  ray: bool = False) -> list[nn.Module]:
+                  ray: bool = False, restrict: bool = False) -> list[nn.Module]:
     """Train member i on ``tasks[i]`` for ``steps`` Adam steps of ``batch_size`` examples
     (cross-entropy; data order from ``seed`` and i), all members together (see the module
     docstring); returns trained copies in eval mode. ``ray=True``: one Ray task per member.
+    ``restrict=True``: each member's cross-entropy is over its own task's ``classes`` only
+    (the other logits are masked out), the way its accuracy is measured; a member then
+    never pushes down the outputs of classes it has not seen, which other members need.
 
     Raises:
-        GensightError: unequal numbers of models and tasks, or non-positive sizes.
+        GensightError: unequal numbers of models and tasks, non-positive sizes, or (with
+            ``restrict``) a task's classes outside the network's outputs; all before any
+            training.
     """
     models = list(models)
     check_models(models, "member")
@@ -158,9 +202,11 @@ def train_members(models: Sequence[nn.Module], tasks: Sequence[Task], *, steps: 
             raise GensightError(f"{name} must be a positive integer; got {v!r}")
     if not lr > 0:
         raise GensightError(f"lr must be positive; got {lr!r}")
+    if restrict:
+        _class_masks(models, tasks)  # checks every task's classes here, not in Ray workers
     seeds = [(seed, i) for i in range(len(models))]
     if not ray:
-        return _train_stack(models, tasks, steps, lr, batch_size, seeds)
+        return _train_stack(models, tasks, steps, lr, batch_size, seeds, restrict)
     try:
         import ray as ray_mod
     except ImportError:
@@ -170,7 +216,7 @@ def train_members(models: Sequence[nn.Module], tasks: Sequence[Task], *, steps: 
         ray_mod.init(include_dashboard=False, log_to_driver=False)
     try:
         remote = ray_mod.remote(num_cpus=1)(_ray_train_one)
-        refs = [remote.remote(m, t, steps, lr, batch_size, s)
+        refs = [remote.remote(m, t, steps, lr, batch_size, s, restrict)
                 for m, t, s in zip(models, tasks, seeds, strict=True)]
         return ray_mod.get(refs)
     finally:
@@ -199,7 +245,7 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
                 local_steps: int = 100, lr: float = 1e-2, batch_size: int = 32,
                 method: str = "weight", align: bool = True, reference: int | str = 0,
                 x: Tensor | None = None, seed: int = 0, ray: bool = False,
-                common_init: bool = False) -> FleetResult:
+                common_init: bool = False, restrict: bool = False) -> FleetResult:
     """Run FLEET-MERGE (arXiv 2310.01362) for ``rounds`` rounds.
 
     Each round: every member trains ``local_steps`` steps on its own task
@@ -212,6 +258,7 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
     averaged as they are (naive averaging, FedAvg). The merged weights are broadcast to all
     members. ``common_init=True`` broadcasts ``models[0]`` before round 1 (a fleet that
     starts from one initialization); by default every member starts from its own.
+    ``restrict``: local training over each task's own classes (:func:`train_members`).
 
     Raises:
         GensightError: bad ``method``, ``reference`` or ``x`` (as :func:`merge`), checked
@@ -231,7 +278,8 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
     merged = models[0]
     for r in range(1, rounds + 1):
         members = train_members(members, tasks, steps=local_steps, lr=lr,
-                                batch_size=batch_size, seed=seed * 1000 + r, ray=ray)
+                                batch_size=batch_size, seed=seed * 1000 + r, ray=ray,
+                                restrict=restrict)
         if align:  # round 1: to the reference; later: to the broadcast starting point
             ref = reference if r == 1 else merged
             merged = merge(members, method=method, x=x, reference=ref, seed=seed).model
