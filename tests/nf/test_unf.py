@@ -16,6 +16,7 @@ from gensight.errors import GensightError, KeyMismatchError, ShapeMismatchError
 from gensight.nf import HNPLinear, NPLinear
 from gensight.nf.unf import (
     PermSpec,
+    Split,
     UNFLinear,
     UNFPool,
     bell_number,
@@ -150,6 +151,11 @@ EQUIV_CASES = [
     ("two-rnn-layers", {"A": ("h1", "x"), "R1": ("h1", "h1"), "B": ("h2", "h1"),
                         "R2": ("h2", "h2"), "c": ("h2",)},
      {"A": (3, 2), "R1": (3, 3), "B": (4, 3), "R2": (4, 4), "c": (4,)}),
+    # multi-head attention: fused q/k/v rows split into (block, head, dim)
+    ("attention", {"in_w": (Split((None, "head", "dim"), (3, 2, -1)), "x"),
+                   "in_b": (Split((None, "head", "dim"), (3, 2, -1)),),
+                   "out_w": ("x", Split(("head", "dim"), (2, -1))), "out_b": ("x",)},
+     {"in_w": (18, 4), "in_b": (18,), "out_w": (4, 6), "out_b": (4,)}),
 ]
 
 
@@ -427,6 +433,30 @@ def test_spec_from_weight_space():
 
 
 # --- errors ------------------------------------------------------------------------------
+
+def test_split_axis_views_and_errors():
+    sp = Split((None, "head", "dim"), (3, 2, -1))
+    spec = PermSpec({"w": (sp, "x")})
+    assert spec.flat["w"] == (None, "head", "dim", "x")
+    assert spec.flat_shape("w", (18, 4)) == (3, 2, 3, 4)
+    assert spec.validate({"w": (18, 4)}) == {"head": 2, "dim": 3, "x": 4}
+    assert spec.labels == ("head", "dim", "x")
+    with pytest.raises(ShapeMismatchError, match=r"'w' axis 0 has size 16, which does not "
+                                                 r"split into sizes \(3, 2, -1\)"):
+        spec.validate({"w": (16, 4)})
+    for labels, sizes, match in [((None, "h"), (3,), "one size per label"),
+                                 (("h", "d"), (-1, -1), "at most one -1"),
+                                 (("h", 1.5), (2, 2), "must be int, str or None")]:
+        with pytest.raises(GensightError, match=match):
+            Split(labels, sizes)
+    # a permutation by the spec moves whole heads and the same dims in every block
+    x = torch.arange(18.0).view(1, 1, 18, 1)
+    perms = {"head": torch.tensor([1, 0]), "dim": torch.tensor([2, 0, 1]),
+             "x": torch.tensor([0])}
+    y = permute({"w": x}, spec, perms)["w"].view(3, 2, 3)
+    ref = torch.arange(18.0).view(3, 2, 3)[:, [1, 0]][:, :, [2, 0, 1]]
+    assert torch.equal(y, ref)
+
 
 def test_error_label_size_mismatch():
     with pytest.raises(ShapeMismatchError, match=r"label 'h'.*'W_rec' axis 1 has size 5.*"

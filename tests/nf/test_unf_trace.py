@@ -204,6 +204,79 @@ def test_gru_and_lstm_gates_are_gated_labels(cell, gates, layers):
     assert spec["head.weight"] == (None, spec[f"rnn.weight_hh_l{layers - 1}"][1])
 
 
+class AttentionBlock(nn.Module):
+    """A pre-norm Transformer block: embedding, self-attention with a residual, LayerNorm,
+    a feed-forward residual, readout."""
+
+    def __init__(self, batch_first=True, e=8, heads=2):
+        super().__init__()
+        self.inp = nn.Linear(3, e)
+        self.ln = nn.LayerNorm(e)
+        self.attn = nn.MultiheadAttention(e, heads, batch_first=batch_first)
+        self.ff = nn.Sequential(nn.Linear(e, 5), nn.GELU(), nn.Linear(5, e))
+        self.out = nn.Linear(e, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        z = self.ln(h)
+        h = h + self.attn(z, z, z)[0]
+        h = h + self.ff(h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_heads_and_head_dims(batch_first):
+    """nn.MultiheadAttention: heads and the dimensions within a head are permuted (Split
+    sub-axes of the fused q/k/v rows and of out_proj's columns), the residual stream ties
+    in_proj's columns and out_proj's rows. Function preserved (float64); permuting out_proj's
+    columns on their own breaks it, as does a permutation of all E rows that mixes heads."""
+    from gensight.nf.unf import Split
+
+    torch.manual_seed(12)
+    m = AttentionBlock(batch_first)
+    _randomize_stats(m)
+    x = torch.randn(2, 4, 3) if batch_first else torch.randn(4, 2, 3)
+    spec = _check(m, x, untie=[("attn.out_proj.weight", 1)])
+    rows = spec["attn.in_proj_weight"][0]
+    assert isinstance(rows, Split) and rows.sizes == (3, 2, -1) and rows.labels[0] is None
+    head, dim = rows.labels[1:]
+    stream = spec["inp.weight"][0]
+    assert spec["attn.in_proj_weight"] == (rows, stream)
+    assert spec["attn.in_proj_bias"] == (rows,)
+    assert spec["attn.out_proj.weight"] == (stream, Split((head, dim), (2, -1)))
+    assert spec["ln.weight"] == (stream,)
+    assert spec["ff.2.weight"] == (stream, spec["ff.0.weight"][0])
+    assert len({stream, head, dim}) == 3
+    # a whole-axis label on in_proj's rows (one permutation of all 3E rows) is no symmetry
+    whole = {k: tuple(v) for k, v in spec.items()}
+    whole["attn.in_proj_weight"] = ("qkv", stream)
+    whole["attn.in_proj_bias"] = ("qkv",)
+    m = m.double().eval()
+    broken, _ = _permuted(m, PermSpec(whole), 5)
+    assert (broken(x.double()) - m(x.double())).abs().max() > 1e-6
+
+
+def test_attention_spec_round_trips_and_feeds_unf():
+    """The ParamSpace of an attention block survives JSON, and an InvariantUNF on it is
+    invariant to the derived permutations."""
+    from gensight.nf import InvariantUNF
+    from gensight.nf.unf import permute as permute_params
+    from gensight.weightspace import ParamBatch, ParamSpace
+
+    torch.manual_seed(13)
+    space = ParamSpace.from_module(AttentionBlock())
+    assert ParamSpace.from_dict(space.to_dict()) == space
+    batch = ParamBatch.from_modules(space, [AttentionBlock() for _ in range(3)])
+    spec = space.spec_for("hnp")
+    model = InvariantUNF(spec, space.shape_dict, channels=(4,), head_hidden=(8,)).double()
+    params = {k: v.double() for k, v in batch.params.items()}
+    perms = random_permutation(spec, space.shape_dict, seeded(2), 3)
+    with torch.no_grad():
+        a = model(params)
+        b = model(permute_params(params, spec, perms))
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_shared_module_called_twice_ties_inputs():
     torch.manual_seed(6)
 
@@ -369,14 +442,25 @@ def test_unsupported_modules():
     class Attn(nn.Module):
         def __init__(self):
             super().__init__()
-            self.mha = nn.MultiheadAttention(4, 2)
+            self.mha = nn.MultiheadAttention(4, 2, add_bias_kv=True)
 
         def forward(self, x):
             return self.mha(x, x, x)[0]
 
     with pytest.raises(PermSpecTraceError) as e:
         perm_spec(Attn(), example_inputs=[torch.randn(3, 2, 4)])
-    _one_line(e, "mha", "MultiheadAttention")
+    _one_line(e, "mha", "add_bias_kv")
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(4, 2, kdim=3, vdim=3)
+
+        def forward(self, x, kv):
+            return self.mha(x, kv, kv)[0]
+
+    with pytest.raises(PermSpecTraceError) as e:
+        perm_spec(Cross(), example_inputs=[torch.randn(3, 2, 4), torch.randn(5, 2, 3)])
+    _one_line(e, "mha", "kdim/vdim")
     gn = nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4))
     with pytest.raises(PermSpecTraceError) as e:
         perm_spec(gn)

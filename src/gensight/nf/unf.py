@@ -45,7 +45,9 @@ batch (``UNFLinear.forward``); larger ones with a batched GEMM."""
 BiasMode = Literal["maximal", "reference"]
 
 __all__ = [
+    "Gated",
     "PermSpec",
+    "Split",
     "UNFLinear",
     "UNFPool",
     "bell_number",
@@ -84,13 +86,62 @@ class Gated:
             raise GensightError(f"Gated label {self.label!r} must be int or str")
 
 
+@dataclass(frozen=True)
+class Split:
+    """An axis that is the flattening of several sub-axes, ``sizes`` long (one size may be
+    ``-1``: whatever is left), each with its own label (``None``: not permuted). A
+    multi-head attention's fused ``in_proj_weight`` rows are ``Split((None, "head", "dim"),
+    (3, heads, -1))``: the q/k/v blocks (not permuted), then the heads, then the dimensions
+    within a head. ``Gated(g, h)`` is ``Split((None, h), (g, -1))``. Inside the layers the
+    axis is viewed as its sub-axes."""
+
+    labels: tuple[Label, ...]
+    sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        labels, sizes = tuple(self.labels), tuple(self.sizes)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "sizes", sizes)
+        if not labels or len(labels) != len(sizes):
+            raise GensightError(f"Split needs one size per label; got labels {labels} and "
+                                f"sizes {sizes}")
+        for label in labels:
+            if label is not None and (isinstance(label, bool) or
+                                      not isinstance(label, int | str)):
+                raise GensightError(f"Split label {label!r} must be int, str or None")
+        if any(isinstance(n, bool) or not isinstance(n, int) or (n < 1 and n != -1)
+               for n in sizes) or sizes.count(-1) > 1:
+            raise GensightError(f"Split sizes {sizes} must be positive ints, with at most one "
+                                "-1")
+
+    def shape(self, n: int) -> tuple[int, ...]:
+        """The sub-axis sizes of an axis of size ``n`` (``ValueError`` if they do not fit)."""
+        known = 1
+        for m in self.sizes:
+            known *= m if m != -1 else 1
+        if n % known or (-1 not in self.sizes and n != known):
+            raise ValueError(f"an axis of size {n} does not split into sizes {self.sizes}")
+        return tuple(n // known if m == -1 else m for m in self.sizes)
+
+
+def _sub_axes(label: object) -> tuple[Label, ...] | None:
+    """The labels of a composite axis (:class:`Gated` or :class:`Split`), else ``None``."""
+    if isinstance(label, Gated):
+        return (None, label.label)
+    if isinstance(label, Split):
+        return label.labels
+    return None
+
+
 class PermSpec(Mapping[str, tuple[Label, ...]]):
     """Immutable map from parameter name (state-dict key, torch layout) to axis labels.
 
     ``spec[key]`` has one entry per axis of the tensor ``key`` (without batch and channel
-    axes): an ``int``/``str`` label, ``None`` for an axis that no permutation acts on, or a
-    :class:`Gated` label for an axis of equal blocks permuted alike (GRU/LSTM gates). Axes with
-    equal labels are permuted by the same permutation, also within one tensor.
+    axes): an ``int``/``str`` label, ``None`` for an axis that no permutation acts on, a
+    :class:`Gated` label for an axis of equal blocks permuted alike (GRU/LSTM gates), or a
+    :class:`Split` for an axis made of several labelled sub-axes (attention heads and the
+    dimensions within a head). Axes with equal labels are permuted by the same permutation,
+    also within one tensor.
 
     Example (one RNN layer, torch layout ``(out, in)``)::
 
@@ -112,11 +163,11 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
                     f"PermSpec[{key!r}] = {labels!r} must be a tuple with one label per axis"
                 )
             for axis, label in enumerate(labels):
-                if label is not None and not isinstance(label, Gated) and (
+                if label is not None and not isinstance(label, Gated | Split) and (
                         isinstance(label, bool) or not isinstance(label, int | str)):
                     raise GensightError(
                         f"PermSpec[{key!r}] axis {axis}: label {label!r} must be int, str, "
-                        f"Gated or None"
+                        f"Gated, Split or None"
                     )
             data[key] = tuple(labels)
         if not data:
@@ -125,19 +176,22 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
 
     @property
     def gated_keys(self) -> tuple[str, ...]:
-        """Keys with at least one :class:`Gated` axis."""
-        return tuple(k for k, v in self._data.items() if any(isinstance(a, Gated) for a in v))
+        """Keys with at least one composite (:class:`Gated` or :class:`Split`) axis."""
+        return tuple(k for k, v in self._data.items()
+                     if any(_sub_axes(a) is not None for a in v))
 
     @property
     def flat(self) -> PermSpec:
-        """The spec with every ``Gated(g, label)`` axis split into ``(None, label)``."""
+        """The spec with every ``Gated(g, label)`` axis split into ``(None, label)`` and every
+        :class:`Split` into its sub-axes' labels."""
         if not self.gated_keys:
             return self
-        return PermSpec({k: tuple(x for a in v for x in ((None, a.label) if isinstance(
-            a, Gated) else (a,))) for k, v in self._data.items()})
+        return PermSpec({k: tuple(x for a in v for x in (_sub_axes(a) or (a,)))
+                         for k, v in self._data.items()})
 
     def flat_shape(self, key: str, shape: Sequence[int]) -> tuple[int, ...]:
-        """``shape`` of tensor ``key`` with every gated axis ``g * n`` split into ``(g, n)``."""
+        """``shape`` of tensor ``key`` with every gated axis ``g * n`` split into ``(g, n)``
+        and every :class:`Split` axis into its sub-axes."""
         labels = self._data[key]
         shape = tuple(int(n) for n in shape)
         if len(shape) != len(labels):
@@ -152,6 +206,12 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
                         f"{key!r} axis {axis} has size {n}, not a multiple of its "
                         f"{label.blocks} gate blocks")
                 out += [label.blocks, n // label.blocks]
+            elif isinstance(label, Split):
+                try:
+                    out += label.shape(n)
+                except ValueError:
+                    raise ShapeMismatchError(f"{key!r} axis {axis} has size {n}, which does "
+                                             f"not split into sizes {label.sizes}") from None
             else:
                 out.append(n)
         return tuple(out)
@@ -186,11 +246,10 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
         """Distinct labels in order of first appearance."""
         seen: dict[Hashable, None] = {}
         for labels in self._data.values():
-            for label in labels:
-                if isinstance(label, Gated):
-                    label = label.label
-                if label is not None:
-                    seen.setdefault(label, None)
+            for axis in labels:
+                for label in _sub_axes(axis) or (axis,):
+                    if label is not None:
+                        seen.setdefault(label, None)
         return tuple(seen)
 
     def validate(self, shapes: Mapping[str, Sequence[int]]) -> dict[Hashable, int]:
@@ -211,8 +270,8 @@ class PermSpec(Mapping[str, tuple[Label, ...]]):
                 return self.flat.validate(self.flat_shapes(shapes))
             except ShapeMismatchError as exc:
                 raise ShapeMismatchError(f"{exc} (axes and sizes of gated tensors counted "
-                                         f"with every Gated axis split into (gates, n))"
-                                         ) from None
+                                         f"with every Gated/Split axis split into its "
+                                         f"sub-axes)") from None
         sizes: dict[Hashable, tuple[int, str, int]] = {}
         for key, labels in self._data.items():
             shape = tuple(int(s) for s in shapes[key])
@@ -306,7 +365,7 @@ def permute(params: Mapping[str, Tensor], spec: PermSpec,
     for key, x in params.items():
         if key not in spec:
             raise KeyMismatchError(f"permute got key {key!r} that is not in the PermSpec")
-        if key in spec.gated_keys:     # permute the (gates, n) view, then restore the shape
+        if key in spec.gated_keys:     # permute the sub-axes view, then restore the shape
             flat = spec.flat
             y = x.reshape(*x.shape[:2], *spec.flat_shape(key, x.shape[2:]))
             out[key] = permute({key: y}, PermSpec({key: flat[key]}), perms)[key].reshape(

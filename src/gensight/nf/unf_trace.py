@@ -27,7 +27,11 @@ learn every activation's shape, and then propagates **neuron-axis labels** throu
   layer ``k`` gets a hidden label ``h_k``: ``weight_ih_l{k} -> (h_k, h_{k-1})``,
   ``weight_hh_l{k} -> (h_k, h_k)``, biases ``(h_k,)``; for GRU (3 gates) and LSTM (4 gates)
   the ``(gates * hidden)`` rows are ``Gated(gates, h_k)``: the hidden permutation acts inside
-  every gate block.
+  every gate block;
+* ``nn.MultiheadAttention`` (``E = H * d``): ``in_proj_weight -> (Split((None, head, dim),
+  (3, H, d)), x)``, ``in_proj_bias`` likewise, ``out_proj.weight -> (o, Split((head, dim),
+  (H, d)))``, ``out_proj.bias -> (o,)``: heads, and the dimensions within every head (alike
+  in q, k and v), are permuted; query, key and value are tied.
 
 At the end the input and output classes become ``None`` under ``"hnp"`` (their neurons are
 not permuted) and keep a label under ``"np"``. Labels are the integers ``0, 1, ...`` in order
@@ -36,9 +40,8 @@ of creation, so a plain MLP gets exactly :meth:`PermSpec.from_weight_space`'s sp
 Not derivable (raises :class:`PermSpecTraceError`, one line naming the module path and the
 operation): untraceable (data-dependent) control flow; ``view``/``reshape``/``permute``/
 ``cat``, indexing the feature axis and any unknown function or module; parameters read
-directly (``get_attr``); ``nn.MultiheadAttention`` (the
-symmetry permutes heads and dimensions within heads of a fused ``(3E, E)`` weight, again not a
-whole-axis permutation); bidirectional RNNs and ``GroupNorm`` with ``1 < groups < channels``.
+directly (``get_attr``); ``nn.MultiheadAttention`` with kdim/vdim of their own or
+``add_bias_kv``; bidirectional RNNs and ``GroupNorm`` with ``1 < groups < channels``.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from gensight.errors import KeyMismatchError, ShapeMismatchError, UnsupportedModuleError
-from gensight.nf.unf import Gated, Label, PermSpec
+from gensight.nf.unf import Gated, Label, PermSpec, Split
 
 __all__ = ["PermSpecTraceError", "apply_params", "module_params", "perm_spec"]
 
@@ -107,10 +110,7 @@ _CONV: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _CHANNEL_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
                   nn.InstanceNorm2d, nn.InstanceNorm3d)
 _GATES: dict[type[nn.Module], int] = {nn.RNN: 1, nn.GRU: 3, nn.LSTM: 4}
-_WHY_NOT = {
-    nn.MultiheadAttention: "its symmetry permutes heads and dimensions within heads of a fused "
-                           "in_proj weight, not whole axes; write the spec by hand",
-}
+_WHY_NOT: dict[type[nn.Module], str] = {}
 
 
 # --- propagation state ------------------------------------------------------------------------
@@ -237,6 +237,8 @@ class _Derivation:
         kind = type(mod)
         if kind in _WHY_NOT:
             raise self.fail(f"{kind.__name__} is not supported: {_WHY_NOT[kind]}")
+        if kind is nn.MultiheadAttention:
+            return self.attention(node, mod, args, kwargs, f"{node.target}.")
         if not args:
             raise self.fail("called without an input")
         if len(args) > 1 or kwargs:
@@ -369,6 +371,52 @@ class _Derivation:
         if isinstance(mod, nn.LSTM):
             return (out, (hn, hn))       # c_n carries the same labels as h_n
         return (out, hn)
+
+    def attention(self, node: fx.Node, mod: nn.MultiheadAttention, args: list, kwargs: dict,
+                  prefix: str) -> object:
+        """``nn.MultiheadAttention``: the fused ``in_proj_weight (3E, E)`` rows are
+        ``Split((None, head, dim), (3, H, E / H))`` (the q/k/v blocks, the heads, the
+        dimensions within a head), its columns the input's label; ``out_proj.weight``'s
+        columns are ``Split((head, dim), (H, E / H))`` and its rows a fresh label. Permuting
+        the heads, or the dimensions within every head alike in q, k and v (with the same
+        permutation of ``out_proj``'s columns), leaves the output unchanged: ``q . k`` keeps
+        its value and the values reach ``out_proj`` in matching order. (Permuting the q/k
+        dimensions and the v dimensions separately, or each head's own way, is a symmetry
+        too; one label per sub-axis cannot express it, so the spec keeps this subgroup.)
+        Query, key and value share the input label, since one weight's columns read all
+        three."""
+        if not mod._qkv_same_embed_dim:
+            raise self.fail("MultiheadAttention with kdim/vdim other than embed_dim (separate "
+                            "q/k/v projections) is not supported")
+        if mod.bias_k is not None:
+            raise self.fail("MultiheadAttention with add_bias_kv is not supported")
+        names = ("query", "key", "value")
+        qkv = [*args[:3], *(kwargs[n] for n in names[len(args[:3]):] if n in kwargs)]
+        if len(qkv) != 3:
+            raise self.fail("called without query, key and value")
+        acts = [self.act(a, n) for a, n in zip(qkv, names, strict=True)]
+        for a in acts:
+            self.need(a, a.ndim - 1)
+        for a in acts[1:]:
+            self.union(acts[0].label, a.label)
+        if id(mod) in self.seen:
+            in_label, (out, head, dim) = self.seen[id(mod)]
+            self.union(in_label, acts[0].label)
+        else:
+            out, head, dim = self.new(), self.new(), self.new()
+            self.seen[id(mod)] = (acts[0].label, (out, head, dim))
+            h = mod.num_heads
+            rows = ("split", (None, head, dim), (3, h, -1))
+            self.add(prefix + "in_proj_weight", (rows, acts[0].label))
+            if mod.in_proj_bias is not None:
+                self.add(prefix + "in_proj_bias", (rows,))
+            self.add(prefix + "out_proj.weight", (out, ("split", (head, dim), (h, -1))))
+            if mod.out_proj.bias is not None:
+                self.add(prefix + "out_proj.bias", (out,))
+        metas = node.meta.get("tensor_meta")
+        out_nd = len(metas[0].shape)
+        return (_Act(out_nd - 1, out_nd, out),
+                _Poison("the attention weights carry no feature label"))
 
     # functions and methods
     def call_function(self, node: fx.Node) -> object:
@@ -532,6 +580,8 @@ def _example_inputs(gm: fx.GraphModule, dtype: torch.dtype) -> tuple[Tensor, ...
                 shape = (2, mod.in_channels, *[32 if n < 3 else 8] * n)
             elif isinstance(mod, nn.RNNBase):
                 shape = (2, 3, mod.input_size) if mod.batch_first else (3, 2, mod.input_size)
+            elif isinstance(mod, nn.MultiheadAttention):
+                shape = (2, 3, mod.embed_dim) if mod.batch_first else (3, 2, mod.embed_dim)
             elif isinstance(mod, nn.BatchNorm1d):
                 shape = (2, mod.num_features)
             elif isinstance(mod, nn.BatchNorm2d):
@@ -618,6 +668,9 @@ def perm_spec(module: nn.Module, symmetry: str = "hnp",
     def canon(label) -> Label:
         if label is None:
             return None
+        if isinstance(label, tuple) and label[0] == "split":  # ("split", labels, sizes)
+            inner = tuple(canon(a) for a in label[1])
+            return None if all(a is None for a in inner) else Split(inner, label[2])
         if isinstance(label, tuple):                  # ("gated", gates, hidden label)
             inner = canon(label[2])
             return None if inner is None else Gated(label[1], inner)

@@ -9,7 +9,8 @@ says which axes one hidden-neuron permutation acts on together (derived from the
 ``{key: (B, C, *shape)}``, the layout :class:`~gensight.nf.UNFLinear` takes.
 
 Both are plain data: :meth:`ParamSpace.to_dict` is JSON (the zoo manifest stores it), with
-:class:`~gensight.nf.unf.Gated` axes written as ``{"gated": blocks, "label": label}``.
+:class:`~gensight.nf.unf.Gated` axes written as ``{"gated": blocks, "label": label}``,
+:class:`~gensight.nf.unf.Split` axes as ``{"split": sizes, "labels": labels}``.
 """
 
 from __future__ import annotations
@@ -29,20 +30,26 @@ if TYPE_CHECKING:
 
 
 def _label_to_json(label: Any) -> Any:
-    from gensight.nf.unf import Gated
+    from gensight.nf.unf import Gated, Split
 
     if isinstance(label, Gated):
         return {"gated": label.blocks, "label": label.label}
+    if isinstance(label, Split):
+        return {"split": list(label.sizes), "labels": list(label.labels)}
     return label
 
 
 def _label_from_json(value: Any) -> Any:
-    from gensight.nf.unf import Gated
+    from gensight.nf.unf import Gated, Split
 
     if isinstance(value, dict):
+        if set(value) == {"split", "labels"}:
+            if not (isinstance(value["split"], list) and isinstance(value["labels"], list)):
+                raise GensightError(f"axis label {value!r}: 'split' and 'labels' must be lists")
+            return Split(tuple(value["labels"]), tuple(value["split"]))
         if set(value) != {"gated", "label"}:
             raise GensightError(f"axis label {value!r}: expected {{'gated': blocks, 'label': "
-                                "label}")
+                                "label} or {'split': sizes, 'labels': labels}")
         return Gated(value["gated"], value["label"])
     if value is None or (isinstance(value, int | str) and not isinstance(value, bool)):
         return value
