@@ -236,7 +236,7 @@ def test_multihead_attention_heads_and_head_dims(batch_first):
     m = AttentionBlock(batch_first)
     _randomize_stats(m)
     x = torch.randn(2, 4, 3) if batch_first else torch.randn(4, 2, 3)
-    spec = _check(m, x, untie=[("attn.out_proj.weight", 1)])
+    spec = _check(m, x, untie=[("attn.out_proj.weight", 1)], example=True)
     rows = spec["attn.in_proj_weight"][0]
     assert isinstance(rows, Split) and rows.sizes == (3, 2, -1) and rows.labels[0] is None
     head, dim = rows.labels[1:]
@@ -254,6 +254,40 @@ def test_multihead_attention_heads_and_head_dims(batch_first):
     m = m.double().eval()
     broken, _ = _permuted(m, PermSpec(whole), 5)
     assert (broken(x.double()) - m(x.double())).abs().max() > 1e-6
+
+
+def test_per_head_attention_mask_pins_the_heads():
+    """A 3-D attn_mask gives every head its own mask, so heads are not permutable; the
+    dimensions within a head still are. A shared 2-D mask keeps the heads permutable."""
+    from gensight.nf.unf import Split
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(3, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x, mask):
+            h = self.inp(x)
+            return self.out(self.attn(h, h, h, attn_mask=mask)[0])
+
+    torch.manual_seed(14)
+    m = Masked().double().eval()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    per_head = torch.randn(2 * 2, 4, 4, dtype=torch.float64)
+    spec = perm_spec(m, example_inputs=[x, per_head])
+    rows = spec["attn.in_proj_weight"][0]
+    assert rows.labels[1] is None and rows.labels[2] is not None
+    assert spec["attn.out_proj.weight"][1] == Split((None, rows.labels[2]), (2, -1))
+    moved, perms = _permuted(m, spec, 3)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perms.values())
+    torch.testing.assert_close(moved(x, per_head), m(x, per_head), rtol=1e-10, atol=1e-10)
+    shared = torch.randn(4, 4, dtype=torch.float64)
+    spec2 = perm_spec(m, example_inputs=[x, shared])
+    assert spec2["attn.in_proj_weight"][0].labels[1] is not None
+    moved, _ = _permuted(m, spec2, 4)
+    torch.testing.assert_close(moved(x, shared), m(x, shared), rtol=1e-10, atol=1e-10)
 
 
 def test_attention_spec_round_trips_and_feeds_unf():

@@ -92,8 +92,8 @@ class Split:
     ``-1``: whatever is left), each with its own label (``None``: not permuted). A
     multi-head attention's fused ``in_proj_weight`` rows are ``Split((None, "head", "dim"),
     (3, heads, -1))``: the q/k/v blocks (not permuted), then the heads, then the dimensions
-    within a head. ``Gated(g, h)`` is ``Split((None, h), (g, -1))``. Inside the layers the
-    axis is viewed as its sub-axes."""
+    within a head. ``Gated(g, h)`` acts as ``Split((None, h), (g, -1))`` would (the two
+    compare unequal). Inside the layers the axis is viewed as its sub-axes."""
 
     labels: tuple[Label, ...]
     sizes: tuple[int, ...]

@@ -31,7 +31,9 @@ learn every activation's shape, and then propagates **neuron-axis labels** throu
 * ``nn.MultiheadAttention`` (``E = H * d``): ``in_proj_weight -> (Split((None, head, dim),
   (3, H, d)), x)``, ``in_proj_bias`` likewise, ``out_proj.weight -> (o, Split((head, dim),
   (H, d)))``, ``out_proj.bias -> (o,)``: heads, and the dimensions within every head (alike
-  in q, k and v), are permuted; query, key and value are tied.
+  in q, k and v), are permuted; query, key and value are tied. Masks are read as forward
+  inputs; a per-head (3-D) ``attn_mask`` pins the heads (only the dimensions move). A mask
+  kept as a buffer or built inside ``forward`` is refused like any other direct tensor.
 
 At the end the input and output classes become ``None`` under ``"hnp"`` (their neurons are
 not permuted) and keep a label under ``"np"``. Labels are the integers ``0, 1, ...`` in order
@@ -141,6 +143,7 @@ class _Derivation:
         self.outputs: list[int] = []
         self.spec: dict[str, tuple[int | None, ...]] = {}
         self.seen: dict[int, tuple] = {}  # id(module) -> labels of its first call
+        self.pinned: list[int] = []  # labels no permutation may act on (per-head masks)
         self.env: dict[fx.Node, object] = {}
         self.node: fx.Node | None = None
 
@@ -384,7 +387,8 @@ class _Derivation:
         dimensions and the v dimensions separately, or each head's own way, is a symmetry
         too; one label per sub-axis cannot express it, so the spec keeps this subgroup.)
         Query, key and value share the input label, since one weight's columns read all
-        three."""
+        three. A 3-D ``attn_mask`` (one mask per head) pins the head sub-axis: permuting
+        heads would pair a head's weights with another head's mask."""
         if not mod._qkv_same_embed_dim:
             raise self.fail("MultiheadAttention with kdim/vdim other than embed_dim (separate "
                             "q/k/v projections) is not supported")
@@ -413,6 +417,9 @@ class _Derivation:
             self.add(prefix + "out_proj.weight", (out, ("split", (head, dim), (h, -1))))
             if mod.out_proj.bias is not None:
                 self.add(prefix + "out_proj.bias", (out,))
+        mask = args[5] if len(args) > 5 else kwargs.get("attn_mask")
+        if isinstance(mask, _Act) and mask.ndim == 3:
+            self.pinned.append(head)
         metas = node.meta.get("tensor_meta")
         out_nd = len(metas[0].shape)
         return (_Act(out_nd - 1, out_nd, out),
@@ -662,6 +669,7 @@ def perm_spec(module: nn.Module, symmetry: str = "hnp",
         raise PermSpecTraceError(f"perm_spec: parameters {missing} are not used by any "
                                  "supported module")
     fixed = {d.find(a) for a in (*d.inputs, *d.outputs)} if symmetry == "hnp" else set()
+    fixed |= {d.find(a) for a in d.pinned}
     roots = sorted({d.find(a) for a in range(len(d.parent))})
     rank = {r: i for i, r in enumerate(roots)}
 
