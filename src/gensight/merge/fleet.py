@@ -137,7 +137,8 @@ def _class_masks(models: Sequence[nn.Module], tasks: Sequence[Task]) -> Tensor:
 
 def _train_stack(models: Sequence[nn.Module], tasks: Sequence[Task], steps: int, lr: float,
                  batch_size: int, seeds: Sequence[Sequence[int]],
-                 restrict: bool = False) -> list[nn.Module]:
+                 masks: Tensor | None = None) -> list[nn.Module]:
+    """``masks``: the members' :func:`_class_masks` rows (restricted loss), or None."""
     base = copy.deepcopy(models[0])
     base.train()
     names = [k for k, _ in base.named_parameters()]
@@ -148,8 +149,8 @@ def _train_stack(models: Sequence[nn.Module], tasks: Sequence[Task], steps: int,
     streams = [_index_stream(len(t.y_train), steps * batch_size, s)
                for t, s in zip(tasks, seeds, strict=True)]
 
-    if restrict:
-        extra = (_class_masks(models, tasks),)
+    if masks is not None:
+        extra = (masks,)
 
         def member_loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor, mask: Tensor) -> Tensor:
             return F.cross_entropy(functional_call(base, p, (xb,)) + mask, yb)
@@ -172,9 +173,9 @@ def _train_stack(models: Sequence[nn.Module], tasks: Sequence[Task], steps: int,
 
 
 def _ray_train_one(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int,
-                   seed: Sequence[int], restrict: bool) -> nn.Module:
+                   seed: Sequence[int], mask: Tensor | None) -> nn.Module:
     torch.set_num_threads(1)
-    return _train_stack([model], [task], steps, lr, batch_size, [seed], restrict)[0]
+    return _train_stack([model], [task], steps, lr, batch_size, [seed], mask)[0]
 
 
 def train_members(models: Sequence[nn.Module], tasks: Sequence[Task], *, steps: int,
@@ -202,11 +203,11 @@ def train_members(models: Sequence[nn.Module], tasks: Sequence[Task], *, steps: 
             raise GensightError(f"{name} must be a positive integer; got {v!r}")
     if not lr > 0:
         raise GensightError(f"lr must be positive; got {lr!r}")
-    if restrict:
-        _class_masks(models, tasks)  # checks every task's classes here, not in Ray workers
+    # built (and every task's classes checked) here, before any work and not in Ray workers
+    masks = _class_masks(models, tasks) if restrict else None
     seeds = [(seed, i) for i in range(len(models))]
     if not ray:
-        return _train_stack(models, tasks, steps, lr, batch_size, seeds, restrict)
+        return _train_stack(models, tasks, steps, lr, batch_size, seeds, masks)
     try:
         import ray as ray_mod
     except ImportError:
@@ -216,8 +217,9 @@ def train_members(models: Sequence[nn.Module], tasks: Sequence[Task], *, steps: 
         ray_mod.init(include_dashboard=False, log_to_driver=False)
     try:
         remote = ray_mod.remote(num_cpus=1)(_ray_train_one)
-        refs = [remote.remote(m, t, steps, lr, batch_size, s, restrict)
-                for m, t, s in zip(models, tasks, seeds, strict=True)]
+        refs = [remote.remote(m, t, steps, lr, batch_size, s,
+                              None if masks is None else masks[i:i + 1])
+                for i, (m, t, s) in enumerate(zip(models, tasks, seeds, strict=True))]
         return ray_mod.get(refs)
     finally:
         if started:
