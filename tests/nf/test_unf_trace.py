@@ -495,6 +495,9 @@ def test_unsupported_modules():
     with pytest.raises(PermSpecTraceError) as e:
         perm_spec(Cross(), example_inputs=[torch.randn(3, 2, 4), torch.randn(5, 2, 3)])
     _one_line(e, "mha", "kdim/vdim")
+    with pytest.raises(PermSpecTraceError) as e:  # bare: which inputs share a stream?
+        perm_spec(nn.MultiheadAttention(4, 2))
+    _one_line(e, "MultiheadAttention", "query, key and value", "attn(x, x, x)")
     gn = nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4))
     with pytest.raises(PermSpecTraceError) as e:
         perm_spec(gn)

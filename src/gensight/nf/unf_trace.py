@@ -636,6 +636,11 @@ def perm_spec(module: nn.Module, symmetry: str = "hnp",
     root = module
     wrapped = type(module).__module__.startswith("torch.nn.modules") and not isinstance(
         module, nn.Sequential | nn.ModuleList | nn.ModuleDict)
+    if wrapped and isinstance(module, nn.MultiheadAttention):
+        raise PermSpecTraceError(
+            "perm_spec: <root> (MultiheadAttention): a bare attention layer takes query, key "
+            "and value, and which of them share a stream decides its symmetry; pass a module "
+            "whose forward calls it, e.g. self-attention attn(x, x, x)")
     if wrapped:  # a bare torch.nn layer: trace it as a leaf inside a container
         root = nn.Sequential(module)
     gm = _trace(root)
