@@ -22,6 +22,9 @@ curves (Fig. 2): the minibatch loss averaged over all steps and over the last te
     python benchmarks/bench_lopt.py --train-task python-rnn --tasks python-rnn \
         --kinds mlp,deepsets,unf --meta-steps 150 --hidden 16 --out runs/bench_lopt_rnn
     python benchmarks/bench_lopt.py --estimator pes --kinds unf --out runs/bench_lopt_pes
+    python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 --layers 4 \
+        --backbone deepsets --kinds mlp,deepsets,nfn,unf --objective log \
+        --out runs/bench_lopt_paper
     python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 \
         --kinds mlp,deepsets,nfn,unf
     python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 --layers 4 \
@@ -47,6 +50,8 @@ def main() -> None:
                     help="deepsets: NFN/UNF as --layers - 1 Deep Sets layers, then one NF/UNF "
                     "layer (with --layers 4: the UNF paper's App. C.2 f); other kinds as is")
     ap.add_argument("--estimator", default="tbptt")
+    ap.add_argument("--objective", default="mean",
+                    help="mean | log | final: the meta-loss (see gensight.lopt.meta)")
     ap.add_argument("--meta-steps", type=int, default=300)
     ap.add_argument("--unroll", type=int, default=10)
     ap.add_argument("--horizon", type=int, default=200)
@@ -87,7 +92,9 @@ def main() -> None:
         size = ((f"-h{args.hidden}" if args.hidden != 32 else "")
                 + (f"-L{args.layers}" if args.layers != 3 else ""))
         trunk = "-ds" if backbone(kind) == "deepsets" else ""
-        return out / (f"{kind}-{args.estimator}{size}{trunk}" + (f"-s{seed}" if seed else ""))
+        obj = f"-{args.objective}" if args.objective != "mean" else ""
+        return out / (f"{kind}-{args.estimator}{obj}{size}{trunk}"
+                      + (f"-s{seed}" if seed else ""))
 
     def name(kind: str) -> str:
         return f"learned {kind}" + (" (DS trunk)" if backbone(kind) == "deepsets" else "")
@@ -101,7 +108,7 @@ def main() -> None:
                 MetaConfig(task=args.train_task, estimator=args.estimator,
                            population=args.population, unroll=args.unroll,
                            horizon=args.horizon, meta_steps=args.meta_steps,
-                           checkpoint_every=50, seed=seed))
+                           checkpoint_every=50, seed=seed, objective=args.objective))
 
     if args.backbone == "deepsets" and not {"nfn", "unf"} & set(kinds):
         ap.error("--backbone deepsets applies to nfn and unf, and --kinds has neither")
@@ -122,11 +129,11 @@ def main() -> None:
             res = trainer.run()
             run = label(kind, seed)
             train_time[run] = time.perf_counter() - t0
-            tail = res["history"][-20:]
+            tail = [r["meta_loss"] for r in res["history"]
+                    if r["meta_loss"] is not None][-20:]
             print(f"meta-trained {run:28s} {args.meta_steps} steps in "
-                  f"{train_time[run]:7.1f}s (this call); meta-loss (last 20) "
-                  f"{sum(r['meta_loss'] for r in tail) / len(tail):.4f}; {res['scalars']}",
-                  flush=True)
+                  f"{train_time[run]:7.1f}s (this call); meta-loss (last {len(tail)}) "
+                  f"{sum(tail) / max(1, len(tail)):.4f}; {res['scalars']}", flush=True)
     grid = (1e-3, 1e-2, 1e-1) if args.quick else LR_GRID
     results = {}
     for tname in [t for t in args.tasks.split(",") if t]:
@@ -173,7 +180,8 @@ def main() -> None:
                       flush=True)
     page = write_report(results, out / "report.html",
                         title="gensight learned optimizers: benchmark",
-                        notes=[f"meta-training: {args.estimator}, {args.meta_steps} meta-steps "
+                        notes=[f"meta-training: {args.estimator}, objective {args.objective}, "
+                               f"{args.meta_steps} meta-steps "
                                f"x {args.unroll} inner steps x {args.population} inner runs "
                                f"on {args.train_task}, horizon {args.horizon}, meta-seeds "
                                f"{meta_seeds}",

@@ -25,6 +25,7 @@ TINY = ["--population", "2", "--unroll", "2", "--horizon", "4", "--hidden", "4",
     (["--task", "cifar"], "--task: unknown task 'cifar'"),
     (["--estimator", "reinforce"], "--estimator: unknown estimator 'reinforce'"),
     (["--estimator", "es", "--population", "3"], "--population must be even"),
+    (["--objective", "median"], "--objective: unknown meta-objective 'median'"),
     (["--meta-steps", "0"], "--meta-steps must be a positive integer; got '0'"),
     (["--unroll", "x"], "--unroll must be a positive integer; got 'x'"),
     (["--horizon", "7", "--unroll", "2"], "--horizon \\(7\\) must be a multiple of --unroll"),
@@ -64,6 +65,21 @@ def test_train_resume_refuses_other_settings(run, tmp_path):
     rc, _, err = run("lopt", "train", "--out", out, "--meta-steps", "2", "--f", "mlp",
                      "--seed", "4", *TINY)
     assert rc == 2 and "written with seed=0, not 4" in err
+
+
+def test_train_final_objective_reports_steps_without_signal(run, tmp_path):
+    """TINY staggers its two runs at 0 and 2 steps of a 4-step horizon: the first meta-step
+    ends only the staggered (short) episode, so there is nothing to learn from yet."""
+    out = str(tmp_path / "run")
+    rc, stdout, err = run("lopt", "train", "--out", out, "--meta-steps", "1", "--f", "mlp",
+                          "--objective", "final", *TINY)
+    assert rc == 0, err
+    assert "objective final" in err
+    assert "meta-loss (last 0 with signal, objective final) nan" in stdout
+    rc, stdout, err = run("lopt", "train", "--out", out, "--meta-steps", "2", "--f", "mlp",
+                          "--objective", "final", *TINY)
+    assert rc == 0 and "resuming from" in err
+    assert "(last 1 with signal, objective final)" in stdout
 
 
 def test_train_then_eval_writes_report(run, tmp_path):

@@ -97,9 +97,10 @@ def test_antithetic_es_mean_on_quadratic():
     assert (big.mean(0) - true).norm() < 0.05 * true.norm()
 
 
-def _trainer(tmp, estimator, steps, every, backbone="own"):
+def _trainer(tmp, estimator, steps, every, backbone="own", objective="mean"):
     cfg = MetaConfig(task="tiny-mlp", estimator=estimator, population=4, unroll=3, horizon=6,
-                     meta_steps=steps, checkpoint_every=every, dtype="float64", seed=2)
+                     meta_steps=steps, checkpoint_every=every, dtype="float64", seed=2,
+                     objective=objective)
     lcfg = LOptConfig(f="unf", hidden=4, layers=3 if backbone == "own" else 4,
                       backbone=backbone)
     return MetaTrainer(lcfg, cfg, tmp, task=TinyMLPTask())
@@ -153,6 +154,7 @@ def test_load_lopt_transfers_np_across_widths_and_refuses_hnp(tmp_path):
     ({"horizon": 7}, "horizon \\(7\\) must be a multiple of unroll"),
     ({"unroll": 0}, "unroll must be a positive integer"),
     ({"dtype": "half"}, "dtype must be"),
+    ({"objective": "median"}, "objective must be one of mean, log, final"),
 ])
 def test_meta_config_errors(kwargs, match):
     with pytest.raises(LoptError, match=match):
@@ -210,15 +212,17 @@ def test_pes_is_unbiased_across_truncations_where_truncated_es_is_not():
             assert ((mean - true).abs() > 10 * sem).all(), (mean, true, sem)
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "es", "pes"])
-def test_resume_mid_episode_gives_the_same_result(tmp_path, estimator):
+@pytest.mark.parametrize("estimator,objective", [
+    ("tbptt", "mean"), ("es", "mean"), ("pes", "mean"), ("tbptt", "log"), ("pes", "log"),
+    ("tbptt", "final"), ("es", "final"), ("pes", "final")])
+def test_resume_mid_episode_gives_the_same_result(tmp_path, estimator, objective):
     """Stop after 1 meta-step (inside every inner run's episode) and resume."""
-    full = _trainer(tmp_path / "a", estimator, 5, 5)
+    full = _trainer(tmp_path / "a", estimator, 5, 5, objective=objective)
     full.run()
-    first = _trainer(tmp_path / "b", estimator, 1, 1)
+    first = _trainer(tmp_path / "b", estimator, 1, 1, objective=objective)
     first.run()
     assert first.step == 1 and (first.inner_steps % 6 != 0).any()  # mid-episode
-    second = _trainer(tmp_path / "b", estimator, 5, 1)
+    second = _trainer(tmp_path / "b", estimator, 5, 1, objective=objective)
     second.run()
     for (n, p), q in zip(full.lopt.named_parameters(), second.lopt.parameters(), strict=True):
         assert torch.equal(p, q), n
@@ -226,7 +230,10 @@ def test_resume_mid_episode_gives_the_same_result(tmp_path, estimator):
     for k in full.params:
         assert torch.equal(full.params[k], second.params[k])
     assert torch.equal(full.inner_steps, second.inner_steps)
-    assert full.adam_step == second.adam_step == 5
+    assert torch.equal(full.full_episode, second.full_episode)
+    assert full.adam_step == second.adam_step == (5 if objective != "final" else 4)
+    if objective == "final":  # the first step had no signal (staggered first episodes)
+        assert full.history[0]["meta_loss"] is None
 
 
 @pytest.mark.parametrize("estimator", ["tbptt", "pes"])
@@ -349,3 +356,132 @@ def test_last_unroll_pass_computes_only_the_loss(monkeypatch):
                 p, s = lopt.update({k: v.detach() for k, v in q.items()}, g, s)
                 ref.append(task.loss(p, b))
         assert torch.equal(losses.detach(), torch.stack(ref))
+
+
+def _expected_tbptt(tr, objective):
+    """The meta-loss and first-order meta-gradient of ``tr``'s next TBPTT step, computed
+    directly from a copy of its state and random generator."""
+    state = tr.gen.get_state()
+    batches = tr._batches(tr.cfg.population)
+    tr.gen.set_state(state)
+    losses, _, _ = unroll(tr.lopt, tr.task, tr.params, tr.state, batches)
+    if objective == "log":
+        meta = losses.log().mean()
+    else:
+        ends = (tr.inner_steps + tr.cfg.unroll >= tr.cfg.horizon) & tr.full_episode
+        meta = losses[-1][ends].mean()
+    grads = torch.autograd.grad(meta, list(tr.lopt.parameters()), allow_unused=True)
+    return meta.detach(), torch.cat([torch.zeros_like(p).reshape(-1) if g is None
+                                     else g.reshape(-1)
+                                     for g, p in zip(grads, tr.lopt.parameters(),
+                                                     strict=True)])
+
+
+@pytest.mark.parametrize("objective", ["log", "final"])
+def test_tbptt_objectives_match_a_direct_unroll(objective):
+    cfg = MetaConfig(task="tiny-mlp", population=4, unroll=3, horizon=6, meta_steps=3,
+                     dtype="float64", seed=4, objective=objective)
+    tr = MetaTrainer(LOptConfig(f="mlp", hidden=4), cfg, task=TinyMLPTask())
+    assert tr.inner_steps.tolist() == [0, 0, 3, 3]
+    if objective == "final":
+        # runs 2 and 3 end in the first unroll, but after 3 steps, not a whole horizon
+        assert tr.meta_step()["meta_loss"] is None
+        assert tr.inner_steps.tolist() == [3, 3, 0, 0]  # runs 0 and 1 end next, at step 6
+    want_meta, want_grad = _expected_tbptt(tr, objective)
+    meta, grad = tr._tbptt()
+    assert meta == pytest.approx(float(want_meta), rel=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+    assert grad.abs().sum() > 0
+    if objective == "final":  # only the two ending runs: not the mean over every step
+        mean_cfg = MetaTrainer(LOptConfig(f="mlp", hidden=4),
+                               MetaConfig(**{**cfg.__dict__, "objective": "mean"}),
+                               task=TinyMLPTask())
+        assert mean_cfg._tbptt()[0] != pytest.approx(meta)
+
+
+def test_final_objective_skips_meta_steps_where_no_run_ends():
+    """Population 2, unroll 3, horizon 12: counters start at 0 and 6; nobody ends in the first
+    unroll (no phi update, inner runs still advance), run 1 ends in the second."""
+    cfg = MetaConfig(task="tiny-mlp", population=2, unroll=3, horizon=12, meta_steps=2,
+                     dtype="float64", seed=4, objective="final")
+    tr = MetaTrainer(LOptConfig(f="mlp", hidden=4), cfg, task=TinyMLPTask())
+    phi0 = [p.detach().clone() for p in tr.lopt.parameters()]
+    w0 = {k: v.clone() for k, v in tr.params.items()}
+    row = tr.meta_step()
+    assert row["meta_loss"] is None and row["skipped"] and tr.adam_step == 0
+    assert all(torch.equal(a, b) for a, b in zip(phi0, tr.lopt.parameters(), strict=True))
+    assert not torch.equal(w0["0.weight"], tr.params["0.weight"])
+    assert tr.inner_steps.tolist() == [3, 9]
+    row = tr.meta_step()  # run 1 ends its staggered first episode (6 steps): no signal
+    assert row["meta_loss"] is None and tr.adam_step == 0
+    assert tr.inner_steps.tolist() == [6, 0] and tr.full_episode.tolist() == [True, True]
+    tr.meta_step(), tr.meta_step()  # 9, 3 then 12 -> run 0 ends a whole horizon
+    assert tr.history[-1]["meta_loss"] is not None and tr.adam_step == 1
+    assert tr.inner_steps.tolist() == [0, 6]
+
+
+def test_es_and_pes_rows_map_to_their_pairs():
+    """ES/PES rows ``j`` and ``j + pairs`` are pair ``j``: only the rows of pairs that end a
+    whole horizon carry the final loss."""
+    for estimator in ("es", "pes"):
+        cfg = MetaConfig(task="tiny-mlp", estimator=estimator, population=8, unroll=3,
+                         horizon=6, dtype="float64", objective="final")
+        tr = MetaTrainer(LOptConfig(f="none"), cfg, task=TinyMLPTask())
+        tr.inner_steps = torch.tensor([3, 0, 3, 3])
+        tr.full_episode = torch.tensor([True, True, False, True])
+        losses = torch.arange(1.0, 17.0, dtype=torch.float64).reshape(2, 8)
+        per, live = tr._objective(losses)
+        assert live.tolist() == [True, False, False, True] * 2
+        assert per.tolist() == [9.0, 0.0, 0.0, 12.0, 13.0, 0.0, 0.0, 16.0]
+
+def test_pes_final_objective_is_unbiased_for_the_loss_at_the_horizon():
+    """Objective 'final' with PES: summed over an episode's two truncations, the estimate's
+    mean is the gradient of the loss after the last step (the UNF paper's objective); the
+    first truncation has no signal but still accumulates the perturbations."""
+    k, pairs, reps = 3, 250, 100
+    task = _Quadratic()
+    cfg = MetaConfig(task="quadratic", estimator="pes", population=2 * pairs, unroll=k,
+                     horizon=2 * k, sigma=0.01, dtype="float64", objective="final")
+    tr = MetaTrainer(LOptConfig(f="none", init_alpha=0.1), cfg, task=task)
+    rows = []
+    for _ in range(reps):
+        tr._reset_inner()
+        tr.inner_steps = torch.zeros_like(tr.inner_steps)
+        tr.full_episode = torch.ones_like(tr.full_episode)
+        assert tr._es_step() == (None, None)
+        tr.inner_steps[::2] += k  # half the pairs end here; the mean is over those
+        rows.append(tr._es_step()[1])
+    rows = torch.stack(rows)[:, [0, 2]]  # log_alpha, log_gamma
+    lopt = tr.lopt
+    params = task.init([0], torch.float64)
+    batches = [task.sample(1, None, torch.float64)] * (2 * k + 1)
+    losses, _, _ = unroll(lopt, task, params, lopt.init_state(params), batches,
+                          second_order=True)
+    true = torch.stack(torch.autograd.grad(losses[-1].sum(), [lopt.log_alpha,
+                                                              lopt.log_gamma]))
+    mean, sem = rows.mean(0), rows.std(0) / reps ** 0.5
+    assert ((mean - true).abs() < 4 * sem).all(), (mean, true, sem)
+    assert (true.abs() > 4 * sem).all()  # the test can tell a wrong mean from the right one
+
+
+def test_checkpoint_without_objective_resumes_as_mean(tmp_path):
+    """Checkpoints written before ``objective`` existed were meta-trained on the mean."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from gensight.lopt.meta import read_checkpoint
+
+    _trainer(tmp_path, "tbptt", 1, 1).run()
+    path = tmp_path / CHECKPOINT
+    tensors, meta = read_checkpoint(path)
+    cfg = json.loads(meta["meta_config"])
+    del cfg["objective"]
+    save_file(load_file(str(path)), str(path), metadata={**meta, "meta_config": json.dumps(cfg)})
+    tr = _trainer(tmp_path, "tbptt", 2, 1)
+    tr.run()
+    assert tr.step == 2
+    log = MetaTrainer(tr.lcfg, MetaConfig(**{**tr.cfg.__dict__, "objective": "log"}), tmp_path,
+                      task=TinyMLPTask())
+    with pytest.raises(LoptError, match="written with objective='mean', not 'log'"):
+        log.run()

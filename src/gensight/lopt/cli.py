@@ -39,7 +39,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from gensight.lopt.errors import LoptError
-    from gensight.lopt.meta import CHECKPOINT, ESTIMATORS, MetaConfig, MetaTrainer
+    from gensight.lopt.meta import CHECKPOINT, ESTIMATORS, OBJECTIVES, MetaConfig, MetaTrainer
     from gensight.lopt.nets import BACKBONES, KINDS
     from gensight.lopt.optimizer import LOptConfig
     from gensight.lopt.tasks import TASKS
@@ -52,6 +52,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.estimator not in ESTIMATORS:
         raise LoptError(f"--estimator: unknown estimator {args.estimator!r}; choose from "
                         f"{', '.join(ESTIMATORS)}")
+    if args.objective not in OBJECTIVES:
+        raise LoptError(f"--objective: unknown meta-objective {args.objective!r}; choose "
+                        f"from {', '.join(OBJECTIVES)}")
     if args.symmetry not in ("np", "hnp"):
         raise LoptError(f"--symmetry must be 'np' or 'hnp'; got {args.symmetry!r}")
     if args.backbone not in BACKBONES:
@@ -81,7 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       meta_lr=_float("--meta-lr", args.meta_lr), sigma=_float("--sigma",
                                                                                args.sigma),
                       second_order=args.second_order, seed=_int("--seed", args.seed, 0),
-                      checkpoint_every=ints["checkpoint_every"])
+                      checkpoint_every=ints["checkpoint_every"], objective=args.objective)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LoptError(f"--out {out} is an existing file; it must name a run directory")
@@ -94,22 +97,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     n_phi = sum(p.numel() for p in trainer.lopt.parameters())
     err.print(f"lopt train: f={lcfg.f} ({n_phi:,} meta-parameters) on {mcfg.task}, "
               f"{mcfg.estimator}, {mcfg.meta_steps} meta-steps x {mcfg.unroll} inner steps x "
-              f"{mcfg.population} inner runs" + (f"; resuming from {out / CHECKPOINT}"
-                                                 if resumed else ""), markup=False)
+              f"{mcfg.population} inner runs, objective {mcfg.objective}"
+              + (f"; resuming from {out / CHECKPOINT}" if resumed else ""), markup=False)
     with progress_bar(err, args.quiet) as bar:
         task = bar.add_task(f"{lcfg.f}", total=mcfg.meta_steps)
 
         def progress(step: int, total: int, row: dict) -> None:
-            bar.update(task, completed=step,
-                       description=f"{lcfg.f} meta-loss {row['meta_loss']:.3f}")
+            if row["meta_loss"] is None:  # objective 'final': no run ended this meta-step
+                bar.update(task, completed=step)
+            else:
+                bar.update(task, completed=step,
+                           description=f"{lcfg.f} meta-loss {row['meta_loss']:.3f}")
 
         res = trainer.run(progress)
     hist = res["history"]
-    tail = hist[-min(10, len(hist)):]
-    mean = sum(r["meta_loss"] for r in tail) / max(1, len(tail))
+    tail = [r["meta_loss"] for r in hist if r["meta_loss"] is not None][-10:]
+    mean = sum(tail) / len(tail) if tail else float("nan")
     s = res["scalars"]
-    print(f"{out / CHECKPOINT}: meta-step {res['step']}, meta-loss (last {len(tail)}) "
-          f"{mean:.4f}, alpha {s['alpha']:.4g} beta {s['beta']:.4g} gamma {s['gamma']:.4g}")
+    print(f"{out / CHECKPOINT}: meta-step {res['step']}, meta-loss (last {len(tail)} with "
+          f"signal, objective {mcfg.objective}) {mean:.4f}, alpha {s['alpha']:.4g} "
+          f"beta {s['beta']:.4g} gamma {s['gamma']:.4g}")
     return 0
 
 
@@ -217,6 +224,9 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="output directory (a checkpoint there is "
                    "resumed)")
     t.add_argument("--estimator", default="tbptt", help="tbptt | es | pes")
+    t.add_argument("--objective", default="mean", help="mean | log | final (meta-loss: mean "
+                   "or mean log of the inner losses over each unroll, or the loss at the end "
+                   "of the horizon as in the UNF paper)")
     t.add_argument("--population", default="8", help="inner runs trained at once")
     t.add_argument("--unroll", default="10", help="inner steps per meta-step (truncation)")
     t.add_argument("--horizon", default="200", help="inner steps before inner runs restart")

@@ -2,9 +2,27 @@
 
 A population of ``P`` inner runs (optimizees of one :class:`~gensight.lopt.tasks.Task`) is
 trained at once, batched on a leading axis. Each meta-step unrolls ``K = unroll`` inner steps
-from the current inner state and forms the **meta-loss**: the mean over the ``K`` steps and the
-population of the inner training (minibatch) loss after each update,
-``L(phi) = 1/K sum_{k=1..K} mean_P loss(theta_k)``. Every inner run (for ES/PES: every
+from the current inner state and forms the **meta-loss** (``objective``):
+
+* ``mean`` (default) -- the mean over the ``K`` steps and the population of the inner training
+  (minibatch) loss after each update, ``L(phi) = 1/K sum_{k=1..K} mean_P loss(theta_k)``. It
+  is dominated by the early, large losses of training, so it rewards fast early progress more
+  than a low final loss.
+* ``log`` -- the same mean of ``log loss(theta_k)``: every phase of training counts by its
+  relative progress, so the late phase (losses of 0.01, not 1) is not drowned out (a standard
+  choice in learned-optimizer training, documented as ours).
+* ``final`` -- the UNF paper's objective (arXiv 2402.05232, App. C.2: "training loss at the
+  end of the inner training horizon"): a run contributes only in the unroll that ends at its
+  horizon, with its loss after the last step; ``L`` is the mean over the runs that end there
+  (for ES/PES: over the pairs that end). The short first episode of a staggered run (below)
+  does not count. A meta-step in which no run ends has no signal and is skipped (no ``phi``
+  update; its history row has ``meta_loss`` ``None``): only about ``runs * unroll / horizon``
+  runs end per meta-step, so ``final`` needs many more meta-steps than ``mean`` or ``log``
+  (the paper: 50,000 meta-steps of PES over 16 runs). With TBPTT the gradient sees only the
+  last ``K`` steps; PES (below) gives the unbiased gradient of the final loss, as the paper
+  uses.
+
+Every inner run (for ES/PES: every
 antithetic pair) has its own step counter and restarts from a fresh initialisation (a new
 seed) after ``horizon`` inner steps; the counters start staggered (run ``j`` of ``n`` as if
 ``floor(j * (horizon / unroll) / n) * unroll`` steps in), so restarts are spread over the
@@ -34,15 +52,19 @@ Estimators of ``dL/dphi`` (``estimator``):
   ``xi_j += eps_j``, and ``g = 1/(2 N sigma^2) sum_j (L_j^+ - L_j^-) xi_j``; ``xi_j`` resets
   when pair ``j``'s inner runs restart. This removes the truncation bias.
 
-The UNF paper (arXiv 2402.05232, Sec. 4) meta-trains its learned optimizers with an ES-type
-estimator; we could not check its exact settings, so TBPTT is the CPU default here and ES/PES
-are offered at the same budget (documented choice).
+With ``objective='final'``, ``N`` is the number of pairs whose horizon ends in the unroll.
+
+The UNF paper (arXiv 2402.05232, App. C.2) meta-trains with PES (16 runs, truncation 50,
+sigma 0.01) on the final loss (``objective='final'``) for 50,000 steps. That budget does not
+fit a CPU, so TBPTT with ``objective='mean'`` is the default here, and PES and the paper's
+objective are offered (documented choice).
 
 ``phi`` is updated with Adam (our own, so its state is checkpointed exactly; its bias
-correction counts only the updates applied, not meta-steps skipped for a non-finite estimate)
+correction counts only the updates applied, not meta-steps skipped for a non-finite estimate
+or for no signal)
 and global-norm gradient clipping. Checkpoints (``lopt.safetensors``) hold ``phi``, Adam's
-moments and step, the inner population (parameters, optimizer state, step counters, PES
-noise), the random generator and the history;
+moments and step, the inner population (parameters, optimizer state, step counters, which
+runs are in a whole episode, PES noise), the random generator and the history;
 they are written atomically (``tempfile.mkstemp`` in the same directory, fsync,
 ``os.replace``) and a rerun with the same
 configuration resumes from them, giving the same result as an uninterrupted run.
@@ -66,6 +88,8 @@ from gensight.lopt.tasks import Task, make_task
 
 CHECKPOINT = "lopt.safetensors"
 ESTIMATORS = ("tbptt", "es", "pes")
+OBJECTIVES = ("mean", "log", "final")
+_LOG_FLOOR = 1e-12  # objective 'log': losses are clamped here before the logarithm
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 HELD_OUT_SEEDS = (10_000_000, 21_000_000)
@@ -102,8 +126,12 @@ class MetaConfig:
     seed: int = 0
     checkpoint_every: int = 25
     dtype: str = "float32"
+    objective: str = "mean"
 
     def check(self) -> MetaConfig:
+        if self.objective not in OBJECTIVES:
+            raise LoptError(f"objective must be one of {', '.join(OBJECTIVES)}; got "
+                            f"{self.objective!r}")
         if self.estimator not in ESTIMATORS:
             raise LoptError(f"estimator must be one of {', '.join(ESTIMATORS)}; got "
                             f"{self.estimator!r}")
@@ -269,6 +297,9 @@ class MetaTrainer:
             self.params = fresh
             self.state = self.lopt.init_state(self.params)
             self.inner_steps = self._stagger()
+            # a staggered run's first episode is shorter than the horizon: under objective
+            # 'final' its end is not "the end of the horizon" and carries no signal
+            self.full_episode = self.inner_steps == 0
             if self.cfg.estimator == "pes":
                 self.xi = torch.zeros(n, _flat(self.lopt).numel(), dtype=self.dtype)
             return
@@ -283,6 +314,7 @@ class MetaTrainer:
         self.params = {k: v.index_copy(0, rows, fresh[k]) for k, v in self.params.items()}
         self.state = {k: v.index_copy(0, rows, zero[k]) for k, v in self.state.items()}
         self.inner_steps = self.inner_steps.index_fill(0, torch.tensor(runs), 0)
+        self.full_episode = self.full_episode.index_fill(0, torch.tensor(runs), True)
         if self.cfg.estimator == "pes":
             self.xi = self.xi.index_fill(0, torch.tensor(runs), 0.0)
 
@@ -314,16 +346,40 @@ class MetaTrainer:
         return out
 
     # -- one meta-step per estimator --
-    def _tbptt(self) -> tuple[float, Tensor]:
+    def _ending(self, rows: int) -> Tensor:
+        """``(rows,)`` bool: the particle row's inner run reaches the end of a whole horizon
+        in this unroll (not the short first episode of a staggered run); row ``r`` belongs to
+        run ``r % n_runs`` (ES/PES rows ``j`` and ``j + pairs`` are pair ``j``)."""
+        ends = (self.inner_steps + self.cfg.unroll >= self.cfg.horizon) & self.full_episode
+        return ends[torch.arange(rows) % self._n_runs]
+
+    def _objective(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row meta-loss ``(R,)`` of an unroll's losses ``(K, R)``, and the rows that
+        carry signal ``(R,)`` bool (all rows, except for ``objective='final'``)."""
+        obj = self.cfg.objective
+        if obj == "mean":
+            return losses.mean(0), torch.ones(losses.shape[1], dtype=torch.bool)
+        if obj == "log":
+            return (losses.clamp_min(_LOG_FLOOR).log().mean(0),
+                    torch.ones(losses.shape[1], dtype=torch.bool))
+        ending = self._ending(losses.shape[1])
+        return torch.where(ending, losses[-1], torch.zeros_like(losses[-1])), ending
+
+    def _tbptt(self) -> tuple[float | None, Tensor | None]:
         batches = self._batches(self.cfg.population)
+        # objective 'final' with no run ending here: advance the runs without a graph
+        track = self.cfg.objective != "final" or bool(self._ending(self.cfg.population).any())
         losses, params, state = unroll(self.lopt, self.task, self.params, self.state, batches,
-                                       second_order=self.cfg.second_order)
-        meta = losses.mean()
+                                       second_order=self.cfg.second_order, track=track)
+        per, live = self._objective(losses)
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.state = {k: v.detach() for k, v in state.items()}
+        if not bool(live.any()):  # objective 'final': no run ends in this unroll
+            return None, None
+        meta = per.sum() / live.sum()
         grads = torch.autograd.grad(meta, list(self.lopt.parameters()), allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g
                  for g, p in zip(grads, self.lopt.parameters(), strict=True)]
-        self.params = {k: v.detach() for k, v in params.items()}
-        self.state = {k: v.detach() for k, v in state.items()}
         return float(meta.detach()), torch.cat([g.reshape(-1) for g in grads])
 
     def meta_step(self) -> dict:
@@ -332,6 +388,14 @@ class MetaTrainer:
             meta, grad = self._tbptt()
         else:
             meta, grad = self._es_step()
+        if meta is None:  # objective 'final' and no inner run ended: nothing to learn from
+            self.step += 1
+            self.inner_steps = self.inner_steps + self.cfg.unroll
+            self._restart_due(True)
+            row = {"step": self.step, "meta_loss": None, "grad_norm": None, "skipped": True,
+                   **self.lopt.scalars()}
+            self.history.append(row)
+            return row
         finite = bool(torch.isfinite(grad).all()) and math.isfinite(meta)
         gnorm = float(grad.norm()) if finite else float("nan")
         if finite:
@@ -346,7 +410,7 @@ class MetaTrainer:
         self.history.append(row)
         return row
 
-    def _es_step(self) -> tuple[float, Tensor]:
+    def _es_step(self) -> tuple[float | None, Tensor | None]:
         pairs = self.cfg.population // 2
         persistent = self.cfg.estimator == "pes"
         batches = self._batches(pairs, repeat=2)
@@ -362,8 +426,10 @@ class MetaTrainer:
             losses, p2, s2 = unroll(self.lopt, self.task, params, state, batches, phi=phi,
                                     track=False)
             out["params"], out["state"] = p2, s2
-            per = losses.mean(0)
-            out["meta"] = float(per.mean())
+            per, live = self._objective(losses)
+            out["live"] = bool(live.any())
+            out["n_live"] = max(1, int(live[:pairs].sum()))
+            out["meta"] = float(per.sum() / live.sum()) if out["live"] else None
             return per
 
         theta = _flat(self.lopt)
@@ -373,13 +439,16 @@ class MetaTrainer:
             self.xi = self.xi + eps
             per = fn(torch.cat([theta + eps, theta - eps]))
             grad = ((per[:pairs] - per[pairs:]).unsqueeze(1) * self.xi).sum(0) / (
-                2 * pairs * self.cfg.sigma ** 2)
+                2 * out["n_live"] * self.cfg.sigma ** 2)
             self.params = {k: v.detach() for k, v in out["params"].items()}
             self.state = {k: v.detach() for k, v in out["state"].items()}
         else:
             grad, _ = antithetic_es_gradient(fn, theta, self.cfg.sigma, pairs, self.gen)
+            grad = grad * (pairs / out["n_live"])  # the mean over the pairs with signal
             self.params = {k: v[:pairs].detach() for k, v in out["params"].items()}
             self.state = {k: v[:pairs].detach() for k, v in out["state"].items()}
+        if not out["live"]:  # objective 'final': no pair ends in this unroll
+            return None, None
         return out["meta"], grad
 
     def _adam(self, grad: Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
@@ -425,6 +494,7 @@ class MetaTrainer:
         if self.xi is not None:
             t["pes_xi"] = self.xi
         t["inner_steps"] = self.inner_steps
+        t["full_episode"] = self.full_episode.to(torch.uint8)
         t["rng"] = self.gen.get_state()
         return {k: v.contiguous() for k, v in t.items()}
 
@@ -474,8 +544,9 @@ class MetaTrainer:
         for k in mine:
             if k in ("meta_steps", "checkpoint_every"):
                 continue
-            if saved.get(k) != mine[k]:
-                raise LoptError(f"checkpoint {path} was written with {k}={saved.get(k)!r}, not "
+            was = saved.get(k, "mean" if k == "objective" else None)  # before objectives
+            if was != mine[k]:
+                raise LoptError(f"checkpoint {path} was written with {k}={was!r}, not "
                                 f"{mine[k]!r}; use another --out or the same settings")
         if json.loads(meta["lopt_config"]) != self.lcfg.to_dict():
             raise LoptError(f"checkpoint {path} holds a different learned optimizer "
@@ -500,6 +571,9 @@ class MetaTrainer:
         self.episode = int(meta["episode"])
         self.n_inits = int(meta["n_inits"])
         self.inner_steps = tensors["inner_steps"]
+        full = tensors.get("full_episode")  # absent before objectives: only 'mean' ran then
+        self.full_episode = (torch.ones_like(self.inner_steps, dtype=torch.bool) if full is None
+                             else full.bool())
         self.history = json.loads(meta["history"])
 
 
