@@ -6,7 +6,8 @@ Every learned optimizer is meta-trained on ``digits-mlp`` (MLP 64-32-10 on digit
 ``--train-task``, e.g. the byte-level RNN LM ``python-rnn``, where NFN does not apply) with the
 same estimator, meta-steps, truncation, horizon and population, then evaluated on held-out
 seeds of the training task and on transfer tasks (``digits-mlp-wide``: hidden width 64;
-``mnist5k-mlp``: MNIST-5k, 784 inputs). Reported per optimizer: final training-split loss after
+``mnist8-mlp``: the same MLP on MNIST-5k resized to 8x8; ``mnist5k-mlp``: MNIST-5k at 28x28,
+784 inputs). Reported per optimizer: final training-split loss after
 ``--eval-steps`` inner steps and test accuracy (mean +- std over held-out seeds). One torch
 thread. Checkpoints are kept in ``--out`` so an interrupted run resumes.
 
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--eval-steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--tasks", default="digits-mlp,digits-mlp-wide,mnist5k-mlp")
+    ap.add_argument("--tasks", default="digits-mlp,digits-mlp-wide,mnist8-mlp,mnist5k-mlp")
     ap.add_argument("--meta-seeds", default="0",
                     help="comma-separated meta-training seeds; each optimizer is meta-trained "
                     "once per seed (default: 0)")

