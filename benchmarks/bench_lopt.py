@@ -51,6 +51,9 @@ def main() -> None:
                     help="deepsets: NFN/UNF as --layers - 1 Deep Sets layers, then one NF/UNF "
                     "layer (with --layers 4: the UNF paper's App. C.2 f); other kinds as is")
     ap.add_argument("--estimator", default="tbptt")
+    ap.add_argument("--features", default="ours", choices=("ours", "paper"),
+                    help="paper: the UNF paper's 19 input channels (six momenta, step "
+                    "encoding; LOptConfig.paper_features)")
     ap.add_argument("--objective", default="mean",
                     help="mean | log | final: the meta-loss (see gensight.lopt.meta)")
     ap.add_argument("--meta-steps", type=int, default=300)
@@ -94,6 +97,7 @@ def main() -> None:
                 + (f"-L{args.layers}" if args.layers != 3 else ""))
         trunk = "-ds" if backbone(kind) == "deepsets" else ""
         obj = f"-{args.objective}" if args.objective != "mean" else ""
+        obj += "-pf" if args.features == "paper" else ""
         return out / (f"{kind}-{args.estimator}{obj}{size}{trunk}"
                       + (f"-s{seed}" if seed else ""))
 
@@ -104,8 +108,8 @@ def main() -> None:
         return name(kind) + (f" (meta-seed {seed})" if len(meta_seeds) > 1 else "")
 
     def configs(kind: str, seed: int) -> tuple[LOptConfig, MetaConfig]:
-        return (LOptConfig(f=kind, hidden=args.hidden, layers=args.layers,
-                           backbone=backbone(kind)),
+        make = LOptConfig.paper_features if args.features == "paper" else LOptConfig
+        return (make(f=kind, hidden=args.hidden, layers=args.layers, backbone=backbone(kind)),
                 MetaConfig(task=args.train_task, estimator=args.estimator,
                            population=args.population, unroll=args.unroll,
                            horizon=args.horizon, meta_steps=args.meta_steps,
@@ -182,6 +186,7 @@ def main() -> None:
     page = write_report(results, out / "report.html",
                         title="gensight learned optimizers: benchmark",
                         notes=[f"meta-training: {args.estimator}, objective {args.objective}, "
+                               f"features {args.features}, "
                                f"{args.meta_steps} meta-steps "
                                f"x {args.unroll} inner steps x {args.population} inner runs "
                                f"on {args.train_task}, horizon {args.horizon}, meta-seeds "

@@ -97,32 +97,40 @@ def test_antithetic_es_mean_on_quadratic():
     assert (big.mean(0) - true).norm() < 0.05 * true.norm()
 
 
-def _trainer(tmp, estimator, steps, every, backbone="own", objective="mean"):
+def _trainer(tmp, estimator, steps, every, backbone="own", objective="mean", paper=False):
     cfg = MetaConfig(task="tiny-mlp", estimator=estimator, population=4, unroll=3, horizon=6,
                      meta_steps=steps, checkpoint_every=every, dtype="float64", seed=2,
                      objective=objective)
-    lcfg = LOptConfig(f="unf", hidden=4, layers=3 if backbone == "own" else 4,
-                      backbone=backbone)
+    lcfg = (LOptConfig.paper_features if paper else LOptConfig)(
+        f="unf", hidden=4, layers=3 if backbone == "own" else 4, backbone=backbone)
     return MetaTrainer(lcfg, cfg, tmp, task=TinyMLPTask())
 
 
-@pytest.mark.parametrize("estimator,backbone", [("tbptt", "own"), ("es", "own"),
-                                                ("pes", "own"), ("tbptt", "deepsets")])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, estimator, backbone):
-    full = _trainer(tmp_path / "a", estimator, 5, 5, backbone)
+@pytest.mark.parametrize("estimator,backbone,paper", [
+    ("tbptt", "own", False), ("es", "own", False), ("pes", "own", False),
+    ("tbptt", "deepsets", False), ("tbptt", "deepsets", True), ("pes", "own", True)])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, estimator, backbone,
+                                                              paper):
+    """``paper``: the paper's features, whose step counters restart with their runs."""
+    full = _trainer(tmp_path / "a", estimator, 5, 5, backbone, paper=paper)
     full.run()
-    first = _trainer(tmp_path / "b", estimator, 2, 1, backbone)
+    first = _trainer(tmp_path / "b", estimator, 2, 1, backbone, paper=paper)
     first.run()
     assert (tmp_path / "b" / CHECKPOINT).exists()
-    second = _trainer(tmp_path / "b", estimator, 5, 1, backbone)  # resumes at step 2
+    second = _trainer(tmp_path / "b", estimator, 5, 1, backbone, paper=paper)
     second.run()
     for (n, p), q in zip(full.lopt.named_parameters(), second.lopt.parameters(), strict=True):
         assert torch.equal(p, q), n
     assert [r["meta_loss"] for r in full.history] == [r["meta_loss"] for r in second.history]
     for k in full.params:
         assert torch.equal(full.params[k], second.params[k])
+    if paper:  # every run's counter is the number of steps since its (re)start
+        t = second.state["t:0.weight"]
+        steps = second.inner_steps.repeat(2) if estimator == "pes" else second.inner_steps
+        assert t.tolist() == steps.double().tolist()
+        assert torch.equal(t, full.state["t:0.weight"])
     # meta-training changed phi
-    fresh = _trainer(None, estimator, 5, 5, backbone)
+    fresh = _trainer(None, estimator, 5, 5, backbone, paper=paper)
     assert not torch.equal(fresh.lopt.log_alpha, full.lopt.log_alpha)
 
 

@@ -87,16 +87,19 @@ def _perm(tensors, spec, perms):
     ("tiny", "nfn"), ("tiny", "unf"), ("tiny", "mlp"), ("tiny", "deepsets"),
     ("digits-cnn", "unf"), ("digits-cnn", "nfn"), ("python-rnn", "unf"),
     ("tiny", "nfn-ds"), ("tiny", "unf-ds"), ("digits-cnn", "unf-ds"), ("python-rnn", "unf-ds"),
+    ("tiny", "nfn-ds+paper"), ("tiny", "deepsets+paper"), ("python-rnn", "unf-ds+paper"),
 ])
 def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
-    """``-ds``: the UNF paper's App. C.2 f (Deep Sets trunk, one NF/UNF layer at the end)."""
+    """``-ds``: the UNF paper's App. C.2 f (Deep Sets trunk, one NF/UNF layer at the end);
+    ``+paper``: its 19 input channels (six momenta and the step encoding)."""
     task = TinyMLPTask(widths=(6, 7, 5, 3)) if task_name == "tiny" else make_task(task_name)
     template = task.template()
+    kind, _, paper = kind.partition("+")
     kind, _, trunk = kind.partition("-")
     hidden = 6 if kind in ("nfn", "unf") and task_name != "tiny" else 16
     torch.manual_seed(0)  # f's initialisation draws from the global RNG
-    cfg = LOptConfig(f=kind, hidden=hidden, layers=4 if trunk else 3,
-                     backbone="deepsets" if trunk else "own")
+    cfg = (LOptConfig.paper_features if paper else LOptConfig)(
+        f=kind, hidden=hidden, layers=4 if trunk else 3, backbone="deepsets" if trunk else "own")
     lopt = LOpt(cfg, template).double()
     with torch.no_grad():
         lopt.log_beta.fill_(0.0)  # make f dominate the update
@@ -108,13 +111,16 @@ def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
     state = {k: torch.randn(n, *v.shape[1:], generator=g, dtype=torch.float64)
              for k, v in lopt.init_state(params).items()}
     state = {k: v.abs() if k.startswith("v:") else v for k, v in state.items()}
+    state.update({k: torch.tensor([3.0, 17.0], dtype=torch.float64)
+                  for k in state if k.startswith("t:")})
+    assert any(k.startswith("t:") for k in state) == bool(paper)
     spec, perms = _hidden_perm(template, n, seed=3)
     assert any(p.shape[1] > 1 for p in perms.values())
     new, _ = lopt.update(params, grads, state)
     pstate = {}
     for k, v in state.items():
         key = k.split(":", 1)[1]
-        pstate[k] = _perm({key: v}, spec, perms)[key]
+        pstate[k] = v if k.startswith("t:") else _perm({key: v}, spec, perms)[key]
     new_p, _ = lopt.update(_perm(params, spec, perms), _perm(grads, spec, perms), pstate)
     expect = _perm(new, spec, perms)
     for k in new:
@@ -184,6 +190,7 @@ def test_nfn_rejects_recurrent_optimizee():
     ({"f": "unf", "backbone": "gnn"}, "backbone must be one of own, deepsets"),
     ({"f": "mlp", "backbone": "deepsets"}, "for f='nfn' or 'unf'"),
     ({"f": "unf", "backbone": "deepsets", "layers": 1}, "layers >= 2; got f='unf', layers=1"),
+    ({"time_features": -1}, "time_features must be a non-negative integer"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(LoptError, match=match):
@@ -347,3 +354,60 @@ def test_one_param_group_and_state_dict_checks_the_learned_optimizer():
     wider = LOpt(LOptConfig(f="mlp", hidden=9), task.template()).double()
     with pytest.raises(LoptError, match="different learned-optimizer config"):
         LearnedOptimizer(model.named_parameters(), wider).load_state_dict(saved)
+
+
+def test_paper_features_are_19_channels_with_a_step_encoding():
+    """App. C.2 of the UNF paper: weights, gradient, six momenta, 11 sinusoids of the step."""
+    cfg = LOptConfig.paper_features(f="deepsets")
+    assert cfg.channels == 19 and cfg.decays == (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+    task = TinyMLPTask()
+    lopt = LOpt(cfg, task.template()).double()
+    enc = lopt.time_encoding(torch.tensor([0.0, 1.0, 250.0], dtype=torch.float64))
+    assert enc.shape == (3, 11)
+    torch.testing.assert_close(enc[0], torch.tensor([0.0, 1.0] * 5 + [0.0],
+                                                    dtype=torch.float64))
+    w1 = 10000.0 ** (-2 / 11)
+    expect = [math.sin(250 * w1), math.cos(250 * w1)]
+    torch.testing.assert_close(enc[2, 2:4], torch.tensor(expect, dtype=torch.float64))
+    torch.testing.assert_close(enc[1, :2], torch.tensor([math.sin(1), math.cos(1)],
+                                                        dtype=torch.float64))
+    # the counter advances once per update, per optimizee, and feeds the last 11 channels
+    params = task.init([0, 1], torch.float64)
+    state = lopt.init_state(params)
+    grads = {k: torch.ones_like(v) for k, v in params.items()}
+    for _ in range(3):
+        params, state = lopt.update(params, grads, state)
+    assert state["t:0.weight"].tolist() == [3.0, 3.0]
+    feats = lopt.features(params, grads, state)["0.weight"]
+    torch.testing.assert_close(feats[:, 8:, 2, 1], lopt.time_encoding(state["t:0.weight"]))
+    # older configs (no time features, with moments) keep their dict, so checkpoints match
+    assert "time_features" not in LOptConfig().to_dict()
+    assert LOptConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_torch_optimizer_wrapper_keeps_the_step_counter():
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig.paper_features(f="unf", hidden=8), task.template()).double()
+    with torch.no_grad():
+        lopt.log_beta.fill_(-1.0)
+    model = task.template().double()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = LearnedOptimizer(model.named_parameters(), lopt)
+    _train(model, opt, 3)
+    assert {float(st["t"]) for st in opt.state.values()} == {3.0}
+    params = {k: v.unsqueeze(0) for k, v in start.items()}
+    state = lopt.init_state(params)
+    g = torch.Generator().manual_seed(0)
+    ref = task.template().double()
+    for _ in range(3):
+        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (16,), generator=g)
+        ref.load_state_dict({k: v[0] for k, v in params.items()})
+        ref.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        grads = {k: p.grad.unsqueeze(0) for k, p in ref.named_parameters()}
+        with torch.no_grad():
+            params, state = lopt.update(params, grads, state)
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, params[k][0], atol=1e-12), k

@@ -55,6 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.objective not in OBJECTIVES:
         raise LoptError(f"--objective: unknown meta-objective {args.objective!r}; choose "
                         f"from {', '.join(OBJECTIVES)}")
+    if args.features not in ("ours", "paper"):
+        raise LoptError(f"--features must be 'ours' or 'paper'; got {args.features!r}")
     if args.symmetry not in ("np", "hnp"):
         raise LoptError(f"--symmetry must be 'np' or 'hnp'; got {args.symmetry!r}")
     if args.backbone not in BACKBONES:
@@ -76,8 +78,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(_int("--threads", args.threads))
-    lcfg = LOptConfig(f=args.f, hidden=ints["hidden"], layers=ints["layers"],
-                      symmetry=args.symmetry, backbone=args.backbone)
+    make = LOptConfig.paper_features if args.features == "paper" else LOptConfig
+    lcfg = make(f=args.f, hidden=ints["hidden"], layers=ints["layers"],
+                symmetry=args.symmetry, backbone=args.backbone)
     mcfg = MetaConfig(task=args.task, estimator=args.estimator,
                       population=ints["population"], unroll=ints["unroll"],
                       horizon=ints["horizon"], meta_steps=ints["meta_steps"],
@@ -239,6 +242,9 @@ def register(sub) -> None:
     t.add_argument("--backbone", default="own", help="own | deepsets (nfn/unf: --layers - 1 "
                    "Deep Sets layers, then one NF/UNF layer; the UNF paper's App. C.2 f is "
                    "--backbone deepsets --layers 4 --hidden 32)")
+    t.add_argument("--features", default="ours", help="ours (weights, gradient, 3 momenta, "
+                   "second moment, Adam-like ratio) | paper (the UNF paper's 19 channels: "
+                   "weights, gradient, 6 momenta, 11-dim step encoding)")
     t.add_argument("--second-order", action="store_true",
                    help="TBPTT through the inner gradients too (slower, exact)")
     t.add_argument("--seed", default="0")

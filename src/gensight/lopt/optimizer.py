@@ -7,7 +7,8 @@ choice following Metz et al.'s per-parameter learned optimizers)::
 
     m_d  <- d * m_d + g                    for every decay d in ``decays``   (torch SGD form)
     v    <- beta2 * v + (1 - beta2) * g^2
-    feats = normalize([theta, g, m_d..., sqrt(v), m_mu / (sqrt(v) + eps)])   (C channels)
+    t    <- t + 1
+    feats = [normalize(theta, g, m_d..., sqrt(v), m_mu / (sqrt(v) + eps)), enc(t)]  (C channels)
     theta <- theta - alpha * (gamma * m_mu + beta * f(feats))
 
 with ``mu = momentum`` one of ``decays`` and ``alpha, beta, gamma > 0`` meta-learned scalars
@@ -16,6 +17,16 @@ tensor (per optimizee), ``x / sqrt(mean(x^2) + eps^2)``, so ``f`` sees scale-fre
 learned optimizer transfers across tensor scales. With ``f = 0``, ``alpha = lr`` and
 ``gamma = 1`` this is exactly ``torch.optim.SGD(lr, momentum=mu)`` (dampening 0, no
 Nesterov), because torch also starts the buffer at ``g``.
+
+``moments=False`` drops the two second-moment channels, and ``time_features = T > 0`` adds
+``enc(t)``: the inner step ``t`` as ``T`` sinusoids, channel ``j`` is ``sin(t w_j)`` (even
+``j``) or ``cos(t w_j)`` (odd ``j``) with ``w_j = 10000^(-2 floor(j/2) / T)`` (the Transformer
+encoding; the same value at every entry, so it keeps every symmetry of ``f``). The UNF paper's
+inputs (App. C.2) are ``theta``, ``g``, six momenta with decays 0.1, 0.5, 0.9, 0.99, 0.999,
+0.9999 and an 11-dimensional sinusoidal encoding of ``t``: 19 channels,
+:meth:`LOptConfig.paper_features` (its exact encoding is not given; the above is our choice).
+The paper initializes ``alpha = 0.1``, ``gamma = 0.9``, ``beta = 1e-3`` and meta-trains for
+50,000 steps.
 
 Shapes: a population of ``P`` optimizees is ``{key: (P, *shape)}``; features are
 ``{key: (P, C, *shape)}``.
@@ -67,6 +78,16 @@ class LOptConfig:
     init_alpha: float = 0.03
     init_beta: float = 0.1
     init_gamma: float = 1.0
+    moments: bool = True
+    time_features: int = 0
+
+    @classmethod
+    def paper_features(cls, **kwargs) -> LOptConfig:
+        """The UNF paper's 19 input channels (arXiv 2402.05232, App. C.2): weights, gradient,
+        six momenta (0.1 ... 0.9999) and an 11-dimensional encoding of the step; no
+        second-moment channels. Other fields (``f``, ``init_*``, ...) from ``kwargs``."""
+        return cls(**{"decays": (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999), "momentum": 0.9,
+                      "moments": False, "time_features": 11, **kwargs})
 
     def check(self) -> LOptConfig:
         if self.f not in KINDS:
@@ -86,18 +107,23 @@ class LOptConfig:
         for d in (*self.decays, self.beta2):
             if not 0 <= d < 1:
                 raise LoptError(f"decays and beta2 must lie in [0, 1); got {d!r}")
+        if not isinstance(self.time_features, int) or self.time_features < 0:
+            raise LoptError(f"time_features must be a non-negative integer; got "
+                            f"{self.time_features!r}")
         return self
 
     @property
     def channels(self) -> int:
-        """Feature channels ``C = 4 + len(decays)``."""
-        return 4 + len(self.decays)
+        """Feature channels ``C = 2 + len(decays) (+ 2 with moments) + time_features``."""
+        return 2 + len(self.decays) + (2 if self.moments else 0) + self.time_features
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["decays"] = list(self.decays)
-        if d["backbone"] == "own":  # written only when set: older checkpoints still match
-            del d["backbone"]
+        # written only when set: older checkpoints still match
+        for key, default in (("backbone", "own"), ("moments", True), ("time_features", 0)):
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -150,27 +176,52 @@ class LOpt(nn.Module):
 
     # --- state --------------------------------------------------------------------------
     def init_state(self, params: Mapping[str, Tensor]) -> State:
-        """Zero momenta ``m{i}:{key}`` and second moments ``v:{key}``, shaped like params."""
+        """Zero momenta ``m{i}:{key}`` and second moments ``v:{key}``, shaped like params;
+        with ``time_features``, a step counter ``t:{key}`` ``(P,)`` (the step count of that
+        tensor, so a frozen tensor's clock stops too)."""
         st: State = {}
         for k, p in params.items():
             z = torch.zeros_like(p.detach())
             for i in range(len(self.config.decays)):
                 st[f"m{i}:{k}"] = z.clone()
             st[f"v:{k}"] = z.clone()
+            if self.config.time_features:
+                st[f"t:{k}"] = torch.zeros(p.shape[0], dtype=p.dtype)
         return st
+
+    def _state_keys(self, k: str) -> list[str]:
+        c = self.config
+        return ([f"m{i}:{k}" for i in range(len(c.decays))] + [f"v:{k}"]
+                + ([f"t:{k}"] if c.time_features else []))
+
+    def time_encoding(self, t: Tensor) -> Tensor:
+        """``(P,)`` step counts -> ``(P, T)`` sinusoids (see the module docstring)."""
+        n = self.config.time_features
+        j = torch.arange(n, dtype=t.dtype)
+        w = torch.pow(torch.tensor(10000.0, dtype=t.dtype), -2 * torch.div(j, 2,
+                                                                         rounding_mode="floor") / n)
+        x = t.unsqueeze(-1) * w
+        return torch.where(j % 2 == 0, torch.sin(x), torch.cos(x))
 
     def features(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                  state: State) -> dict[str, Tensor]:
-        """Normalized features ``{key: (P, C, *shape)}`` from params, grads and an already
-        updated state."""
+        """Features ``{key: (P, C, *shape)}`` from params, grads and an already updated
+        state: RMS-normalized tensors, then the step encoding (``time_features``)."""
         c = self.config
         out = {}
         for k, p in params.items():
-            v = state[f"v:{k}"]
-            sv = torch.sqrt(v + c.eps * c.eps)
             ms = [state[f"m{i}:{k}"] for i in range(len(c.decays))]
-            chans = [p, grads[k], *ms, sv, ms[self._mu] / (sv + c.eps)]
-            out[k] = torch.stack([_rms_normalize(x, c.eps) for x in chans], 1)
+            chans = [p, grads[k], *ms]
+            if c.moments:
+                sv = torch.sqrt(state[f"v:{k}"] + c.eps * c.eps)
+                chans += [sv, ms[self._mu] / (sv + c.eps)]
+            x = torch.stack([_rms_normalize(x, c.eps) for x in chans], 1)
+            if c.time_features:
+                enc = self.time_encoding(state[f"t:{k}"]).to(p.dtype)  # (P, T)
+                enc = enc.view(*enc.shape, *([1] * (p.dim() - 1))).expand(
+                    -1, -1, *p.shape[1:])
+                x = torch.cat([x, enc], 1)
+            out[k] = x
         return out
 
     def direction(self, feats: Mapping[str, Tensor],
@@ -232,18 +283,20 @@ class LOpt(nn.Module):
         new_state: State = {}
         feat_state: State = {}
         for k in params:
-            keys = [f"m{i}:{k}" for i in range(len(c.decays))] + [f"v:{k}"]
+            keys = self._state_keys(k)
             if k not in has:
                 for key in keys:
                     new_state[key] = state[key]
-                    feat_state[key] = up(k, state[key])
+                    feat_state[key] = state[key] if key[0] == "t" else up(k, state[key])
                 continue
             g = grads[k]
             for i, d in enumerate(c.decays):
                 new_state[f"m{i}:{k}"] = d * state[f"m{i}:{k}"] + g
             new_state[f"v:{k}"] = c.beta2 * state[f"v:{k}"] + (1 - c.beta2) * g * g
+            if c.time_features:
+                new_state[f"t:{k}"] = state[f"t:{k}"] + 1
             for key in keys:
-                feat_state[key] = up(k, new_state[key])
+                feat_state[key] = new_state[key] if key[0] == "t" else up(k, new_state[key])
         if phi is None:
             la, lb, lg = self.log_alpha, self.log_beta, self.log_gamma
             fparams = None
