@@ -88,6 +88,7 @@ def _perm(tensors, spec, perms):
     ("digits-cnn", "unf"), ("digits-cnn", "nfn"), ("python-rnn", "unf"),
     ("tiny", "nfn-ds"), ("tiny", "unf-ds"), ("digits-cnn", "unf-ds"), ("python-rnn", "unf-ds"),
     ("tiny", "nfn-ds+paper"), ("tiny", "deepsets+paper"), ("python-rnn", "unf-ds+paper"),
+    ("digits-cnn", "unf-ds+paper"),
 ])
 def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
     """``-ds``: the UNF paper's App. C.2 f (Deep Sets trunk, one NF/UNF layer at the end);
@@ -112,15 +113,15 @@ def test_update_is_equivariant_to_hidden_permutations(task_name, kind):
              for k, v in lopt.init_state(params).items()}
     state = {k: v.abs() if k.startswith("v:") else v for k, v in state.items()}
     state.update({k: torch.tensor([3.0, 17.0], dtype=torch.float64)
-                  for k in state if k.startswith("t:")})
-    assert any(k.startswith("t:") for k in state) == bool(paper)
+                  for k in state if k.startswith("step:")})
+    assert any(k.startswith("step:") for k in state) == bool(paper)
     spec, perms = _hidden_perm(template, n, seed=3)
     assert any(p.shape[1] > 1 for p in perms.values())
     new, _ = lopt.update(params, grads, state)
     pstate = {}
     for k, v in state.items():
         key = k.split(":", 1)[1]
-        pstate[k] = v if k.startswith("t:") else _perm({key: v}, spec, perms)[key]
+        pstate[k] = v if k.startswith("step:") else _perm({key: v}, spec, perms)[key]
     new_p, _ = lopt.update(_perm(params, spec, perms), _perm(grads, spec, perms), pstate)
     expect = _perm(new, spec, perms)
     for k in new:
@@ -377,12 +378,29 @@ def test_paper_features_are_19_channels_with_a_step_encoding():
     grads = {k: torch.ones_like(v) for k, v in params.items()}
     for _ in range(3):
         params, state = lopt.update(params, grads, state)
-    assert state["t:0.weight"].tolist() == [3.0, 3.0]
+    assert state["step:0.weight"].tolist() == [3.0, 3.0]
     feats = lopt.features(params, grads, state)["0.weight"]
-    torch.testing.assert_close(feats[:, 8:, 2, 1], lopt.time_encoding(state["t:0.weight"]))
+    torch.testing.assert_close(feats[:, 8:, 2, 1], lopt.time_encoding(state["step:0.weight"]))
+    # no second moments with the paper's features
+    assert not any(k.startswith("v:") for k in state)
     # older configs (no time features, with moments) keep their dict, so checkpoints match
-    assert "time_features" not in LOptConfig().to_dict()
+    assert LOptConfig().to_dict() == {
+        "f": "unf", "hidden": 32, "layers": 3, "symmetry": "np", "decays": [0.5, 0.9, 0.99],
+        "momentum": 0.9, "beta2": 0.999, "eps": 1e-8, "init_alpha": 0.03, "init_beta": 0.1,
+        "init_gamma": 1.0}
     assert LOptConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_step_counter_lives_on_the_parameters_device():
+    """The counter and its encoding follow the parameters' device (``meta`` stands in for
+    an accelerator here)."""
+    task = TinyMLPTask()
+    lopt = LOpt(LOptConfig.paper_features(f="deepsets", hidden=4), task.template()).to("meta")
+    params = {k: v.to("meta") for k, v in task.init([0, 1]).items()}
+    state = lopt.init_state(params)
+    assert state["step:0.weight"].device.type == "meta"
+    new, state = lopt.update(params, {k: torch.ones_like(v) for k, v in params.items()}, state)
+    assert all(v.device.type == "meta" for v in (*new.values(), *state.values()))
 
 
 def test_torch_optimizer_wrapper_keeps_the_step_counter():
@@ -395,7 +413,7 @@ def test_torch_optimizer_wrapper_keeps_the_step_counter():
     start = {k: v.clone() for k, v in model.state_dict().items()}
     opt = LearnedOptimizer(model.named_parameters(), lopt)
     _train(model, opt, 3)
-    assert {float(st["t"]) for st in opt.state.values()} == {3.0}
+    assert {float(st["step"]) for st in opt.state.values()} == {3.0}
     params = {k: v.unsqueeze(0) for k, v in start.items()}
     state = lopt.init_state(params)
     g = torch.Generator().manual_seed(0)
@@ -411,3 +429,23 @@ def test_torch_optimizer_wrapper_keeps_the_step_counter():
             params, state = lopt.update(params, grads, state)
     for k, v in model.state_dict().items():
         assert torch.allclose(v, params[k][0], atol=1e-12), k
+
+
+def test_step_counter_keeps_counting_for_bfloat16_models_and_across_state_dicts():
+    """bfloat16 counts exactly only to 256: the counter is float64, and torch keeps a
+    ``"step"`` entry's dtype when an optimizer state is loaded."""
+    task = TinyMLPTask()
+    torch.manual_seed(0)
+    lopt = LOpt(LOptConfig.paper_features(f="mlp", hidden=4), task.template()).bfloat16()
+    model = task.template().bfloat16()
+    opt = LearnedOptimizer(model.named_parameters(), lopt)
+    x, y = torch.randn(8, 6).bfloat16(), torch.randint(0, 3, (8,))
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+    steps = {(float(st["step"]), st["step"].dtype) for st in opt.state.values()}
+    assert steps == {(300.0, torch.float64)}
+    other = LearnedOptimizer(model.named_parameters(), lopt)
+    other.load_state_dict(opt.state_dict())
+    assert {st["step"].dtype for st in other.state.values()} == {torch.float64}

@@ -1,9 +1,9 @@
 """Learned optimizers on weight space: features, update rule, and a ``torch.optim`` wrapper.
 
 Update rule (the SGD-with-momentum-plus-learned-term form that the UNF paper, Zhou, Finn,
-Harrison, arXiv 2402.05232, Sec. 4 "learned optimizers", substitutes its functionals into; the
-paper's exact feature list was not available to us, so the list below is a documented, standard
-choice following Metz et al.'s per-parameter learned optimizers)::
+Harrison, arXiv 2402.05232, Sec. 4 "learned optimizers", Eq. 15, substitutes its functionals
+into; our default feature list follows Metz et al.'s per-parameter learned optimizers, and the
+paper's own list, App. C.2, is an option below)::
 
     m_d  <- d * m_d + g                    for every decay d in ``decays``   (torch SGD form)
     v    <- beta2 * v + (1 - beta2) * g^2
@@ -26,7 +26,10 @@ inputs (App. C.2) are ``theta``, ``g``, six momenta with decays 0.1, 0.5, 0.9, 0
 0.9999 and an 11-dimensional sinusoidal encoding of ``t``: 19 channels,
 :meth:`LOptConfig.paper_features` (its exact encoding is not given; the above is our choice).
 The paper initializes ``alpha = 0.1``, ``gamma = 0.9``, ``beta = 1e-3`` and meta-trains for
-50,000 steps.
+50,000 steps; ``paper_features`` keeps our initial scalars (pass ``init_alpha`` etc. for the
+paper's), because ``beta`` cannot grow from ``1e-3`` within a CPU-sized meta-training. An
+optimizer with ``time_features`` has only seen steps up to its meta-training horizon; run
+longer, it meets step encodings it never saw.
 
 Shapes: a population of ``P`` optimizees is ``{key: (P, *shape)}``; features are
 ``{key: (P, C, *shape)}``.
@@ -107,7 +110,10 @@ class LOptConfig:
         for d in (*self.decays, self.beta2):
             if not 0 <= d < 1:
                 raise LoptError(f"decays and beta2 must lie in [0, 1); got {d!r}")
-        if not isinstance(self.time_features, int) or self.time_features < 0:
+        if not isinstance(self.moments, bool):
+            raise LoptError(f"moments must be True or False; got {self.moments!r}")
+        if (not isinstance(self.time_features, int) or isinstance(self.time_features, bool)
+                or self.time_features < 0):
             raise LoptError(f"time_features must be a non-negative integer; got "
                             f"{self.time_features!r}")
         return self
@@ -176,30 +182,34 @@ class LOpt(nn.Module):
 
     # --- state --------------------------------------------------------------------------
     def init_state(self, params: Mapping[str, Tensor]) -> State:
-        """Zero momenta ``m{i}:{key}`` and second moments ``v:{key}``, shaped like params;
-        with ``time_features``, a step counter ``t:{key}`` ``(P,)`` (the step count of that
-        tensor, so a frozen tensor's clock stops too)."""
+        """Zero momenta ``m{i}:{key}`` and (with ``moments``) second moments ``v:{key}``,
+        shaped like params; with ``time_features``, a float64 step counter ``step:{key}``
+        ``(P,)`` (the step count of that tensor, so a frozen tensor's clock stops too)."""
         st: State = {}
         for k, p in params.items():
             z = torch.zeros_like(p.detach())
             for i in range(len(self.config.decays)):
                 st[f"m{i}:{k}"] = z.clone()
-            st[f"v:{k}"] = z.clone()
+            if self.config.moments:
+                st[f"v:{k}"] = z.clone()
             if self.config.time_features:
-                st[f"t:{k}"] = torch.zeros(p.shape[0], dtype=p.dtype)
+                # float64 whatever the parameters' dtype: bfloat16 would stop at 256
+                st[f"step:{k}"] = torch.zeros(p.shape[0], dtype=torch.float64,
+                                              device=p.device)
         return st
 
     def _state_keys(self, k: str) -> list[str]:
         c = self.config
-        return ([f"m{i}:{k}" for i in range(len(c.decays))] + [f"v:{k}"]
-                + ([f"t:{k}"] if c.time_features else []))
+        return ([f"m{i}:{k}" for i in range(len(c.decays))]
+                + ([f"v:{k}"] if c.moments else [])
+                + ([f"step:{k}"] if c.time_features else []))
 
     def time_encoding(self, t: Tensor) -> Tensor:
         """``(P,)`` step counts -> ``(P, T)`` sinusoids (see the module docstring)."""
         n = self.config.time_features
-        j = torch.arange(n, dtype=t.dtype)
-        w = torch.pow(torch.tensor(10000.0, dtype=t.dtype), -2 * torch.div(j, 2,
-                                                                         rounding_mode="floor") / n)
+        j = torch.arange(n, dtype=t.dtype, device=t.device)
+        w = torch.pow(torch.tensor(10000.0, dtype=t.dtype, device=t.device),
+                      -2 * torch.div(j, 2, rounding_mode="floor") / n)
         x = t.unsqueeze(-1) * w
         return torch.where(j % 2 == 0, torch.sin(x), torch.cos(x))
 
@@ -217,7 +227,7 @@ class LOpt(nn.Module):
                 chans += [sv, ms[self._mu] / (sv + c.eps)]
             x = torch.stack([_rms_normalize(x, c.eps) for x in chans], 1)
             if c.time_features:
-                enc = self.time_encoding(state[f"t:{k}"]).to(p.dtype)  # (P, T)
+                enc = self.time_encoding(state[f"step:{k}"]).to(p.dtype)  # (P, T)
                 enc = enc.view(*enc.shape, *([1] * (p.dim() - 1))).expand(
                     -1, -1, *p.shape[1:])
                 x = torch.cat([x, enc], 1)
@@ -287,16 +297,19 @@ class LOpt(nn.Module):
             if k not in has:
                 for key in keys:
                     new_state[key] = state[key]
-                    feat_state[key] = state[key] if key[0] == "t" else up(k, state[key])
+                    feat_state[key] = (state[key] if key.startswith("step:")
+                                       else up(k, state[key]))
                 continue
             g = grads[k]
             for i, d in enumerate(c.decays):
                 new_state[f"m{i}:{k}"] = d * state[f"m{i}:{k}"] + g
-            new_state[f"v:{k}"] = c.beta2 * state[f"v:{k}"] + (1 - c.beta2) * g * g
+            if c.moments:
+                new_state[f"v:{k}"] = c.beta2 * state[f"v:{k}"] + (1 - c.beta2) * g * g
             if c.time_features:
-                new_state[f"t:{k}"] = state[f"t:{k}"] + 1
+                new_state[f"step:{k}"] = state[f"step:{k}"] + 1
             for key in keys:
-                feat_state[key] = new_state[key] if key[0] == "t" else up(k, new_state[key])
+                feat_state[key] = (new_state[key] if key.startswith("step:")
+                                   else up(k, new_state[key]))
         if phi is None:
             la, lb, lg = self.log_alpha, self.log_beta, self.log_gamma
             fparams = None
@@ -350,8 +363,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ``step()`` reads ``p.grad`` and applies the update of :meth:`LOpt.update` to every
     parameter in place, as one optimizee (``P = 1``). As in ``torch.optim``, a parameter with
     ``p.grad is None`` (e.g. frozen, ``requires_grad=False``) is neither changed nor given
-    state; NFN/UNF still see it, with zero gradient features. The momenta and second moments
-    live in ``self.state[p]`` (``{"m0": ..., "v": ...}``), so ``state_dict()`` /
+    state; NFN/UNF still see it, with zero gradient features. The momenta, second moments and
+    (``time_features``) float64 step counter live in ``self.state[p]`` (``{"m0": ..., "v":
+    ..., "step": ...}``; torch keeps a ``"step"`` entry's dtype on load), so ``state_dict()`` /
     ``load_state_dict()`` save and restore them like any torch optimizer; the state dict also
     records the learned optimizer's config and a hash of its meta-parameters, and loading it
     into an optimizer around a different learned optimizer is refused. There is one parameter

