@@ -26,6 +26,9 @@ curves (Fig. 2): the minibatch loss averaged over all steps and over the last te
     python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 --layers 4 \
         --backbone deepsets --kinds mlp,deepsets,nfn,unf --objective log \
         --out runs/bench_lopt_paper
+    python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 --layers 4 \
+        --backbone deepsets --kinds mlp,deepsets,nfn,unf --features paper \
+        --out runs/bench_lopt_paper          # the paper's f and 19 input channels
     python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 \
         --kinds mlp,deepsets,nfn,unf
     python benchmarks/bench_lopt.py --meta-steps 1000 --meta-seeds 0,1,2 --layers 4 \
@@ -54,6 +57,9 @@ def main() -> None:
     ap.add_argument("--features", default="ours", choices=("ours", "paper"),
                     help="paper: the UNF paper's 19 input channels (six momenta, step "
                     "encoding; LOptConfig.paper_features)")
+    ap.add_argument("--paper-init", action="store_true",
+                    help="the UNF paper's initial scalars: alpha 0.1, gamma 0.9, beta 1e-3 "
+                    "(default: ours, alpha 0.03, gamma 1, beta 0.1)")
     ap.add_argument("--objective", default="mean",
                     help="mean | log | final: the meta-loss (see gensight.lopt.meta)")
     ap.add_argument("--meta-steps", type=int, default=300)
@@ -98,6 +104,7 @@ def main() -> None:
         trunk = "-ds" if backbone(kind) == "deepsets" else ""
         obj = f"-{args.objective}" if args.objective != "mean" else ""
         obj += "-pf" if args.features == "paper" else ""
+        obj += "-pi" if args.paper_init else ""
         return out / (f"{kind}-{args.estimator}{obj}{size}{trunk}"
                       + (f"-s{seed}" if seed else ""))
 
@@ -109,7 +116,10 @@ def main() -> None:
 
     def configs(kind: str, seed: int) -> tuple[LOptConfig, MetaConfig]:
         make = LOptConfig.paper_features if args.features == "paper" else LOptConfig
-        return (make(f=kind, hidden=args.hidden, layers=args.layers, backbone=backbone(kind)),
+        init = ({"init_alpha": 0.1, "init_gamma": 0.9, "init_beta": 1e-3} if args.paper_init
+                else {})
+        return (make(f=kind, hidden=args.hidden, layers=args.layers, backbone=backbone(kind),
+                     **init),
                 MetaConfig(task=args.train_task, estimator=args.estimator,
                            population=args.population, unroll=args.unroll,
                            horizon=args.horizon, meta_steps=args.meta_steps,
@@ -186,7 +196,9 @@ def main() -> None:
     page = write_report(results, out / "report.html",
                         title="gensight learned optimizers: benchmark",
                         notes=[f"meta-training: {args.estimator}, objective {args.objective}, "
-                               f"features {args.features}, "
+                               f"features {args.features}"
+                               + (" (paper's initial scalars)" if args.paper_init else "")
+                               + ", "
                                f"{args.meta_steps} meta-steps "
                                f"x {args.unroll} inner steps x {args.population} inner runs "
                                f"on {args.train_task}, horizon {args.horizon}, meta-seeds "
