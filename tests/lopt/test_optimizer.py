@@ -208,6 +208,25 @@ def _train(model, opt, steps, seed=0):
         opt.step()
 
 
+def _functional_steps(task, lopt, start, steps, seed=0):
+    """``steps`` updates of :meth:`LOpt.update` (``P = 1``) from the state dict ``start``, on
+    the minibatches :func:`_train` draws with ``seed``; returns the stacked parameters."""
+    params = {k: v.unsqueeze(0) for k, v in start.items()}
+    state = lopt.init_state(params)
+    g = torch.Generator().manual_seed(seed)
+    ref = task.template().double()
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (16,), generator=g)
+        ref.load_state_dict({k: v[0] for k, v in params.items()})
+        ref.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        grads = {k: p.grad.unsqueeze(0) for k, p in ref.named_parameters()}
+        with torch.no_grad():
+            params, state = lopt.update(params, grads, state)
+    return params
+
+
 def test_torch_optimizer_wrapper_matches_functional_update_and_restores_state():
     task = TinyMLPTask()
     torch.manual_seed(0)
@@ -217,20 +236,7 @@ def test_torch_optimizer_wrapper_matches_functional_update_and_restores_state():
     model = task.template().double()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     _train(model, LearnedOptimizer(model.named_parameters(), lopt), 4)
-    # the same 4 steps through the batched functional form (P = 1)
-    params = {k: v.unsqueeze(0) for k, v in start.items()}
-    state = lopt.init_state(params)
-    g = torch.Generator().manual_seed(0)
-    ref = task.template().double()
-    for _ in range(4):
-        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
-        y = torch.randint(0, 3, (16,), generator=g)
-        ref.load_state_dict({k: v[0] for k, v in params.items()})
-        ref.zero_grad()
-        nn.functional.cross_entropy(ref(x), y).backward()
-        grads = {k: p.grad.unsqueeze(0) for k, p in ref.named_parameters()}
-        with torch.no_grad():
-            params, state = lopt.update(params, grads, state)
+    params = _functional_steps(task, lopt, start, 4)  # the same 4 steps, batched form
     for k, v in model.state_dict().items():
         assert torch.allclose(v, params[k][0], atol=1e-12), k
     # state_dict round trip: 2 steps + save/load + 2 steps == 4 steps
@@ -414,19 +420,7 @@ def test_torch_optimizer_wrapper_keeps_the_step_counter():
     opt = LearnedOptimizer(model.named_parameters(), lopt)
     _train(model, opt, 3)
     assert {float(st["step"]) for st in opt.state.values()} == {3.0}
-    params = {k: v.unsqueeze(0) for k, v in start.items()}
-    state = lopt.init_state(params)
-    g = torch.Generator().manual_seed(0)
-    ref = task.template().double()
-    for _ in range(3):
-        x = torch.randn(16, 6, generator=g, dtype=torch.float64)
-        y = torch.randint(0, 3, (16,), generator=g)
-        ref.load_state_dict({k: v[0] for k, v in params.items()})
-        ref.zero_grad()
-        nn.functional.cross_entropy(ref(x), y).backward()
-        grads = {k: p.grad.unsqueeze(0) for k, p in ref.named_parameters()}
-        with torch.no_grad():
-            params, state = lopt.update(params, grads, state)
+    params = _functional_steps(task, lopt, start, 3)
     for k, v in model.state_dict().items():
         assert torch.allclose(v, params[k][0], atol=1e-12), k
 
