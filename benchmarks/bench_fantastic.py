@@ -4,6 +4,7 @@ grid, the generalization *gap* as the target.
 
     python benchmarks/bench_fantastic.py build   [--root runs/fantastic]   # the zoos
     python benchmarks/bench_fantastic.py measure [--root runs/fantastic]   # every measure
+    python benchmarks/bench_fantastic.py predict [--root runs/fantastic]   # predictors
     python benchmarks/bench_fantastic.py score   [--root runs/fantastic]   # tau, Psi, CMI
 
 The zoo: MNIST-5k MLPs, 7 hyperparameters with 2 values each on a full grid (the paper's
@@ -20,6 +21,11 @@ measure, Kendall's tau with the gap over all networks, the granulated tau Psi (a
 1912.02178, Eq. 4-5) and the conditional mutual information (PGDL's, the minimum over pairs
 of hyperparameters), over the converged networks' complete grid cells, next to the paper's
 numbers where we have them.
+
+``predict`` scores the weight-based predictors on the same target: within each zoo, each is
+fitted on the networks of one seed and predicts the gap of the other seed's (two folds,
+so every network gets an out-of-fold prediction; ``--methods``), and ``score`` ranks those
+predictions (``predict:NAME``) next to the measures.
 """
 
 from __future__ import annotations
@@ -94,6 +100,33 @@ def measure(args) -> None:
             print(f"  {name}: n/a: {why}")
 
 
+PREDICTORS = "statnn,statnn-paper,nfn-np,nfn-hnp,nfn-np-paper,nfn-hnp-paper"
+
+
+def predict(args) -> None:
+    from gensight.predict import ZooSplit, make_predictors
+    from gensight.zoo import Zoo
+
+    methods = args.methods.split(",")
+    for (d, w), path in zoo_dirs(args.root).items():
+        zoo = Zoo.open(path)
+        rows = zoo.table.query("is_final and finite")
+        parts = []
+        for fold in sorted(rows["seed_index"].unique()):
+            train = ZooSplit(zoo, rows[rows["seed_index"] != fold], "gen_gap")
+            test = ZooSplit(zoo, rows[rows["seed_index"] == fold], "gen_gap")
+            for predictor in make_predictors(methods, zoo, rows, seed=0):
+                t = time.perf_counter()
+                predictor.fit(train)
+                parts.append(pd.DataFrame({"member_id": test.rows["member_id"].to_numpy(),
+                                           "method": f"predict:{predictor.name}",
+                                           "value": predictor.predict(test)}))
+                print(f"depth {d} width {w} fold {fold}: {predictor.name} "
+                      f"[{time.perf_counter() - t:.0f} s]", flush=True)
+        table = pd.concat(parts).pivot(index="member_id", columns="method", values="value")
+        table.reset_index().to_parquet(path / "predictions.parquet")
+
+
 def joined(root: Path, examples: int) -> pd.DataFrame:
     from gensight.zoo import Zoo
 
@@ -104,6 +137,9 @@ def joined(root: Path, examples: int) -> pd.DataFrame:
         m = path / f"measures-{examples}.parquet"
         if m.exists():
             rows = rows.merge(pd.read_parquet(m), on="member_id", how="left")
+        if (path / "predictions.parquet").exists():
+            rows = rows.merge(pd.read_parquet(path / "predictions.parquet"), on="member_id",
+                              how="left")
         parts.append(rows)
     return pd.concat(parts, ignore_index=True)
 
@@ -141,7 +177,8 @@ def score(args) -> None:
             final[name] = final[name].fillna(final[name].max())
     axes = [a for a in AXES if final[a].nunique() > 1]
     rows = []
-    measures = [m for m in MEASURES if m in final.columns] + ["train_loss"]
+    measures = [m for m in MEASURES if m in final.columns] + ["train_loss"] + \
+        sorted(c for c in final.columns if c.startswith("predict:"))
     for name in measures:
         sub = final.dropna(subset=[name])
         row = {"measure": name, "n": len(sub)}
@@ -168,16 +205,18 @@ def score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["build", "measure", "score"])
+    parser.add_argument("step", choices=["build", "measure", "predict", "score"])
     parser.add_argument("--root", type=Path, default=Path("runs/fantastic"))
     parser.add_argument("--cap", type=int, default=100, help="max epochs (default 100)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--measures", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--methods", default=PREDICTORS,
+                        help=f"predictors of the predict step (default {PREDICTORS})")
     parser.add_argument("--converged-only", action="store_true",
                         help="score only configurations whose seeds all converged")
     args = parser.parse_args()
-    {"build": build, "measure": measure, "score": score}[args.step](args)
+    {"build": build, "measure": measure, "predict": predict, "score": score}[args.step](args)
 
 
 if __name__ == "__main__":

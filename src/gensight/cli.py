@@ -555,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the held-out networks: Kendall's tau, granulated tau, CMI (PGDL), R^2, MAE, time.")
     pre.add_argument("zoo", help="zoo directory")
     pre.add_argument("--methods", default=None,
-                     help="comma-separated: statnn, statnn-mlp, nfn-hnp, nfn-np, nft, "
+                     help="comma-separated: statnn, statnn-mlp, statnn-paper, nfn-hnp, "
+                     "nfn-np, nfn-hnp-paper, nfn-np-paper (the NFN paper's own recipe), nft, "
                      "nft-np, unf, unf-np, deepsets, margin-signature, measure:NAME "
                      "(default: statnn,nfn-hnp,nfn-np,measure:log.prod.of.spec; on a GRU or "
                      "residual-CNN zoo: statnn,unf,unf-np,deepsets)")

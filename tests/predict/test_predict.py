@@ -9,6 +9,7 @@ from gensight.predict import (
     NFNPredictor,
     NFTPredictor,
     PredictError,
+    StatNetPredictor,
     StatNN,
     ZooSplit,
     evaluate_predictors,
@@ -16,6 +17,7 @@ from gensight.predict import (
     split_zoo,
     statnn_features,
 )
+from gensight.predict.predictors import StatFeatures, _val_tau
 from gensight.weightspace import permute, random_permutation
 
 
@@ -64,6 +66,94 @@ def test_nfn_learns_on_the_zoo(grid_zoo):
                          lr=3e-3, seed=0).fit(train)
     # the validation BCE falls below its value after the first epoch
     assert min(model.history_) < model.history_[0]
+
+
+def test_paper_recipe_is_the_papers_configuration(grid_zoo):
+    from gensight.nf import HNPLinear, HNPPool, NPLinear
+
+    for symmetry, layer in (("hnp", HNPLinear), ("np", NPLinear)):
+        p = make_predictor(f"nfn-{symmetry}-paper")
+        assert p.name == f"nfn-{symmetry}-paper"
+        assert (p.channels, p.head_hidden, p.batch_size, p.lr, p.epochs) == \
+            ((16, 16, 5), (1000, 1000), 8, 1e-3, 50)
+        assert (p.select, p.patience, p.augment, p.val_fraction) == ("tau", None, False, 0.2)
+        model = p._make_model(grid_zoo.space)
+        layers = [m for m in model.encoder if isinstance(m, layer)]
+        assert [m.out_channels for m in layers] == [16, 16, 5]
+        assert isinstance(model.pool, HNPPool)               # both pool with HNP
+        widths = [(m.in_features, m.out_features) for m in model.head
+                  if isinstance(m, torch.nn.Linear)]
+        assert [w[1] for w in widths] == [1000, 1000, 1]
+        # the authors' NP model: IO-encoding in every layer, per-position standardization
+        assert [getattr(m, "io_embed", False) for m in layers] == [symmetry == "np"] * 3
+        assert p.scale == (False if symmetry == "hnp" else "position")
+    # HNP: no rescaling of the inputs, the batch goes in as it is
+    batch = grid_zoo.weights(grid_zoo.table.query("is_final").head(2))
+    assert make_predictor("nfn-hnp-paper")._scaled(batch) is batch
+
+
+def test_position_scaling_standardizes_every_entry_over_the_training_networks(grid_zoo):
+    train, test = split_zoo(grid_zoo)
+    p = NFNPredictor("np", channels=(4,), epochs=1, scale="position", seed=0).fit(train)
+    w = train.weights.weights[0]
+    scaled = p._scaled(train.weights)
+    np.testing.assert_allclose(scaled.weights[0], (w - w.mean(0)) / w.std(0, correction=0),
+                               rtol=1e-5, atol=1e-5)
+    for t in (*scaled.weights, *scaled.biases):   # mean 0, std 1 (or the entry is constant)
+        np.testing.assert_allclose(t.mean(0), 0, atol=1e-5)
+        std = t.std(0, correction=0)
+        assert torch.all((std - 1).abs() < 1e-4) or torch.all(std < 1e-4)
+    # test networks use the training networks' statistics
+    np.testing.assert_allclose(p._scaled(test.weights).weights[0],
+                               (test.weights.weights[0] - w.mean(0)) / w.std(0, correction=0),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(PredictError, match="scale must be"):
+        NFNPredictor(scale="layer")
+
+
+def test_select_tau_keeps_the_epoch_with_the_best_validation_tau(grid_zoo):
+    from gensight.metrics import kendall_tau
+
+    train, _ = split_zoo(grid_zoo)
+    model = NFNPredictor("hnp", channels=(4, 4), epochs=8, patience=None, val_fraction=0.5,
+                         lr=3e-2, seed=3, select="tau", scale=False).fit(train)
+    assert len(model.history_) == 8                     # no early stop with patience=None
+    taus = [-h for h in model.history_]
+    assert model.best_epoch_ == int(np.argmax(taus)) + 1
+    # the validation networks are the first half of the seeded order; the kept weights
+    # score the best epoch's tau on them
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))
+    n_val = int(round(len(train) * 0.5))
+    val = ZooSplit(grid_zoo, train.rows.iloc[order[:n_val].numpy()])
+    assert kendall_tau(model.predict(val), val.y) == pytest.approx(max(taus), abs=1e-6)
+    with pytest.raises(PredictError, match="select must be"):
+        NFNPredictor(select="r2")
+    assert _val_tau(torch.ones(4), torch.arange(4.0)) == 0.0    # constant predictions
+    # tau on fewer than 3 validation networks means nothing: refused before training
+    small = ZooSplit(grid_zoo, train.rows.head(6))
+    with pytest.raises(PredictError, match="at least 3 validation networks"):
+        NFNPredictor(select="tau", val_fraction=0.2).fit(small)
+
+
+def test_statnet_predictor_is_the_papers_statnn(grid_zoo):
+    train, test = split_zoo(grid_zoo)
+    batch = test.weights
+    np.testing.assert_allclose(StatFeatures()(batch).double().numpy(), statnn_features(batch),
+                               rtol=1e-5, atol=1e-6)
+    p = make_predictor("statnn-paper")
+    assert isinstance(p, StatNetPredictor) and p.name == "statnn-paper"
+    features, head = p._make_model(grid_zoo.space)
+    widths = [(m.in_features, m.out_features) for m in head if isinstance(m, torch.nn.Linear)]
+    assert widths == [(7 * 4, 1000), (1000, 1000), (1000, 1)]     # 2 layers: 4 tensors
+    p.epochs, p.val_fraction = 2, 0.5     # 8 training networks: 4 to validate on
+    p.fit(train)
+    before = p.predict(test)
+    perm = random_permutation(batch.space, "hnp", batch_size=len(test),
+                              generator=torch.Generator().manual_seed(2))
+    permuted = ZooSplit(test.zoo, test.rows)
+    permuted.weights = permute(batch, perm)
+    np.testing.assert_allclose(before, p.predict(permuted), atol=1e-6)
+    assert not np.allclose(before, before[0])
 
 
 @pytest.mark.parametrize("symmetry", ["hnp", "np"])

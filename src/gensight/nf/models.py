@@ -57,7 +57,11 @@ class InvariantNFN(_Invariant):
         in_channels: channels of the input batch (1 for raw weights).
         out_features: width of the output.
         head_hidden: hidden widths of the MLP head.
-        io_embed: NP only: input/output position encodings in the first layer.
+        io_embed: NP only: learned input/output position encodings in the first NF-Layer
+            (``True`` or ``"first"``) or in every NF-Layer (``"all"``, the configuration of
+            the authors' NP generalization predictor).
+        pool: ``"hnp"`` or ``"np"`` invariant pool (default: the one of ``symmetry``; the
+            authors' NP generalization predictor pools with HNP, which IO-encoding allows).
         norm: insert :class:`WeightSpaceNorm` after each NF-Layer.
         dropout: dropout in the head.
 
@@ -83,15 +87,22 @@ class InvariantNFN(_Invariant):
         head_hidden: Sequence[int] = (256,),
         agg: str = "mean",
         activation: type[nn.Module] = nn.ReLU,
-        io_embed: bool = False,
+        io_embed: bool | str = False,
         norm: bool = False,
         dropout: float = 0.0,
+        pool: str | None = None,
     ):
         super().__init__()
         if symmetry not in ("hnp", "np"):
             raise GensightError(f"unknown symmetry {symmetry!r}; expected 'hnp' or 'np'")
+        if io_embed not in (False, True, "first", "all"):
+            raise GensightError(f"io_embed must be False, True, 'first' or 'all', got "
+                                f"{io_embed!r}")
         if io_embed and symmetry != "np":
             raise GensightError("io_embed applies to symmetry='np' only")
+        pool = symmetry if pool is None else pool
+        if pool not in ("hnp", "np"):
+            raise GensightError(f"unknown pool {pool!r}; expected 'hnp' or 'np'")
         if not channels:
             raise GensightError("InvariantNFN needs at least one NF-Layer (channels is empty)")
         self.space = space
@@ -102,13 +113,14 @@ class InvariantNFN(_Invariant):
             if symmetry == "hnp":
                 blocks.append(HNPLinear(space, c_prev, c))
             else:
-                blocks.append(NPLinear(space, c_prev, c, io_embed=io_embed and k == 0))
+                embed = io_embed == "all" or (bool(io_embed) and k == 0)
+                blocks.append(NPLinear(space, c_prev, c, io_embed=embed))
             if norm:
                 blocks.append(WeightSpaceNorm(space, c))
             blocks.append(Elementwise(activation()))
             c_prev = c
         self.encoder = nn.Sequential(*blocks)
-        self.pool = HNPPool(space, agg) if symmetry == "hnp" else NPPool(space, agg)
+        self.pool = HNPPool(space, agg) if pool == "hnp" else NPPool(space, agg)
         self.head = mlp_head(self.pool.out_features(c_prev), head_hidden, out_features,
                              activation, dropout)
 

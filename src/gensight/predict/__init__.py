@@ -4,10 +4,12 @@ Every predictor has ``fit(split)`` and ``predict(split) -> numpy array`` of pred
 accuracy, where ``split`` is a :class:`ZooSplit` (a zoo and a subset of its table's rows):
 
 - :class:`StatNN` (arXiv 2002.11448): per-layer weight/bias statistics -> gradient boosting
-  (``regressor="gbt"``) or an MLP head (``"mlp"``).
+  (``regressor="gbt"``) or an MLP head (``"mlp"``); :class:`StatNetPredictor`: the same
+  statistics -> the NFN paper's StatNN MLP, trained as its NFN.
 - :class:`NFNPredictor`: an HNP or NP :class:`~gensight.nf.InvariantNFN` trained with the
   recipe of arXiv 2302.14040 (BCE on accuracy in [0, 1], Adam), early stopping on a validation
-  part of the training split, optional permutation augmentation.
+  part of the training split, optional permutation augmentation; ``NFNPredictor.paper()`` is
+  the paper's own setting (App. D.1: widths, head, batch 8, 50 epochs, best validation tau).
 - :class:`NFTPredictor`: the same recipe with an :class:`~gensight.nf.InvariantNFT`
   (weight-space attention, arXiv 2305.13546).
 - :class:`UNFPredictor`, :class:`DeepSetsPredictor`: the same recipe with an
@@ -30,6 +32,7 @@ from gensight.predict.predictors import (
     NFTPredictor,
     PredictError,
     Predictor,
+    StatNetPredictor,
     StatNN,
     UNFPredictor,
     ZooSplit,
@@ -43,7 +46,8 @@ from gensight.predict.scoring import evaluate_predictors, score_predictions
 
 __all__ = [
     "DeepSetsPredictor", "MarginSignature", "MeasurePredictor", "NFNPredictor",
-    "NFTPredictor", "PredictError", "Predictor", "StatNN", "UNFPredictor", "ZooSplit",
+    "NFTPredictor", "PredictError", "Predictor", "StatNetPredictor", "StatNN",
+    "UNFPredictor", "ZooSplit",
     "check_target", "evaluate_predictors", "make_predictor", "make_predictors",
     "score_predictions", "split_zoo", "statnn_features",
 ]

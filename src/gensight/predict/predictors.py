@@ -231,14 +231,26 @@ QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 def statnn_features(batch: WeightBatch | ParamBatch) -> np.ndarray:
     """StatNN features (arXiv 2002.11448, Sec. 4): for every weight and bias tensor, its mean,
     variance and the 0/25/50/75/100% quantiles; ``(networks, 7 * tensors)``."""
+    return _stat_tensor(batch, torch.float64).numpy()
+
+
+def _stat_tensor(batch: WeightBatch | ParamBatch, dtype: torch.dtype) -> torch.Tensor:
     feats = []
     tensors = batch.tensors() if isinstance(batch, ParamBatch) else \
         [*batch.weights, *(b for b in batch.biases if b is not None)]
     for t in tensors:
-        flat = t.detach().double().flatten(1)
+        flat = t.detach().to(dtype).flatten(1)
         q = torch.quantile(flat, torch.tensor(QUANTILES, dtype=flat.dtype), dim=1).T
         feats.append(torch.cat([flat.mean(1, keepdim=True), flat.var(1, keepdim=True), q], 1))
-    return torch.cat(feats, 1).numpy()
+    return torch.cat(feats, 1)
+
+
+class StatFeatures(nn.Module):
+    """:func:`statnn_features` as a module: ``WeightBatch``/``ParamBatch`` (B networks) ->
+    ``(B, 7 * tensors)`` float32 (invariant to every neuron permutation)."""
+
+    def forward(self, batch: WeightBatch | ParamBatch) -> torch.Tensor:
+        return _stat_tensor(batch, torch.float32)
 
 
 MLP_VALIDATION_FRACTION = 0.1
@@ -308,30 +320,102 @@ class StatNN(Predictor):
 class NFNPredictor(Predictor):
     """An invariant NFN (``symmetry="hnp"`` or ``"np"``) predicting test accuracy.
 
-    Recipe of arXiv 2302.14040 (Sec. 5.2): sigmoid output trained with binary cross-entropy on
-    accuracy in [0, 1], Adam; here with early stopping on a ``val_fraction`` of the training
-    split (the best epoch's weights are kept). Each weight/bias tensor is divided by its
-    standard deviation over the training networks (a scalar per tensor, so equivariance is
-    kept). ``augment=True`` applies a fresh random hidden-neuron permutation to every batch.
+    Recipe of arXiv 2302.14040 (Sec. 3.1): sigmoid output trained with binary cross-entropy on
+    accuracy in [0, 1], Adam. The default is our own setting of it: early stopping on a
+    ``val_fraction`` of the training split by validation BCE (the best epoch's weights are
+    kept), a one-layer head of 256, and each weight/bias tensor divided by its standard
+    deviation over the training networks (``scale``; a scalar per tensor, so equivariance is
+    kept). :meth:`paper` gives the paper's own setting (App. D.1, Table 12).
+    ``augment=True`` applies a fresh random hidden-neuron permutation to every batch (a
+    no-op up to the random stream for a model that is exactly invariant to them).
+
+    ``scale``: ``True`` (or ``"tensor"``) divides each tensor by one standard deviation;
+    ``"position"`` standardizes every entry by its own mean and standard deviation over the
+    training networks (the authors' ``normalize`` option; it is not permutation invariant,
+    as neurons are not aligned across networks); ``False`` leaves the weights as they are.
+    ``select``: the epoch whose weights are kept, by the lowest validation BCE (``"loss"``)
+    or the highest validation Kendall tau (``"tau"``, the paper's model selection; needs at
+    least 3 validation networks). ``patience``: epochs without improvement before stopping
+    (``None``: run all epochs). ``model_kwargs`` go to the model (e.g.
+    :class:`~gensight.nf.InvariantNFN`'s ``io_embed`` and ``pool``).
+
+    Fitted state: ``model_``; ``history_`` (per epoch: the validation BCE, or minus the
+    validation tau with ``select="tau"``; lower is better) and ``best_epoch_`` (1-based).
     """
 
     def __init__(self, symmetry: str = "hnp", channels=(16, 16, 16), epochs: int = 60,
-                 batch_size: int = 32, lr: float = 1e-3, patience: int = 10,
+                 batch_size: int = 32, lr: float = 1e-3, patience: int | None = 10,
                  val_fraction: float = 0.15, augment: bool = False, seed: int = 0,
-                 verbose: bool = False):
+                 verbose: bool = False, *, head_hidden=(256,), scale: bool | str = True,
+                 select: str = "loss", model_kwargs: dict | None = None):
         if symmetry not in ("hnp", "np"):
             raise PredictError(f"symmetry must be 'hnp' or 'np', got {symmetry!r}")
+        if select not in ("loss", "tau"):
+            raise PredictError(f"select must be 'loss' or 'tau', got {select!r}")
+        if scale not in (True, False, "tensor", "position"):
+            raise PredictError(f"scale must be True, False, 'tensor' or 'position', got "
+                               f"{scale!r}")
+        self.model_kwargs = dict(model_kwargs or {})
         self.symmetry, self.channels, self.epochs = symmetry, tuple(channels), epochs
         self.batch_size, self.lr, self.patience = batch_size, lr, patience
         self.val_fraction, self.augment, self.seed = val_fraction, augment, seed
-        self.verbose = verbose
+        self.verbose, self.head_hidden, self.scale = verbose, tuple(head_hidden), scale
+        self.select = select
         self.name = f"nfn-{symmetry}"
+
+    @classmethod
+    def paper(cls, symmetry: str = "hnp", *, epochs: int = 50, seed: int = 0,
+              verbose: bool = False) -> NFNPredictor:
+        """The generalization predictor of arXiv 2302.14040 as its App. D.1 and Table 12
+        define it, with the details of the authors' configuration files: NF-Layers of 16, 16
+        and 5 channels with ReLU, mean pooling, a head ``Linear -> 1000 -> ReLU -> 1000 ->
+        ReLU -> 1``, sigmoid and binary cross-entropy, Adam at 1e-3, batch size 8, 50 epochs,
+        and the epoch with the best validation tau kept (no early stop); the validation
+        split is a fifth of the training networks, and nothing is augmented.
+        ``symmetry="hnp"``: HNP layers and pool, weights not rescaled. ``"np"``: NP layers
+        with learned IO-encoding in every layer, the HNP pool, and every weight standardized
+        by its position's mean and standard deviation (``scale="position"``). Named
+        ``nfn-hnp-paper`` / ``nfn-np-paper``."""
+        np_ = symmetry == "np"
+        model = cls(symmetry, channels=(16, 16, 5), epochs=epochs, batch_size=8, lr=1e-3,
+                    patience=None, val_fraction=0.2, seed=seed, verbose=verbose,
+                    head_hidden=(1000, 1000), scale="position" if np_ else False,
+                    select="tau",
+                    model_kwargs={"io_embed": "all", "pool": "hnp"} if np_ else None)
+        model.name = f"nfn-{symmetry}-paper"
+        return model
 
     # Whether the model takes any ParamSpace (GRUs, residual CNNs): UNF and Deep Sets do; the
     # NF-Layers and NFT need an MLP/CNN WeightSpace.
     any_space = False
 
+    def _scale_fit(self, batch: WeightBatch | ParamBatch) -> None:
+        """Per-tensor (or per-entry) scales from the training networks."""
+        tensors = batch.tensors() if isinstance(batch, ParamBatch) else \
+            [*batch.weights, *batch.biases]
+        if self.scale == "position":
+            self.mean_ = [t.mean(0) for t in tensors]
+            std = [t.std(0, correction=0) for t in tensors]
+            self.std_ = [torch.where(v < 1e-5, torch.ones_like(v), v) for v in std]
+        elif isinstance(batch, ParamBatch):
+            self.w_scale_ = [t.std().clamp_min(1e-8) for t in tensors]
+            self.b_scale_ = []
+        else:
+            self.w_scale_ = [w.std().clamp_min(1e-8) for w in batch.weights]
+            self.b_scale_ = [None if b is None else b.std().clamp_min(1e-8)
+                             for b in batch.biases]
+
     def _scaled(self, batch: WeightBatch | ParamBatch) -> WeightBatch | ParamBatch:
+        if not self.scale:
+            return batch
+        if self.scale == "position":
+            norm = [(t - m) / s for t, m, s in zip(
+                batch.tensors() if isinstance(batch, ParamBatch) else
+                [*batch.weights, *batch.biases], self.mean_, self.std_, strict=True)]
+            if isinstance(batch, ParamBatch):
+                return ParamBatch(batch.space, dict(zip(batch.params, norm, strict=True)))
+            n = len(batch.weights)
+            return WeightBatch(batch.space, norm[:n], norm[n:], check_finite=False)
         if isinstance(batch, ParamBatch):
             return ParamBatch(batch.space, {k: t / s for (k, t), s in
                                             zip(batch.params.items(), self.w_scale_,
@@ -352,6 +436,12 @@ class NFNPredictor(Predictor):
             raise PredictError(f"{self.name} needs at least 2 training networks (one to train "
                                f"on, one to stop early on); the training split has "
                                f"{len(split)}")
+        n_val = max(1, int(round(len(split) * self.val_fraction)))
+        if self.select == "tau" and n_val < 3:
+            raise PredictError(f"{self.name} keeps the epoch with the best validation tau, "
+                               f"which needs at least 3 validation networks; "
+                               f"{self.val_fraction:.0%} of the {len(split)} training "
+                               f"networks is {n_val}: use a larger training split")
         y = split.y
         if y.min() < 0 or y.max() > 1:
             raise PredictError(f"{self.name} predicts values in [0, 1] (a sigmoid trained "
@@ -362,7 +452,8 @@ class NFNPredictor(Predictor):
     def _make_model(self, space) -> nn.Module:
         from gensight.nf import InvariantNFN
 
-        return InvariantNFN(space, symmetry=self.symmetry, channels=self.channels)
+        return InvariantNFN(space, symmetry=self.symmetry, channels=self.channels,
+                            head_hidden=self.head_hidden, **self.model_kwargs)
 
     def fit(self, split: ZooSplit) -> NFNPredictor:
         from gensight.weightspace import permute, random_permutation
@@ -372,13 +463,8 @@ class NFNPredictor(Predictor):
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         batch = split.weights
-        if isinstance(batch, ParamBatch):
-            self.w_scale_ = [t.std().clamp_min(1e-8) for t in batch.tensors()]
-            self.b_scale_ = []
-        else:
-            self.w_scale_ = [w.std().clamp_min(1e-8) for w in batch.weights]
-            self.b_scale_ = [None if b is None else b.std().clamp_min(1e-8)
-                             for b in batch.biases]
+        if self.scale:
+            self._scale_fit(batch)
         batch = self._scaled(batch)
         y = torch.tensor(split.y, dtype=torch.float32)
         n = len(y)
@@ -411,15 +497,22 @@ class NFNPredictor(Predictor):
                 opt.step()
             model.eval()
             with torch.no_grad():
-                val = float(loss_fn(model(batch[val_idx]).squeeze(-1), y[val_idx]))
+                logits = torch.cat([model(batch[val_idx[i:i + 256]]).squeeze(-1)
+                                    for i in range(0, len(val_idx), 256)])
+            if self.select == "tau":
+                val = -_val_tau(logits, y[val_idx])
+            else:
+                val = float(loss_fn(logits, y[val_idx]))
             self.history_.append(val)
             if self.verbose:
-                print(f"{self.name} epoch {epoch + 1}: val BCE {val:.4f}")
+                what = f"val tau {-val:.4f}" if self.select == "tau" else f"val BCE {val:.4f}"
+                print(f"{self.name} epoch {epoch + 1}: {what}")
             if best_state is None or val < best - 1e-5:
                 best, best_state, bad = val, copy.deepcopy(model.state_dict()), 0
+                self.best_epoch_ = epoch + 1
             else:
                 bad += 1
-                if bad >= self.patience:
+                if self.patience is not None and bad >= self.patience:
                     break
         model.load_state_dict(best_state)
         self.model_ = model.eval()
@@ -433,6 +526,18 @@ class NFNPredictor(Predictor):
             for start in range(0, len(batch), 256):
                 out.append(torch.sigmoid(self.model_(batch[start:start + 256]).squeeze(-1)))
         return torch.cat(out).numpy().astype(np.float64)
+
+
+def _val_tau(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Kendall's tau-b of validation predictions (distinct pairs, as ``scipy.stats``); 0 when
+    undefined (constant predictions), so a collapsed model scores as no ranking at all."""
+    from gensight.metrics import MetricError, kendall_tau
+
+    try:
+        tau = kendall_tau(pred.double().numpy(), y.double().numpy())
+    except MetricError:
+        return 0.0
+    return 0.0 if not np.isfinite(tau) else float(tau)
 
 
 class NFTPredictor(NFNPredictor):
@@ -500,6 +605,30 @@ class DeepSetsPredictor(NFNPredictor):
         from gensight.nf import InvariantDeepSets
 
         return InvariantDeepSets(space, channels=self.channels)
+
+
+class StatNetPredictor(NFNPredictor):
+    """StatNN as the NFN paper runs it (arXiv 2302.14040, Table 2; the authors' ``StatNet``):
+    the 7 statistics of every weight and bias tensor (:class:`StatFeatures`, unscaled) ->
+    ``Linear -> 1000 -> ReLU -> 1000 -> ReLU -> 1`` -> sigmoid, trained exactly as
+    :meth:`NFNPredictor.paper` (BCE, Adam 1e-3, batch 8, 50 epochs, best validation tau).
+    Named ``statnn-paper``; ``statnn`` is gradient boosting on the same statistics, the best
+    regressor of arXiv 2002.11448."""
+
+    any_space = True
+
+    def __init__(self, *, epochs: int = 50, seed: int = 0, verbose: bool = False):
+        super().__init__("hnp", (), epochs, 8, 1e-3, None, 0.2, False, seed, verbose,
+                         head_hidden=(1000, 1000), scale=False, select="tau")
+        self.name = "statnn-paper"
+
+    def _make_model(self, space) -> nn.Module:
+        from gensight.nf.models import mlp_head
+
+        # a WeightBatch carries every layer's bias (zeros for a layer without one)
+        n_tensors = len(space.shape_dict) if isinstance(space, ParamSpace) else \
+            2 * space.n_layers
+        return nn.Sequential(StatFeatures(), mlp_head(7 * n_tensors, self.head_hidden, 1))
 
 
 # ------------------------------------------------------------------------ measure based
@@ -630,8 +759,8 @@ class MarginSignature(Predictor):
         return np.clip(pred, 0, 1) if self.clip_ else pred
 
 
-METHOD_HELP = ("statnn, statnn-mlp, nfn-hnp, nfn-np, nft, nft-np, unf, unf-np, deepsets, "
-               "margin-signature, "
+METHOD_HELP = ("statnn, statnn-mlp, statnn-paper, nfn-hnp, nfn-np, nfn-hnp-paper, nfn-np-paper, "
+               "nft, nft-np, unf, unf-np, deepsets, margin-signature, "
                "measure:NAME (any registered measure)")
 
 
@@ -654,13 +783,18 @@ def make_predictors(methods: list[str], zoo, rows: pd.DataFrame, *, seed: int = 
 def make_predictor(method: str, *, seed: int = 0, epochs: int = 60,
                    measure_values: pd.DataFrame | None = None,
                    n_examples: int | None = 1000) -> Predictor:
-    """A predictor by its CLI name (see ``METHOD_HELP``)."""
+    """A predictor by its CLI name (see ``METHOD_HELP``). ``epochs`` applies to the NFN, NFT,
+    UNF and Deep Sets predictors of our own recipe; the ``-paper`` ones train the paper's 50."""
     if method == "statnn":
         return StatNN("gbt", seed)
     if method == "statnn-mlp":
         return StatNN("mlp", seed)
     if method in ("nfn-hnp", "nfn-np"):
         return NFNPredictor(method.split("-")[1], epochs=epochs, seed=seed)
+    if method in ("nfn-hnp-paper", "nfn-np-paper"):
+        return NFNPredictor.paper(method.split("-")[1], seed=seed)
+    if method == "statnn-paper":
+        return StatNetPredictor(seed=seed)
     if method in ("unf", "unf-np"):
         return UNFPredictor("np" if method == "unf-np" else "hnp", epochs=epochs, seed=seed)
     if method == "deepsets":
