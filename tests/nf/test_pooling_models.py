@@ -107,6 +107,27 @@ def test_invariant_nfn_builds_the_requested_stack():
         InvariantNFN(space, channels=())
 
 
+@pytest.mark.parametrize("name, factory, _", ARCHITECTURES, ids=IDS)
+def test_np_nfn_with_io_encoding_everywhere_and_hnp_pool_is_hnp_invariant(name, factory, _):
+    # the authors' NP generalization predictor: IO-encoding in every layer, HNP pool
+    space = WeightSpace.from_module(factory())
+    model = InvariantNFN(space, symmetry="np", channels=(3, 4), io_embed="all",
+                         pool="hnp").double()
+    layers = [m for m in model.encoder if isinstance(m, NPLinear)]
+    assert [lay.io_embed for lay in layers] == [True, True]
+    assert isinstance(model.pool, HNPPool)
+    x = random_batch(space, 3, 1, 5).to(torch.float64)
+    out = model(x)
+    hidden = random_permutation(space, "hnp", batch_size=3, generator=seeded(6))
+    torch.testing.assert_close(model(permute(x, hidden)), out, rtol=1e-9, atol=1e-9)
+    every = random_permutation(space, "np", batch_size=3, generator=seeded(7))
+    assert not torch.allclose(model(permute(x, every)), out, atol=1e-6)
+    with pytest.raises(GensightError, match="io_embed must be"):
+        InvariantNFN(space, symmetry="np", io_embed="last")
+    with pytest.raises(GensightError, match="unknown pool"):
+        InvariantNFN(space, pool="max")
+
+
 def test_invariant_nfn_learns_a_weight_statistic():
     """The model can be trained: it fits the mean squared weight of random MLPs."""
     torch.manual_seed(0)
