@@ -154,6 +154,9 @@ def test_statnet_predictor_is_the_papers_statnn(grid_zoo):
     permuted.weights = permute(batch, perm)
     np.testing.assert_allclose(before, p.predict(permuted), atol=1e-6)
     assert not np.allclose(before, before[0])
+    # the fitted model also takes the networks themselves
+    direct = torch.sigmoid(p.model_(batch).squeeze(-1)).detach().double().numpy()
+    np.testing.assert_allclose(direct, before, rtol=1e-5)
 
 
 @pytest.mark.parametrize("symmetry", ["hnp", "np"])

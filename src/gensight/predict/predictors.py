@@ -247,9 +247,12 @@ def _stat_tensor(batch: WeightBatch | ParamBatch, dtype: torch.dtype) -> torch.T
 
 class StatFeatures(nn.Module):
     """:func:`statnn_features` as a module: ``WeightBatch``/``ParamBatch`` (B networks) ->
-    ``(B, 7 * tensors)`` float32 (invariant to every neuron permutation)."""
+    ``(B, 7 * tensors)`` float32 (invariant to every neuron permutation). A tensor passes
+    through unchanged: it is taken to be these features, computed once beforehand."""
 
-    def forward(self, batch: WeightBatch | ParamBatch) -> torch.Tensor:
+    def forward(self, batch: WeightBatch | ParamBatch | torch.Tensor) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            return batch
         return _stat_tensor(batch, torch.float32)
 
 
@@ -471,7 +474,7 @@ class NFNPredictor(Predictor):
         order = torch.randperm(n, generator=gen)
         n_val = max(1, int(round(n * self.val_fraction)))
         val_idx, train_idx = order[:n_val], order[n_val:]
-        model = self._make_model(batch.space)
+        model = self._make_model(split.weights.space)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         loss_fn = nn.BCEWithLogitsLoss()
         best, best_state, bad = float("inf"), None, 0
@@ -629,6 +632,10 @@ class StatNetPredictor(NFNPredictor):
         n_tensors = len(space.shape_dict) if isinstance(space, ParamSpace) else \
             2 * space.n_layers
         return nn.Sequential(StatFeatures(), mlp_head(7 * n_tensors, self.head_hidden, 1))
+
+    def _scaled(self, batch: WeightBatch | ParamBatch) -> torch.Tensor:
+        # the statistics never change: computed once, not per batch and epoch
+        return StatFeatures()(batch)
 
 
 # ------------------------------------------------------------------------ measure based
