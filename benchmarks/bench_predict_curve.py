@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=60,
                         help="epochs of nfn-hnp/nfn-np (the -paper recipes train 50)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="added to the draw index to seed the predictors (the subsets "
+                        "depend on the draw only)")
     parser.add_argument("--out", default="bench-predict-curve.csv",
                         help="CSV written into the zoo directory")
     args = parser.parse_args()
@@ -81,11 +84,12 @@ def main() -> None:
                 else train.rows
             sub = ZooSplit(zoo, rows, train.target)
             predictors = variants(args.methods.split(","), zoo, pd.concat([rows, test.rows]),
-                                  args.epochs, draw)
+                                  args.epochs, args.seed + draw)
             t = time.perf_counter()
             scores, _, _ = evaluate_predictors(sub, test, predictors)
             for _, s in scores.iterrows():
                 records.append({"method": s["method"], "size": size, "draw": draw,
+                                "seed": args.seed + draw,
                                 "tau": s["tau"], "granulated_tau": s["granulated_tau"],
                                 "seconds": s.get("seconds", np.nan)})
             print(f"size {size} draw {draw}: "
