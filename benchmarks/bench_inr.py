@@ -1,10 +1,15 @@
-"""INR classification on a SIREN zoo: test accuracy of every method, next to the NFN paper's.
+r"""INR classification on a SIREN zoo: test accuracy of every method, next to the NFN paper's.
 
     gensight zoo build examples/digits-siren.toml --out /tmp/digits-siren-zoo   # ~15 s
     python benchmarks/bench_inr.py /tmp/digits-siren-zoo --seeds 2 --steps 1500 [--out DIR]
 
     # or let it build the zoo (reused when it is already there):
     python benchmarks/bench_inr.py --build examples/digits-siren.toml --zoo /tmp/digits-siren-zoo
+
+    # MNIST-5k at 14x14 with 10 fits per image (50,000 SIRENs, 9 min to build):
+    python benchmarks/bench_inr.py --build examples/mnist14-siren-aug.toml \
+        --zoo runs/mnist14-siren-aug --methods nfn-np,nfn-hnp,statnn,mlp,mlp-aug --seeds 2 \
+        --steps 10000
 
 Runs :func:`gensight.inr.classify_zoo` (train split: every fit of every train image; best-val
 checkpoint; test accuracy) for each method and seed and prints mean ± std over seeds, val and

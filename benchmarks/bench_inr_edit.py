@@ -1,15 +1,19 @@
-"""INR editing (dilation) on a digits SIREN zoo: NFT, NFN-HNP, NFN-NP and MLP delta models.
+r"""INR editing (dilation) on a SIREN zoo: NFT, NFN-HNP, NFN-NP and MLP delta models.
 
 The NFN paper's "stylize" experiment (arXiv 2302.14040, Sec. 5) at CPU size: every method
 learns a weight delta so that ``render(theta + delta)`` matches the 3x3-dilated image the
 SIREN was fitted to. Prints test MSE (images in [-1, 1], mean over test SIRENs of the
 per-SIREN pixel MSE) per method, mean +- std over seeds, next to the do-nothing baseline
-(delta = 0) and the paper's MNIST dilation numbers. Ours are 8x8 sklearn digits SIRENs
-(2-32-32-1, omega_0 = 30), trained for a few hundred steps at 32 channels, not 28x28 MNIST
-SIRENs trained for 50,000 steps at 128 channels: compare orders and ratios, not values.
+(delta = 0) and the paper's MNIST dilation numbers. Ours are SIRENs 2-32-32-1 (omega_0 = 30)
+of 8x8 sklearn digits or of 14x14 / 28x28 MNIST-5k digits, trained for a few thousand steps
+at 32 channels, not 28x28 MNIST SIRENs trained for 50,000 steps at 128 channels: compare
+orders and ratios, not values.
 
-    python benchmarks/bench_inr_edit.py                       # builds or reuses the zoo
+    python benchmarks/bench_inr_edit.py                       # builds or reuses a digits zoo
     python benchmarks/bench_inr_edit.py --zoo /tmp/digits-siren --steps 300 --seeds 0 1
+    gensight zoo build examples/mnist14-siren-aug.toml --out runs/mnist14-siren-aug  # 9 min
+    python benchmarks/bench_inr_edit.py --zoo runs/mnist14-siren-aug --methods nfn-np,nfn-hnp,mlp \
+        --seeds 0 1 --steps 6000 --lr 1e-3 --eval-every 500 --threads 1
 
 Writes ``OUT/results.csv`` and ``OUT/edits.png`` (originals / edited renderings / targets).
 """
@@ -102,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "results.csv", index=False)
 
-    print(f"\nINR editing, {args.edit}, test MSE in [-1, 1] units (ours: 8x8 digits SIRENs; "
-          "paper: 28x28 MNIST SIRENs)")
+    dataset = Zoo.open(zoo).manifest["spec"]["dataset"]
+    print(f"\nINR editing, {args.edit}, test MSE in [-1, 1] units (ours: {data.size}x"
+          f"{data.size} SIRENs of {dataset!r}; paper: 28x28 MNIST SIRENs)")
     print("| method | test MSE (ours) | val MSE | s/seed | params | paper MNIST |")
     print("|---|---|---|---|---|---|")
     for r in df.itertuples():

@@ -233,3 +233,14 @@ def test_run_edit_refuses_a_bad_lr_or_scale_in_one_line(zoo, bad):
     for name in ("lr", "scale_init"):
         with pytest.raises(EditError, match=rf"^{name} must be a positive finite number; got "):
             run_edit(zoo, methods=["mlp"], steps=1, **{name: bad})
+
+
+def test_figure_order_shows_one_siren_per_label_then_per_image_then_the_rest():
+    from gensight.inr.edit import _figure_order
+
+    # a class-sorted split: images 0, 1 of label 0 (2 fits each), image 2 of label 1
+    rows = pd.DataFrame({"image_id": [0, 0, 1, 1, 2, 2], "label": [0, 0, 0, 0, 1, 1]})
+    assert _figure_order(rows, 6).tolist() == [0, 4, 2, 1, 3, 5]
+    assert _figure_order(rows, 2).tolist() == [0, 4]
+    # without labels: one per image first
+    assert _figure_order(rows[["image_id"]], 3).tolist() == [0, 2, 4]

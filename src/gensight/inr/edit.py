@@ -563,10 +563,22 @@ def run_edit(zoo, *, edit: str = "dilate", methods: Sequence[str] = METHODS,
 
 
 # --- figure -----------------------------------------------------------------------------------
+def _figure_order(rows: pd.DataFrame, n: int) -> np.ndarray:
+    """Positions of the ``n`` SIRENs a figure shows: one per label first (a zoo's split may
+    be sorted by class), then one per further image (a zoo lists the fits of an image
+    together), then the rest, each group in table order."""
+    new_label = (~rows["label"].duplicated()).to_numpy() if "label" in rows.columns else \
+        np.zeros(len(rows), dtype=bool)
+    new_image = (~rows["image_id"].duplicated()).to_numpy() & ~new_label
+    rest = ~(new_label | new_image)
+    return np.concatenate([np.flatnonzero(new_label), np.flatnonzero(new_image),
+                           np.flatnonzero(rest)])[:n]
+
+
 @torch.no_grad()
 def figure_edits(data, models: Mapping[str, nn.Module], path: str | Path, *,
                  edit: str = "dilate", n: int = 4, size: int | None = None) -> Path:
-    """Save a PNG: one row per test SIREN (``n`` of them, distinct images first), columns
+    """Save a PNG: one row per test SIREN (``n`` of them, in :func:`_figure_order`), columns
     the image it fit, its rendering, the edited rendering of each model in ``models`` (name
     -> editing model), and the target (the edited image). ``data``: an :class:`EditData` or a
     SIREN zoo (then ``n`` of its test SIRENs are loaded for ``edit``). ``size``: rendering
@@ -583,9 +595,7 @@ def figure_edits(data, models: Mapping[str, nn.Module], path: str | Path, *,
     if n < 1:
         raise EditError(f"n must be >= 1; got {n!r}")
     test = data.splits["test"]
-    # one SIREN per image first (a zoo lists the fits of an image together), then the rest
-    first = ~test.rows["image_id"].duplicated().to_numpy()
-    order = np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])[:n]
+    order = _figure_order(test.rows, n)
     n = len(order)
     pick = torch.tensor(order, dtype=torch.long)
     w = test.weights[pick]
