@@ -5,9 +5,9 @@ learns a weight delta so that ``render(theta + delta)`` matches the 3x3-dilated 
 SIREN was fitted to. Prints test MSE (images in [-1, 1], mean over test SIRENs of the
 per-SIREN pixel MSE) per method, mean +- std over seeds, next to the do-nothing baseline
 (delta = 0) and the paper's MNIST dilation numbers. Ours are SIRENs 2-32-32-1 (omega_0 = 30)
-of 8x8 sklearn digits or of 14x14 / 28x28 MNIST-5k digits, trained for a few thousand steps
-at 32 channels, not 28x28 MNIST SIRENs trained for 50,000 steps at 128 channels: compare
-orders and ratios, not values.
+of 8x8 sklearn digits or of 14x14 / 28x28 MNIST-5k digits, trained for hundreds to thousands
+of steps at 32 channels, not 28x28 MNIST SIRENs trained for 50,000 steps at 128 channels:
+compare orders and ratios, not values.
 
     python benchmarks/bench_inr_edit.py                       # builds or reuses a digits zoo
     python benchmarks/bench_inr_edit.py --zoo /tmp/digits-siren --steps 300 --seeds 0 1
