@@ -338,11 +338,12 @@ def test_example_specs_are_not_large():
     for path in [*root.glob("examples/*.toml"), *root.glob("benchmarks/specs/*.toml")]:
         s = ZooSpec.from_toml(path)
         est = s.check_size()
-        # SIREN members are tiny fits (examples/digits-siren.toml: 8,985 of them), and so
-        # are the width-32 GRUs of benchmarks/specs/arith-gru.toml (3,200); the size study
-        # of benchmarks/specs/mnist-cnn-grid-4k.toml needs 4,096 small CNNs
-        large_ok = s.architecture.family in ("siren", "gru") or path.parent.name == "specs"
-        limit = 10_000 if large_ok else 2000
+        # SIREN members are tiny fits (examples/digits-siren.toml: 8,985 of them;
+        # examples/mnist14-siren-aug.toml: 5,000 images x 10 fits, 9 min), and so are the
+        # width-32 GRUs of benchmarks/specs/arith-gru.toml (3,200); the size study of
+        # benchmarks/specs/mnist-cnn-grid-4k.toml needs 4,096 small CNNs
+        large_ok = s.architecture.family == "gru" or path.parent.name == "specs"
+        limit = 50_000 if s.is_siren else 10_000 if large_ok else 2000
         assert 0 < est.members <= limit and est.seconds < 86_400
 
 
