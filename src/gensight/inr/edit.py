@@ -579,9 +579,9 @@ def _figure_order(rows: pd.DataFrame, n: int) -> np.ndarray:
 def figure_edits(data, models: Mapping[str, nn.Module], path: str | Path, *,
                  edit: str = "dilate", n: int = 4, size: int | None = None) -> Path:
     """Save a PNG: one row per test SIREN (``n`` of them: one per label first, then one per
-    further image, then the rest), columns
-    the image it fit, its rendering, the edited rendering of each model in ``models`` (name
-    -> editing model), and the target (the edited image). ``data``: an :class:`EditData` or a
+    further image, then the rest), columns the image it fit, its rendering, the edited
+    rendering of each model in ``models`` (name -> editing model), and the target (the
+    edited image). ``data``: an :class:`EditData` or a
     SIREN zoo (then ``n`` of its test SIRENs are loaded for ``edit``). ``size``: rendering
     resolution (default: the images'). Returns the path."""
     import matplotlib
