@@ -1,6 +1,7 @@
 """Winning-ticket masks from the initialization (NFN paper, arXiv 2302.14040), CPU-scaled.
 
     python benchmarks/bench_tickets.py [--zoo runs/tickets-bench] [--epochs 30] [--quick]
+        [--connected]
 
 (``--quick`` defaults to ``runs/tickets-bench-quick``, a zoo of its own.)
 
@@ -66,6 +67,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="report directory (default "
                     "runs/tickets-bench-report, or runs/tickets-bench-quick-report)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--connected", action="store_true",
+                    help="also decode every predictor's logits without dead ends "
+                    "(METHOD+connected, gensight.tickets.connected_topk)")
     a = ap.parse_args()
     names = [n for n in a.predictors.split(",") if n]
     if not names or any(n not in PREDICTORS for n in names):
@@ -118,7 +122,8 @@ def main() -> None:
               f"{est.history_[-1]:.3f}", flush=True)
 
     t = time.perf_counter()
-    results = evaluate_methods(zoo, mask_methods(zoo, predictors, test_ids), test_ids, rounds)
+    results = evaluate_methods(zoo, mask_methods(zoo, predictors, test_ids,
+                                                   connected=a.connected), test_ids, rounds)
     eval_s = time.perf_counter() - t
     summary = summarize(results)
 
@@ -165,6 +170,7 @@ def main() -> None:
     wide["density"] = (wide["density"] * 100).round(1)
     order = ["round", "density", "imp", "nfn-hnp", "nfn-hnp+unroll", "nfn-hnp+cvae",
              "nfn-np", "nfn-np+cvae", "mlp", "magnitude", "random"]
+    order = [c for o in order for c in (o, f"{o}+connected")]
     wide = wide[[c for c in order if c in wide.columns]]
     print("\ntest accuracy (%) after training, mean ± std over held-out inits")
     print(wide.to_string(index=False))

@@ -35,9 +35,11 @@ def test_build_eval_predict(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "ok"
     rep = tmp_path / "rep"
     assert gcli.main(["tickets", "eval", str(zoo), "--out", str(rep), "--test-inits", "2",
-                      "--epochs", "1", "--predictors", "hnp,mlp", "--quiet"]) == 0
+                      "--epochs", "1", "--predictors", "hnp,mlp", "--connected",
+                      "--quiet"]) == 0
     summary = pd.read_csv(rep / "summary.csv")
-    assert set(summary["method"]) == {"imp", "magnitude", "random", "nfn-hnp", "mlp"}
+    assert set(summary["method"]) == {"imp", "magnitude", "random", "nfn-hnp", "mlp",
+                                      "nfn-hnp+connected", "mlp+connected"}
     assert set(summary["round"]) == {1, 2} and (summary["inits"] == 2).all()
     imp = summary[summary.method == "imp"]
     assert (imp["iou_mean"] == 1.0).all()
@@ -66,6 +68,22 @@ def test_build_eval_predict(tmp_path, capsys):
     counts = TicketZoo.open(zoo).counts[2]
     assert [masks[k].dtype for k in ("1.weight", "3.weight")] == [torch.uint8] * 2
     assert [int(masks[k][0].sum()) for k in ("1.weight", "3.weight")] == counts
+    # --connected: the predictor's logits decoded without dead ends
+    from safetensors import safe_open
+
+    from gensight.tickets import MaskPredictor, connected_topk
+
+    out_c = tmp_path / "masks-connected.safetensors"
+    assert gcli.main(["tickets", "predict", str(pred), "--zoo", str(zoo), "--inits", "4,5",
+                      "--round", "2", "--out", str(out_c), "--connected"]) == 0
+    est = MaskPredictor.load(pred)
+    w45, b45 = TicketZoo.open(zoo).inits([4, 5])
+    want = connected_topk(est.decision_function(w45, b45, counts), counts)
+    got_c = load_file(out_c)
+    assert all(torch.equal(got_c[k].bool(), m) for k, m in zip(("1.weight", "3.weight"), want,
+                                                               strict=True))
+    with safe_open(str(out_c), "pt") as f:
+        assert f.metadata()["decoding"] == "connected"
     # one initial checkpoint
     ckpt = tmp_path / "init.safetensors"
     w, b = TicketZoo.open(zoo).inits([5])

@@ -8,6 +8,7 @@ import torch
 
 from gensight.tickets.masks import (
     MaskError,
+    connected_topk,
     layer_topk,
     magnitude_masks,
     magnitude_prune,
@@ -50,6 +51,71 @@ def test_topk_ties_keep_lowest_index_and_exact_counts():
         assert keep_ties == [int(i) for i in ties[:len(kept)]]
     with pytest.raises(MaskError, match="k=6 of 5"):
         topk_mask(torch.zeros(1, 5), 6)
+
+
+def _dead_ends(masks):
+    """Kept weights into a unit with no kept outgoing weight, or out of one with no kept
+    incoming weight."""
+    n = 0
+    for i in range(len(masks) - 1):
+        has_in, has_out = masks[i].any(2), masks[i + 1].any(1)
+        n += int((masks[i] & ~has_out[:, :, None]).sum())
+        n += int((masks[i + 1] & ~has_in[:, None, :]).sum())
+    return n
+
+
+def test_connected_topk_moves_dead_end_weights_to_live_units_by_hand():
+    # 2 inputs -> 3 hidden -> 1 output; keep 3 first-layer and 2 second-layer weights
+    s1 = torch.tensor([[[9.0, 8.0],    # unit 0
+                        [7.0, 1.0],    # unit 1
+                        [2.0, 3.0]]])  # unit 2
+    s2 = torch.tensor([[[5.0, 0.5, 4.0]]])
+    plain = layer_topk([s1, s2], [3, 2])
+    # plain top-k keeps 9, 8, 7 (units 0, 0, 1) and outputs of units 0 and 2: unit 1 gets
+    # input but sends nothing, unit 2 sends but gets nothing
+    assert plain[0][0].tolist() == [[True, True], [True, False], [False, False]]
+    assert plain[1][0].tolist() == [[True, False, True]]
+    assert _dead_ends(plain) == 2
+    # layer 1 given layer 2: only units 0 and 2 send, so its third weight moves from unit 1
+    # (7) to unit 2 (3); layer 2 given the new layer 1: units 0 and 2 receive, keep both
+    masks = connected_topk([s1, s2], [3, 2])
+    assert masks[0][0].tolist() == [[True, True], [False, False], [False, True]]
+    assert masks[1][0].tolist() == [[True, False, True]]
+    assert _dead_ends(masks) == 0
+    # no dead end in the plain top-k: returned unchanged
+    two = connected_topk([s1, s2], [2, 1])
+    assert two[0][0].tolist() == [[True, True], [False, False], [False, False]]
+    assert two[1][0].tolist() == [[True, False, False]]
+    assert _dead_ends(two) == 0
+
+
+def test_connected_topk_counts_no_dead_ends_and_equivariance():
+    g = torch.Generator().manual_seed(3)
+    scores = [torch.randn(6, 12, 8, generator=g, dtype=torch.float64),
+              torch.randn(6, 10, 12, generator=g, dtype=torch.float64),
+              torch.randn(6, 4, 10, generator=g, dtype=torch.float64)]
+    counts = [9, 8, 6]
+    plain = layer_topk(scores, counts)
+    masks = connected_topk(scores, counts)
+    assert _dead_ends(plain) > 0 and _dead_ends(masks) == 0
+    for m, k in zip(masks, counts, strict=True):
+        assert m.flatten(1).sum(1).tolist() == [k] * 6
+    # permuting the hidden units of the scores permutes the masks
+    p1, p2 = torch.randperm(12, generator=g), torch.randperm(10, generator=g)
+    perm = [scores[0][:, p1], scores[1][:, p2][:, :, p1], scores[2][:, :, p2]]
+    got = connected_topk(perm, counts)
+    assert torch.equal(got[0], masks[0][:, p1])
+    assert torch.equal(got[1], masks[1][:, p2][:, :, p1])
+    assert torch.equal(got[2], masks[2][:, :, p2])
+    # with generous counts the plain top-k has no dead end and is returned unchanged
+    big = [80, 100, 32]
+    assert _dead_ends(layer_topk(scores, big)) == 0
+    assert all(torch.equal(a, b) for a, b in zip(connected_topk(scores, big),
+                                                 layer_topk(scores, big), strict=True))
+    # a single layer has no hidden units
+    assert torch.equal(connected_topk(scores[:1], [5])[0], layer_topk(scores[:1], [5])[0])
+    with pytest.raises(MaskError, match="layer 0 has 12 outputs but layer 1 has 10 inputs"):
+        connected_topk([scores[0], scores[2]], [5, 5])
 
 
 def test_baselines_have_exact_per_layer_counts():

@@ -11,7 +11,7 @@
   training of the masked network through a straight-through top-k
   (:class:`StraightThroughTopK`), or the paper's conditional VAE (:class:`MaskCVAE`).
 - Baselines and masks: :func:`magnitude_masks`, :func:`random_masks`, :func:`layer_topk`,
-  :func:`pruning_schedule`.
+  :func:`connected_topk` (top-k without dead-end weights), :func:`pruning_schedule`.
 - Evaluation and the HTML report: :func:`evaluate_methods`, :func:`write_report`.
 
 Against the paper: its full text (NeurIPS 2023, Table 5, App. D.2) was read after this
@@ -29,6 +29,7 @@ from gensight.tickets.config import TicketsConfig, TicketsConfigError, TrainConf
 from gensight.tickets.masks import (
     MaskError,
     StraightThroughTopK,
+    connected_topk,
     layer_topk,
     magnitude_masks,
     magnitude_prune,
@@ -64,6 +65,7 @@ __all__ = [
     "TicketsStoreError",
     "TrainConfig",
     "build_tickets",
+    "connected_topk",
     "evaluate_methods",
     "init_weights",
     "layer_topk",

@@ -120,7 +120,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         fit_seconds[kind] = time.perf_counter() - start
         est.save(out / f"predictor-{kind}.safetensors")
         predictors[f"nfn-{kind}" if kind != "mlp" else "mlp"] = est
-    methods = mask_methods(zoo, predictors, test_ids)
+    methods = mask_methods(zoo, predictors, test_ids, connected=args.connected)
     with progress_bar(console, args.quiet, "train masked networks") as bar:
         task = bar.add_task("eval", total=None)
         results = evaluate_methods(zoo, methods, test_ids, rounds,
@@ -187,12 +187,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not 1 <= args.round < len(counts_all):
         raise TicketsCLIError(f"--round must be in 1..{len(counts_all) - 1}; got {args.round}")
     counts = counts_all[args.round]
-    masks = est.predict(w, b, counts, z_seed=args.z_seed)
+    masks = est.predict(w, b, counts, z_seed=args.z_seed, connected=args.connected)
     tensors = {ly.weight_key: m.to(torch.uint8).contiguous()
                for ly, m in zip(space.layers, masks, strict=True)}
     meta = {"round": str(args.round), "counts": str(list(counts)), "inits": str(ids)}
     if args.z_seed is not None:
         meta["z_seed"] = str(args.z_seed)
+    if args.connected:
+        meta["decoding"] = "connected"
     atomic_write_bytes(Path(args.out), save(tensors, metadata=meta))
     print(f"wrote {len(ids)} mask(s) keeping {list(counts)} weights per layer to {args.out}")
     return 0
@@ -249,6 +251,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "predictors only) (default bce)")
     ev.add_argument("--epochs", type=int, default=30, help="predictor training epochs")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--connected", action="store_true",
+                    help="also evaluate every predictor's masks decoded without dead ends "
+                    "(as METHOD+connected; see tickets predict --connected)")
     ev.add_argument("--threads", type=int, help="torch CPU threads")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=_cmd_eval)
@@ -265,4 +270,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--z-seed", type=_z_seed, default=None,
                     help="a predictor fitted with --objective cvae: decode a draw from the "
                     "latent prior with this seed (another ticket per seed) instead of its mean")
+    pr.add_argument("--connected", action="store_true",
+                    help="spend no weight on a dead end: no weight into a hidden unit without "
+                    "kept outgoing weights or out of one without kept incoming weights "
+                    "(the freed budget goes to the next-best weights between live units)")
     pr.set_defaults(func=_cmd_predict)

@@ -74,6 +74,60 @@ def layer_topk(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
             for s, k in zip(scores, counts, strict=True)]
 
 
+def _topk_preferring(scores: Tensor, prefer: Tensor, k: int) -> Tensor:
+    """Keep ``k`` entries of each row of ``scores: (M, n)``: the preferred ones (``prefer``,
+    bool ``(M, n)``) first, by score, then the others by score; ties by index."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    first = torch.sort((~prefer).gather(-1, order).to(torch.uint8), dim=-1,
+                       stable=True).indices
+    keep = order.gather(-1, first)[..., :k]
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    mask.scatter_(-1, keep, True)
+    return mask
+
+
+def connected_topk(scores: Sequence[Tensor], counts: Sequence[int],
+                   max_sweeps: int = 50) -> list[Tensor]:
+    """Per-layer top-k that avoids dead ends: ``scores[i]: (M, n_out, n_in)`` (an MLP's
+    layers, in order) -> bool masks with exactly ``counts[i]`` ones per member.
+
+    A kept weight into a hidden unit that keeps no outgoing weight, or out of one that keeps
+    no incoming weight, is a dead end: it carries no signal (biases are never pruned, so
+    the second kind only adds a constant). Starting from :func:`layer_topk`, each sweep
+    re-selects the layers in order, each given the current masks of its neighbours: layer
+    i keeps first, by score, the weights whose hidden output unit has an outgoing weight
+    in layer i+1 and whose hidden input unit has an incoming weight in layer i-1 (inputs
+    and outputs always qualify), then fills any remaining count with the best other
+    weights. Sweeps repeat until the masks stop changing (at most ``max_sweeps``). When
+    the plain top-k has no dead end it is returned unchanged. Equivariant to hidden-neuron
+    permutations (ties aside: they are broken by index, as in :func:`topk_mask`).
+    """
+    for i in range(len(scores) - 1):
+        if scores[i].shape[1] != scores[i + 1].shape[2]:
+            raise MaskError(f"layer {i} has {scores[i].shape[1]} outputs but layer {i + 1} "
+                            f"has {scores[i + 1].shape[2]} inputs; connected_topk needs an "
+                            "MLP's layers in order")
+    masks = layer_topk(scores, counts)
+    n = len(masks)
+    if n < 2:
+        return masks
+    for _ in range(max_sweeps):
+        changed = False
+        for i, (s, k) in enumerate(zip(scores, counts, strict=True)):
+            ok = torch.ones(s.shape, dtype=torch.bool, device=s.device)
+            if i > 0:
+                ok = ok & masks[i - 1].any(2)[:, None, :]
+            if i < n - 1:
+                ok = ok & masks[i + 1].any(1)[:, :, None]
+            new = _topk_preferring(s.reshape(s.shape[0], -1), ok.reshape(s.shape[0], -1),
+                                   k).view(s.shape)
+            if not torch.equal(new, masks[i]):
+                masks[i], changed = new, True
+        if not changed:
+            break
+    return masks
+
+
 def magnitude_prune(trained: Sequence[Tensor], masks: Sequence[Tensor],
                     counts: Sequence[int]) -> list[Tensor]:
     """IMP's pruning step: among the surviving weights of each layer keep the ``counts[i]``

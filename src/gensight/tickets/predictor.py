@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from gensight.errors import GensightError
 from gensight.nf import Elementwise, HNPLinear, NPLinear
-from gensight.tickets.masks import layer_topk, straight_through_topk
+from gensight.tickets.masks import connected_topk, layer_topk, straight_through_topk
 from gensight.weightspace import WeightBatch, WeightSpace, permute, random_permutation
 
 KINDS = ("hnp", "np", "mlp")
@@ -505,12 +505,16 @@ class MaskPredictor:
             return self.model_.decode(feats, self.model_.prior_sample(feats, g, batch_size=1))
 
     def predict(self, init_w: Sequence[Tensor], init_b: Sequence[Tensor],
-                counts: Sequence[int], *, z_seed: int | None = None) -> list[Tensor]:
+                counts: Sequence[int], *, z_seed: int | None = None,
+                connected: bool = False) -> list[Tensor]:
         """Bool masks ``(M, n_out, n_in)`` keeping exactly ``counts[i]`` weights of layer i
         (per-layer top-k of :meth:`decision_function`, ties by index); ``z_seed`` as
-        there."""
-        return layer_topk(self.decision_function(init_w, init_b, counts, z_seed=z_seed),
-                          counts)
+        there. ``connected=True`` decodes with :func:`~gensight.tickets.masks.connected_topk`
+        instead: no weight goes into a hidden unit without kept outgoing weights or out of
+        one without kept incoming weights (our addition, not the paper's; it matters at
+        the lowest densities)."""
+        logits = self.decision_function(init_w, init_b, counts, z_seed=z_seed)
+        return connected_topk(logits, counts) if connected else layer_topk(logits, counts)
 
     # --- persistence --------------------------------------------------------------------
     def save(self, path) -> None:

@@ -31,14 +31,15 @@ MaskFn = Callable[[list[Tensor], list[Tensor], list[int], int, list[int]], list[
 
 def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
                  init_ids: Sequence[int] | None = None,
-                 baselines: Sequence[str] = ("imp", "magnitude", "random")
-                 ) -> dict[str, MaskFn]:
+                 baselines: Sequence[str] = ("imp", "magnitude", "random"),
+                 connected: bool = False) -> dict[str, MaskFn]:
     """``{name: fn(init_w, init_b, counts, round, init_ids) -> masks}`` for the baselines
     and the predictors; :func:`evaluate_methods` passes the ids of the inits it evaluates
     (``init_w``, ``init_b`` are theirs), and the stored masks (imp, random) are read for
     those ids. ``init_ids`` (optional): the only inits the methods may be called with; a
     call with others raises :class:`GensightError` instead of pairing masks and inits
-    that do not belong together."""
+    that do not belong together. ``connected``: every predictor also as ``NAME+connected``,
+    its logits decoded with :func:`~gensight.tickets.masks.connected_topk`."""
     allowed = None if init_ids is None else [int(i) for i in init_ids]
 
     def stored(kind: str) -> MaskFn:
@@ -62,6 +63,9 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
             raise GensightError(f"unknown baseline {name!r}; known: imp, magnitude, random")
     for name, pred in predictors.items():
         methods[name] = lambda w, b, c, k, ids, pred=pred: pred.predict(w, b, c)
+        if connected:
+            methods[f"{name}+connected"] = (lambda w, b, c, k, ids, pred=pred:
+                                            pred.predict(w, b, c, connected=True))
     return methods
 
 
