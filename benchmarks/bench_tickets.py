@@ -68,7 +68,7 @@ def main() -> None:
                     "runs/tickets-bench-report, or runs/tickets-bench-quick-report)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--connected", action="store_true",
-                    help="also decode every predictor's logits without dead ends "
+                    help="also decode every predictor's logits avoiding dead ends "
                     "(METHOD+connected, gensight.tickets.connected_topk)")
     a = ap.parse_args()
     names = [n for n in a.predictors.split(",") if n]

@@ -116,6 +116,18 @@ def test_connected_topk_counts_no_dead_ends_and_equivariance():
     assert torch.equal(connected_topk(scores[:1], [5])[0], layer_topk(scores[:1], [5])[0])
     with pytest.raises(MaskError, match="layer 0 has 12 outputs but layer 1 has 10 inputs"):
         connected_topk([scores[0], scores[2]], [5, 5])
+    with pytest.raises(MaskError, match="same M in every layer"):
+        connected_topk([scores[0], scores[1][:3]], [5, 5])
+    with pytest.raises(MaskError, match=r"\(M, n_out, n_in\) scores"):
+        connected_topk([scores[0][0], scores[1][0]], [5, 5])
+    # a -inf score is kept only when nothing finite is left, even between connected units
+    # (unit 0's second input is -inf; unit 2 sends nothing, so its input is a dead end, yet a
+    # finite dead end beats a -inf connected weight)
+    s1 = torch.tensor([[[5.0, -math.inf], [4.0, 3.0], [1.0, 0.5]]])
+    s2 = torch.tensor([[[9.0, 8.0, -5.0]]])
+    got = connected_topk([s1, s2], [4, 2])
+    assert got[0][0].tolist() == [[True, False], [True, True], [True, False]]
+    assert got[1][0].tolist() == [[True, True, False]]
 
 
 def test_baselines_have_exact_per_layer_counts():

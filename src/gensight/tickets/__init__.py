@@ -11,7 +11,7 @@
   training of the masked network through a straight-through top-k
   (:class:`StraightThroughTopK`), or the paper's conditional VAE (:class:`MaskCVAE`).
 - Baselines and masks: :func:`magnitude_masks`, :func:`random_masks`, :func:`layer_topk`,
-  :func:`connected_topk` (top-k without dead-end weights), :func:`pruning_schedule`.
+  :func:`connected_topk` (top-k avoiding dead-end weights), :func:`pruning_schedule`.
 - Evaluation and the HTML report: :func:`evaluate_methods`, :func:`write_report`.
 
 Against the paper: its full text (NeurIPS 2023, Table 5, App. D.2) was read after this

@@ -252,7 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--epochs", type=int, default=30, help="predictor training epochs")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--connected", action="store_true",
-                    help="also evaluate every predictor's masks decoded without dead ends "
+                    help="also evaluate every predictor's masks decoded avoiding dead ends "
                     "(as METHOD+connected; see tickets predict --connected)")
     ev.add_argument("--threads", type=int, help="torch CPU threads")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -271,7 +271,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="a predictor fitted with --objective cvae: decode a draw from the "
                     "latent prior with this seed (another ticket per seed) instead of its mean")
     pr.add_argument("--connected", action="store_true",
-                    help="spend no weight on a dead end: no weight into a hidden unit without "
-                    "kept outgoing weights or out of one without kept incoming weights "
-                    "(the freed budget goes to the next-best weights between live units)")
+                    help="avoid dead ends: move the budget of weights into a hidden unit "
+                    "without kept outgoing weights, or out of one without kept incoming "
+                    "weights, to the best weights between connected units where possible")
     pr.set_defaults(func=_cmd_predict)

@@ -76,7 +76,10 @@ def layer_topk(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
 
 def _topk_preferring(scores: Tensor, prefer: Tensor, k: int) -> Tensor:
     """Keep ``k`` entries of each row of ``scores: (M, n)``: the preferred ones (``prefer``,
-    bool ``(M, n)``) first, by score, then the others by score; ties by index."""
+    bool ``(M, n)``) first, by score, then the others by score; ties by index. A ``-inf``
+    score is never preferred (kept only when nothing else is left, as in
+    :func:`topk_mask`)."""
+    prefer = prefer & (scores > -math.inf)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     first = torch.sort((~prefer).gather(-1, order).to(torch.uint8), dim=-1,
                        stable=True).indices
@@ -93,7 +96,9 @@ def connected_topk(scores: Sequence[Tensor], counts: Sequence[int],
 
     A kept weight into a hidden unit that keeps no outgoing weight, or out of one that keeps
     no incoming weight, is a dead end: it carries no signal (biases are never pruned, so
-    the second kind only adds a constant). Starting from :func:`layer_topk`, each sweep
+    the second kind only adds a constant). The result avoids dead ends where its sweeps can;
+    it is a greedy fixed point, not a search, so a few may remain when the counts are
+    tight. Starting from :func:`layer_topk`, each sweep
     re-selects the layers in order, each given the current masks of its neighbours: layer
     i keeps first, by score, the weights whose hidden output unit has an outgoing weight
     in layer i+1 and whose hidden input unit has an incoming weight in layer i-1 (inputs
@@ -102,6 +107,9 @@ def connected_topk(scores: Sequence[Tensor], counts: Sequence[int],
     the plain top-k has no dead end it is returned unchanged. Equivariant to hidden-neuron
     permutations (ties aside: they are broken by index, as in :func:`topk_mask`).
     """
+    if any(s.dim() != 3 for s in scores) or len({s.shape[0] for s in scores}) > 1:
+        raise MaskError(f"connected_topk needs (M, n_out, n_in) scores with the same M in every "
+                        f"layer; got shapes {[tuple(s.shape) for s in scores]}")
     for i in range(len(scores) - 1):
         if scores[i].shape[1] != scores[i + 1].shape[2]:
             raise MaskError(f"layer {i} has {scores[i].shape[1]} outputs but layer {i + 1} "

@@ -510,9 +510,9 @@ class MaskPredictor:
         """Bool masks ``(M, n_out, n_in)`` keeping exactly ``counts[i]`` weights of layer i
         (per-layer top-k of :meth:`decision_function`, ties by index); ``z_seed`` as
         there. ``connected=True`` decodes with :func:`~gensight.tickets.masks.connected_topk`
-        instead: no weight goes into a hidden unit without kept outgoing weights or out of
-        one without kept incoming weights (our addition, not the paper's; it matters at
-        the lowest densities)."""
+        instead, which moves the budget of weights into hidden units without kept outgoing
+        weights, or out of units without kept incoming weights, to connected units where
+        it can (our addition, not the paper's; it matters at the lowest densities)."""
         logits = self.decision_function(init_w, init_b, counts, z_seed=z_seed)
         return connected_topk(logits, counts) if connected else layer_topk(logits, counts)
 
