@@ -11,13 +11,16 @@ It prints members/second for both and their ratio, and our achieved FLOP/s (forw
 backward, counted analytically as 3x the forward multiply-adds x 2) as a fraction of the
 FLOP/s of a dense fp32 matmul measured in the same run.
 
-Run:  python benchmarks/bench_population.py
+Run:  python benchmarks/bench_population.py [--cases digits-mlp,...] [--repeat 3]
+
+MLP and CNN cases report the median of ``--repeat`` interleaved timed runs of each path.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -142,6 +145,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed runs of each path per MLP/CNN case; the median is "
+                        "reported (default 3: a digits population trains in a fraction of "
+                        "a second, so one run is noisy)")
 
     args = parser.parse_args()
     peak = matmul_flops()
@@ -162,10 +169,13 @@ def main() -> None:
         # Untimed warm-up of both paths (oneDNN primitive creation, allocator).
         baseline_loop(members[:1], spec, ds)
         train_population(members[:2], spec.architecture, ds, [], lambda e, p: None)
-        base_s = baseline_loop(members[:case["baseline"]], spec, ds)
-        start = time.perf_counter()
-        train_population(members, spec.architecture, ds, [], lambda e, p: None)
-        ours_s = time.perf_counter() - start
+        base_runs, our_runs = [], []
+        for _ in range(max(1, args.repeat)):  # interleaved, so drift hits both paths alike
+            base_runs.append(baseline_loop(members[:case["baseline"]], spec, ds))
+            start = time.perf_counter()
+            train_population(members, spec.architecture, ds, [], lambda e, p: None)
+            our_runs.append(time.perf_counter() - start)
+        base_s, ours_s = statistics.median(base_runs), statistics.median(our_runs)
         base_rate = case["baseline"] / base_s
         ours_rate = len(members) / ours_s
         hp = members[0].hparams

@@ -34,7 +34,7 @@ from gensight.zoo.train import (
     Population,
     evaluate,
     gather,
-    population_loss,
+    population_grad_,
     torch_optimizer,
 )
 
@@ -126,9 +126,7 @@ def train_masked(init_w: Sequence[Tensor], init_b: Sequence[Tensor],
     gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
     for _ in range(train.epochs):
         for idx in _orders(gens, len(y)).split(train.batch_size, dim=1):
-            grads = torch.autograd.grad(population_loss(pop, gather(x, idx), gather(y, idx)),
-                                        params)
-            torch.cat([g.reshape(m, -1) for g in grads], 1, out=grad)
+            population_grad_(pop, gather(x, idx), gather(y, idx), grad)
             if pruned is not None:
                 grad.masked_fill_(pruned, 0)
                 opt.step(grad)

@@ -470,6 +470,69 @@ def population_loss(pop: Population, xb: Tensor, yb: Tensor,
     return F.cross_entropy(pop.logits_cm(xb, masks), yb, reduction="none").mean(1).sum()
 
 
+# d act(z) / dz from the activation's output a = act(z), for the hand-written MLP backward
+_ACT_GRADS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": lambda a: (a > 0).to(a.dtype),
+    "tanh": lambda a: 1 - a * a,
+    "sigmoid": lambda a: a * (1 - a),
+}
+
+
+def population_grad_(pop: Population, xb: Tensor, yb: Tensor, out: Tensor,
+                     masks: Sequence[Tensor | None] | None = None) -> Tensor:
+    """Each member's gradient of its own mean cross-entropy (:func:`population_loss`),
+    written into ``out: (M, P)`` laid out like :meth:`Population.flatten_` (weights, then
+    biases); returns ``out``.
+
+    MLPs with a ReLU, tanh or sigmoid activation take a hand-written backward pass: the
+    same batched products autograd would run, without its graph bookkeeping, about 1.5
+    times faster for the digits MLP population (``benchmarks/bench_population.py``). Other
+    networks use autograd.
+    """
+    m = pop.size
+    if pop.arch.family != "mlp" or pop.activation not in _ACT_GRADS:
+        params = pop.parameters()
+        grads = torch.autograd.grad(population_loss(pop, xb, yb, masks), params)
+        return torch.cat([g.reshape(m, -1) for g in grads], 1, out=out)
+    d_act = _ACT_GRADS[pop.activation]
+    act = _ACT_FUNCS[pop.activation]
+    weights = [w.detach() for w in pop.weights]
+    biases = [b.detach() for b in pop.biases]
+    with torch.no_grad():
+        hs = [xb.reshape(m, xb.shape[1], -1).transpose(1, 2)]  # (M, features, batch)
+        acts = []
+        for i in range(len(weights) - 1):
+            a = act(torch.baddbmm(biases[i].unsqueeze(2), weights[i], hs[-1]))
+            acts.append(a)
+            if masks is not None and masks[i] is not None:
+                a = a * masks[i].transpose(1, 2)
+            hs.append(a)
+        z = torch.baddbmm(biases[-1].unsqueeze(2), weights[-1], hs[-1])  # (M, classes, b)
+        # d(mean cross-entropy)/dz = (softmax - one-hot) / b
+        dz = torch.softmax(z, 1)
+        dz.scatter_add_(1, yb.unsqueeze(1), torch.full((m, 1, yb.shape[1]), -1.0,
+                                                        dtype=dz.dtype))
+        dz.mul_(1.0 / yb.shape[1])
+        start = sum(w[0].numel() for w in weights)
+        offsets, o = [], 0
+        for w in weights:
+            offsets.append(o)
+            o += w[0].numel()
+        for i in range(len(weights) - 1, -1, -1):
+            w = weights[i]
+            n = w[0].numel()
+            out[:, offsets[i]:offsets[i] + n].view(w.shape).copy_(
+                torch.bmm(dz, hs[i].transpose(1, 2)))
+            b0 = start + sum(b[0].numel() for b in biases[:i])
+            torch.sum(dz, 2, out=out[:, b0:b0 + biases[i].shape[1]])
+            if i > 0:
+                dz = torch.bmm(w.transpose(1, 2), dz)
+                if masks is not None and masks[i - 1] is not None:
+                    dz.mul_(masks[i - 1].transpose(1, 2))
+                dz.mul_(d_act(acts[i - 1]))
+    return out
+
+
 @torch.no_grad()
 def member_train_loss(pop: Population, dataset: Dataset, subsets: Tensor,
                       chunk: int | None = None) -> Tensor:
@@ -544,8 +607,7 @@ def train_population(
         mask_stream = epoch_dropout_masks(states, rates, [i.shape[1] for i in batches], shapes)
         for idx, masks in zip(batches, mask_stream, strict=True):
             xb, yb = gather(dataset.x_train, idx), gather(dataset.y_train, idx)
-            grads = torch.autograd.grad(population_loss(pop, xb, yb, masks), params)
-            opt.step(torch.cat([g.reshape(len(running), -1) for g in grads], 1, out=grad))
+            opt.step(population_grad_(pop, xb, yb, grad, masks))
             if on_step is not None:
                 on_step()
         if stop_loss is not None:
