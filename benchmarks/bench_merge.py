@@ -25,6 +25,9 @@
    - the same two loops from one common initialization (member 0's, broadcast first);
    - one network trained on the pooled data of all tasks for the same number of steps.
 
+   For the MLP it also prints the share of dead hidden units (ReLU output 0 on every pooled
+   training input) of the members, of the round-1 merges and of the final fleet merges.
+
 2. Loss barrier (Git Re-Basin, arXiv 2209.04836): two members of a gensight zoo that
    differ only in their seed (digits MLPs 64-128-128-10 and CNNs 16-32 channels, Adam, built
    with ``build_zoo``), the max test loss above the straight line between the endpoints along
@@ -42,7 +45,7 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gensight.data import load_dataset
 from gensight.merge import (
@@ -69,6 +72,21 @@ def _mlp(seed: int) -> nn.Module:
 def _gru(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return RecurrentClassifier(8, 64, 10, "gru")
+
+
+def dead_units(model: nn.Module, x: Tensor) -> list[float]:
+    """Per ReLU layer of ``model``, the share of hidden units whose output is 0 on every
+    input of ``x`` (units that no longer receive a gradient from these inputs)."""
+    outs: list[Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append(o))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [float((o.flatten(1).amax(0) <= 0).float().mean()) for o in outs]
 
 
 def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float,
@@ -113,6 +131,23 @@ def fleet(name: str, factory, k: int, rounds: int, steps: int, lr: float,
     print("| method | mean accuracy over tasks |\n|---|---|")
     for method, acc in mean.items():
         print(f"| {method} | {acc:.3f} |")
+    if any(isinstance(m, nn.ReLU) for m in inits[0].modules()):
+        # a round-1 merge is the starting point of every later round: units dead on all
+        # tasks' inputs there get no gradient in any member's local training
+        first = train_members(inits, tasks, steps=steps, lr=lr, seed=1, restrict=restrict)
+        dead = {"members after one local phase (mean)":
+                np.mean([dead_units(m, pooled.x_train) for m in first], axis=0).tolist(),
+                "round-1 FLEET-MERGE": dead_units(merge(first).model, pooled.x_train),
+                "round-1 naive average": dead_units(average(first), pooled.x_train),
+                f"{rounds} rounds FLEET-MERGE": dead_units(fm.merged, pooled.x_train),
+                f"{rounds} rounds naive average": dead_units(naive.merged, pooled.x_train)}
+        print("\nshare of dead hidden units (ReLU output 0 on every pooled training input), "
+              "per hidden layer:\n")
+        print("| network | " + " | ".join(f"layer {i + 1}" for i in
+                                         range(len(dead["round-1 naive average"]))) +
+              " |\n|---|" + "---|" * len(dead["round-1 naive average"]))
+        for label, shares in dead.items():
+            print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in shares) + " |")
     print("\nmerged accuracy after each round (mean over tasks):\n")
     print("| round | FLEET-MERGE | naive average |\n|---|---|---|")
     for r, row in curves.iterrows():
