@@ -20,6 +20,11 @@
 4. Cost: one IMP run for one init alone (16 trainings of one network) against one NFN mask
    for one init (a forward pass and the top-k), both on one thread.
 
+5. ``--fresh-order``: is IMP's edge that its masks were found with the same data order the
+   evaluation trains with? IMP is run again on the held-out inits with other data orders
+   (seed + 500,000), and every method, this second IMP included, is trained once more with
+   data orders that no mask saw (seed + 900,000).
+
 Everything runs on one thread. Writes the report (index.html, summary.csv, results.csv) to
 ``--out`` and the numbers to ``--json``.
 """
@@ -39,7 +44,7 @@ from gensight.tickets.config import TicketsConfig
 from gensight.tickets.predictor import MaskPredictor
 from gensight.tickets.report import evaluate_methods, mask_methods, summarize, write_report
 from gensight.tickets.store import build_tickets
-from gensight.tickets.train import init_weights, layer_sizes, train_masked
+from gensight.tickets.train import init_weights, layer_sizes, run_imp, train_masked
 
 ROOT = Path(__file__).resolve().parent.parent
 PREDICTORS = {"nfn-hnp": dict(kind="hnp"), "nfn-np": dict(kind="np"),
@@ -67,6 +72,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="report directory (default "
                     "runs/tickets-bench-report, or runs/tickets-bench-quick-report)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--fresh-order", action="store_true",
+                    help="also rerun IMP on the held-out inits with other data orders, and "
+                    "train every method's masks with data orders no mask was found with")
     ap.add_argument("--connected", action="store_true",
                     help="also decode every predictor's logits avoiding dead ends "
                     "(METHOD+connected, gensight.tickets.connected_topk)")
@@ -182,10 +190,45 @@ def main() -> None:
     print(iou.round(3).to_string())
     print("\ncost")
     print(cost.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if a.fresh_order:
+        fresh_order(zoo, mask_methods(zoo, predictors, test_ids, connected=a.connected),
+                    test_ids, rounds, dataset, config)
     if a.json:
         Path(a.json).write_text(json.dumps({
             "summary": summary.to_dict(orient="records"),
             "cost": cost.to_dict(orient="records")}, indent=1))
+
+
+OTHER_IMP_OFFSET, FRESH_OFFSET = 500_000, 900_000
+
+
+def fresh_order(zoo, methods, test_ids, rounds, dataset, config) -> None:
+    """IMP rerun with other data orders on ``test_ids``, its agreement with the stored IMP
+    masks, and every method trained with data orders that no mask was found with."""
+    w, b = zoo.inits(test_ids)
+    seeds = [s + OTHER_IMP_OFFSET for s in zoo.seeds(test_ids)]
+    t = time.perf_counter()
+    other = run_imp(w, b, seeds, zoo.counts, lambda w_, b_, m_, s_: train_masked(
+        w_, b_, m_, s_, dataset, config.train, config.activation))
+    print(f"\nIMP on the {len(test_ids)} held-out inits with other data orders (seed + "
+          f"{OTHER_IMP_OFFSET:,}): {time.perf_counter() - t:.0f} s")
+    methods = {**methods, "imp, other order": lambda w_, b_, c, k, ids: other.masks[k - 1]}
+    t = time.perf_counter()
+    same = evaluate_methods(zoo, {"imp, other order": methods["imp, other order"]}, test_ids,
+                            rounds)
+    fresh = evaluate_methods(zoo, methods, test_ids, rounds, seed_offset=FRESH_OFFSET)
+    print(f"trained in {time.perf_counter() - t:.0f} s")
+    for label, res in (("trained with IMP's own data orders", same),
+                       (f"trained with fresh data orders (seed + {FRESH_OFFSET:,})", fresh)):
+        summ = summarize(res)
+        cells = summ.assign(cell=[f"{m * 100:.1f} ± {s * 100:.1f}" for m, s in zip(
+            summ["test_acc_mean"], summ["test_acc_std"], strict=True)])
+        print(f"\ntest accuracy (%), {label}")
+        print(cells.pivot_table(index="round", columns="method", values="cell",
+                                aggfunc="first").to_string())
+    print("\nmean IoU with the stored IMP mask")
+    print(summarize(fresh).pivot_table(index="round", columns="method",
+                                       values="iou_mean").round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -216,3 +216,29 @@ def test_mask_methods_use_the_ids_they_are_called_with(tiny_zoo):
         got = results[(results.method == "random") & (results.init_id == i)]["test_acc"]
         want = stored[stored.init_id == i]["test_acc"]
         assert float(got.iloc[0]) == pytest.approx(float(want.iloc[0]), abs=1 / 360 + 1e-9)
+
+
+def test_evaluate_methods_with_other_data_orders(tiny_zoo):
+    """seed_offset trains with the data order of seed + offset: equal to a direct
+    train_masked with shifted seeds, and different from IMP's own order."""
+    from gensight.data import load_dataset
+    from gensight.tickets.train import train_masked
+
+    zoo = TicketZoo.open(tiny_zoo.root)
+    ids = [1, 4]
+    methods = mask_methods(zoo, {}, ids, baselines=("imp",))
+    same = evaluate_methods(zoo, methods, ids, [2])
+    other = evaluate_methods(zoo, methods, ids, [2], seed_offset=1000)
+    w, b = zoo.inits(ids)
+    run = train_masked(w, b, zoo.masks(2, "imp", ids), [s + 1000 for s in zoo.seeds(ids)],
+                       load_dataset(zoo.config.dataset), zoo.config.train,
+                       zoo.config.activation)
+    assert other["test_acc"].tolist() == [float(a) for a in run.test_acc]
+    assert other["iou"].tolist() == [1.0, 1.0]
+    stored = zoo.table[(zoo.table.kind == "imp") & (zoo.table["round"] == 2)]
+    want = [float(stored[stored.init_id == i]["test_acc"].iloc[0]) for i in ids]
+    assert same["test_acc"].tolist() == pytest.approx(want, abs=1 / 360 + 1e-9)
+    assert other["val_acc"].tolist() != same["val_acc"].tolist()
+    with pytest.raises(GensightError, match="seed_offset must be a non-negative integer; "
+                                            "got -1"):
+        evaluate_methods(zoo, methods, ids, [2], seed_offset=-1)

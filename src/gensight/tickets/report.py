@@ -71,16 +71,23 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
 
 def evaluate_methods(zoo: TicketZoo, methods: Mapping[str, MaskFn], init_ids: Sequence[int],
                      rounds: Sequence[int], *, chunk: int = 1024,
-                     progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                     progress: Callable[[int, int], None] | None = None,
+                     seed_offset: int = 0) -> pd.DataFrame:
     """Train every method's masks of ``init_ids`` at every round in ``rounds``; one row per
     method, round and init: ``method, round, density, init_id, test_acc, val_acc, iou``
-    (``iou``: intersection over union of the method's mask with IMP's, all layers)."""
+    (``iou``: intersection over union of the method's mask with IMP's, all layers).
+
+    ``seed_offset``: train with the data order of seed ``init seed + seed_offset`` instead of
+    IMP's own (offset 0). A nonzero offset gives data orders that no stored mask was found
+    with, so IMP's masks get no advantage from having been pruned under the same order."""
     from gensight.data import load_dataset
     from gensight.tickets.train import train_masked
 
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
+        raise GensightError(f"seed_offset must be a non-negative integer; got {seed_offset!r}")
     dataset = load_dataset(zoo.config.dataset)
     init_w, init_b = zoo.inits(init_ids)
-    seeds = zoo.seeds(init_ids)
+    seeds = [s + seed_offset for s in zoo.seeds(init_ids)]
     sizes = [w.shape[1] * w.shape[2] for w in init_w]
     jobs = []  # (method, round, masks)
     for k in rounds:
