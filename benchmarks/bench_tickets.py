@@ -177,7 +177,7 @@ def main() -> None:
                              aggfunc="first").reset_index()
     wide["density"] = (wide["density"] * 100).round(1)
     order = ["round", "density", "imp", "nfn-hnp", "nfn-hnp+unroll", "nfn-hnp+cvae",
-             "nfn-np", "nfn-np+cvae", "mlp", "magnitude", "random"]
+             "nfn-np", "nfn-np+cvae", "mlp", "magnitude", "snip", "random"]
     order = [c for o in order for c in (o, f"{o}+connected")]
     wide = wide[[c for c in order if c in wide.columns]]
     print("\ntest accuracy (%) after training, mean ± std over held-out inits")

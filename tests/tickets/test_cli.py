@@ -38,7 +38,7 @@ def test_build_eval_predict(tmp_path, capsys):
                       "--epochs", "1", "--predictors", "hnp,mlp", "--connected",
                       "--quiet"]) == 0
     summary = pd.read_csv(rep / "summary.csv")
-    assert set(summary["method"]) == {"imp", "magnitude", "random", "nfn-hnp", "mlp",
+    assert set(summary["method"]) == {"imp", "magnitude", "snip", "random", "nfn-hnp", "mlp",
                                       "nfn-hnp+connected", "mlp+connected"}
     assert set(summary["round"]) == {1, 2} and (summary["inits"] == 2).all()
     imp = summary[summary.method == "imp"]

@@ -14,6 +14,7 @@ from gensight.tickets.masks import (
     magnitude_prune,
     pruning_schedule,
     random_masks,
+    snip_masks,
     straight_through_topk,
     topk_mask,
 )
@@ -197,3 +198,49 @@ def test_straight_through_forward_and_backward_values():
     expected = [1 * dsig(2.0), 2 * dsig(-1.0), 3 * dsig(0.5), 4 * dsig(0.5)]
     assert logits.grad.tolist()[0] == pytest.approx(expected, abs=1e-12)
     assert logits.grad[0, 0].item() == pytest.approx(0.104993585403507, abs=1e-12)
+
+
+def test_snip_masks_agree_with_a_per_network_reference():
+    """SNIP keeps, per layer, the largest |w * dL/dw| of each member's own dense network
+    (float64): checked against nn.Sequential + autograd one member at a time."""
+    from torch import nn
+
+    g = torch.Generator().manual_seed(3)
+    widths = [5, 4, 3]
+    w = [torch.randn(2, widths[i + 1], widths[i], generator=g, dtype=torch.float64)
+         for i in range(2)]
+    b = [torch.randn(2, widths[i + 1], generator=g, dtype=torch.float64) for i in range(2)]
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    for act, module in (("relu", nn.ReLU()), ("tanh", nn.Tanh())):
+        got = snip_masks(w, b, [6, 5], x, y, act)
+        assert [m.flatten(1).sum(1).tolist() for m in got] == [[6, 6], [5, 5]]
+        for j in range(2):
+            net = nn.Sequential(nn.Linear(5, 4), module, nn.Linear(4, 3)).double()
+            with torch.no_grad():
+                for lin, wi, bi in zip((net[0], net[2]), w, b, strict=True):
+                    lin.weight.copy_(wi[j])
+                    lin.bias.copy_(bi[j])
+            nn.functional.cross_entropy(net(x), y).backward()
+            for lin, m, k in zip((net[0], net[2]), got, (6, 5), strict=True):
+                sal = (lin.weight * lin.weight.grad).abs().flatten()
+                assert set(m[j].flatten().nonzero().flatten().tolist()) == set(
+                    sal.topk(k).indices.tolist())
+
+
+def test_snip_masks_by_hand():
+    """A 1-2-2 ReLU network on one input, sensitivities computed by hand."""
+    # hidden h = relu(W1 x) with x = 1: h = (2, 0) (unit 1 is off); logits = W2 h
+    w1 = torch.tensor([[[2.0], [-1.0]]])
+    w2 = torch.tensor([[[1.0, 5.0], [3.0, 4.0]]])
+    b = [torch.zeros(1, 2), torch.zeros(1, 2)]
+    x, y = torch.ones(1, 1), torch.tensor([0])
+    # logits (2, 6): p = softmax, dL/dlogit = p - onehot = (p0 - 1, p1), p1 = 1 / (1 + e^-4)
+    got = snip_masks([w1, w2], b, [1, 1], x, y)
+    # layer 2: dL/dW2[c, i] = (p - e_y)[c] * h[i]; h1 = 0 so column 1 has zero sensitivity;
+    # |W2[1, 0] * p1 * 2| = 6 p1 > |W2[0, 0] * (1 - p0) * 2| = 2 p1 (1 - p0 = p1)
+    assert got[1][0].tolist() == [[False, False], [True, False]]
+    # layer 1: unit 1 is off (relu'(-1) = 0), so only W1[0] has a nonzero sensitivity
+    assert got[0][0].tolist() == [[True], [False]]
+    with pytest.raises(MaskError, match="one label per input"):
+        snip_masks([w1, w2], b, [1, 1], x, torch.tensor([0, 1]))

@@ -10,7 +10,8 @@
   ``"mlp"`` baseline), class-balanced BCE on IMP masks, optionally plus an unrolled
   training of the masked network through a straight-through top-k
   (:class:`StraightThroughTopK`), or the paper's conditional VAE (:class:`MaskCVAE`).
-- Baselines and masks: :func:`magnitude_masks`, :func:`random_masks`, :func:`layer_topk`,
+- Baselines and masks: :func:`magnitude_masks`, :func:`snip_masks` (SNIP, arXiv
+  1810.02340), :func:`random_masks`, :func:`layer_topk`,
   :func:`connected_topk` (top-k avoiding dead-end weights), :func:`pruning_schedule`.
 - Evaluation and the HTML report: :func:`evaluate_methods`, :func:`write_report`.
 
@@ -35,6 +36,7 @@ from gensight.tickets.masks import (
     magnitude_prune,
     pruning_schedule,
     random_masks,
+    snip_masks,
     straight_through_topk,
     topk_mask,
 )
@@ -71,6 +73,7 @@ __all__ = [
     "layer_topk",
     "magnitude_masks",
     "magnitude_prune",
+    "snip_masks",
     "mask_methods",
     "pruning_schedule",
     "random_masks",

@@ -218,8 +218,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Lottery tickets from the initialization (NFN paper, arXiv 2302.14040): "
         "build a zoo of IMP masks (iterative magnitude pruning with rewinding, run as a "
         "population), fit equivariant NFN mask predictors (HNP, NP) and an MLP baseline on "
-        "it, and compare the trained accuracy of their masks with IMP, magnitude at init and "
-        "random masks on held-out inits.")
+        "it, and compare the trained accuracy of their masks with IMP, magnitude at init, "
+        "SNIP and random masks on held-out inits.")
     tsub = p.add_subparsers(dest="tickets_command", metavar="COMMAND", required=True)
     build = tsub.add_parser("build", help="run IMP for every init of CONFIG into a tickets zoo",
                             description="Run IMP with rewinding for every init of a TOML "
@@ -237,7 +237,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = tsub.add_parser("eval", help="fit mask predictors and compare mask methods (report)",
                          description="Fit the mask predictors on all but the last "
                          "--test-inits inits of ZOO, then train the held-out inits with masks "
-                         "from IMP, each predictor, magnitude at init and random at each "
+                         "from IMP, each predictor, magnitude at init, SNIP and random at each "
                          "round; writes OUT/index.html, results.csv, summary.csv and "
                          "OUT/predictor-KIND.safetensors.")
     ev.add_argument("zoo")

@@ -158,6 +158,34 @@ def magnitude_masks(init: Sequence[Tensor], counts: Sequence[int]) -> list[Tenso
     return layer_topk([w.abs() for w in init], counts)
 
 
+def snip_masks(init_w: Sequence[Tensor], init_b: Sequence[Tensor], counts: Sequence[int],
+               x: Tensor, y: Tensor, activation: str = "relu") -> list[Tensor]:
+    """SNIP at initialization (Lee et al. 2019, arXiv 1810.02340, Eq. 6): keep the
+    ``counts[i]`` weights of each layer with the largest connection sensitivity
+    ``|theta_0 * dL/dtheta_0|``, L the mean cross-entropy of the dense network on the batch
+    ``x: (N, *input)``, ``y: (N,)``. SNIP keeps a global top-k of the normalized
+    sensitivities; here every layer keeps a given count, so the normalization drops out.
+
+    ``init_w[i]: (M, n_out, n_in)``, ``init_b[i]: (M, n_out)``; ``activation`` between
+    the layers (the zoo's). Each member's gradient is its own (the loss is summed over
+    members). A data-dependent baseline: one forward and backward pass, no training.
+    """
+    from gensight.tickets.predictor import mlp_forward
+
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise MaskError(f"snip_masks needs a non-empty batch with one label per input; got "
+                        f"{x.shape[0]} inputs and {y.shape[0]} labels")
+    with torch.enable_grad():
+        w = [t.detach().clone().requires_grad_(True) for t in init_w]
+        b = [t.detach() for t in init_b]
+        logits = mlp_forward(w, b, x.to(w[0].dtype), activation)   # (M, N, classes)
+        loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), y.expand(logits.shape[0], -1), reduction="none"
+        ).mean(1).sum()
+        grads = torch.autograd.grad(loss, w)
+    return layer_topk([(t * g).abs() for t, g in zip(init_w, grads, strict=True)], counts)
+
+
 def random_masks(shapes: Sequence[Sequence[int]], counts: Sequence[int],
                  seeds: Sequence[int]) -> list[Tensor]:
     """Uniformly random masks with exactly ``counts[i]`` weights per layer; member j's mask is

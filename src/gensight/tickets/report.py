@@ -3,7 +3,8 @@
 For each round k (density) and each method, the masks of the held-out inits are trained with
 the zoo's own recipe (the one IMP used, same data order per init) and their test accuracy is
 recorded. Methods: ``imp`` (the stored IMP mask), ``random`` (the stored random mask with
-IMP's per-layer counts), ``magnitude`` (largest ``|theta_0|`` per layer, same counts) and any
+IMP's per-layer counts), ``magnitude`` (largest ``|theta_0|`` per layer, same counts),
+``snip`` (largest ``|theta_0 * dL/dtheta_0|`` on the training split, same counts) and any
 fitted :class:`~gensight.tickets.predictor.MaskPredictor`. Everything that is trained is
 trained as one population (chunked), so all methods see exactly the same training.
 """
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from gensight import __version__
 from gensight.errors import GensightError
-from gensight.tickets.masks import magnitude_masks
+from gensight.tickets.masks import magnitude_masks, snip_masks
 from gensight.tickets.predictor import MaskPredictor
 from gensight.tickets.store import TicketZoo
 
@@ -31,7 +32,7 @@ MaskFn = Callable[[list[Tensor], list[Tensor], list[int], int, list[int]], list[
 
 def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
                  init_ids: Sequence[int] | None = None,
-                 baselines: Sequence[str] = ("imp", "magnitude", "random"),
+                 baselines: Sequence[str] = ("imp", "magnitude", "snip", "random"),
                  connected: bool = False) -> dict[str, MaskFn]:
     """``{name: fn(init_w, init_b, counts, round, init_ids) -> masks}`` for the baselines
     and the predictors; :func:`evaluate_methods` passes the ids of the inits it evaluates
@@ -59,14 +60,31 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
             methods[name] = stored(name)
         elif name == "magnitude":
             methods[name] = lambda w, b, c, k, ids: magnitude_masks(w, c)
+        elif name == "snip":
+            methods[name] = _snip(zoo)
         else:
-            raise GensightError(f"unknown baseline {name!r}; known: imp, magnitude, random")
+            raise GensightError(f"unknown baseline {name!r}; known: imp, magnitude, random, "
+                                "snip")
     for name, pred in predictors.items():
         methods[name] = lambda w, b, c, k, ids, pred=pred: pred.predict(w, b, c)
         if connected:
             methods[f"{name}+connected"] = (lambda w, b, c, k, ids, pred=pred:
                                             pred.predict(w, b, c, connected=True))
     return methods
+
+
+def _snip(zoo: TicketZoo) -> MaskFn:
+    """SNIP masks (:func:`~gensight.tickets.masks.snip_masks`) on the zoo's whole training
+    split, with the zoo's activation."""
+    data = []
+
+    def fn(w, b, c, k, ids):
+        if not data:
+            from gensight.data import load_dataset
+
+            data.append(load_dataset(zoo.config.dataset))
+        return snip_masks(w, b, c, data[0].x_train, data[0].y_train, zoo.config.activation)
+    return fn
 
 
 def evaluate_methods(zoo: TicketZoo, methods: Mapping[str, MaskFn], init_ids: Sequence[int],
