@@ -1,7 +1,7 @@
 """Winning-ticket masks from the initialization (NFN paper, arXiv 2302.14040), CPU-scaled.
 
     python benchmarks/bench_tickets.py [--zoo runs/tickets-bench] [--epochs 30] [--quick]
-        [--connected]
+        [--connected] [--fresh-order]
 
 (``--quick`` defaults to ``runs/tickets-bench-quick``, a zoo of its own.)
 
@@ -14,9 +14,10 @@
    objective, and the MLP baseline (BCE, hidden-permutation augmentation); on request
    (``--predictors``) the paper's own conditional VAE of NF-Layers (``nfn-np+cvae``,
    ``nfn-hnp+cvae``).
-3. The last 128 inits are held out: their masks from IMP, each predictor, magnitude at init
-   and random (same per-layer counts as IMP) are trained with the IMP recipe; test accuracy
-   mean +- std per method at 54%, 20%, 12% and 5.9% of the weights kept.
+3. The last 128 inits are held out: their masks from IMP, each predictor, magnitude at init,
+   SNIP (``|theta_0 * dL/dtheta_0|`` on the training split) and random (same per-layer counts
+   as IMP) are trained with the IMP recipe; test accuracy mean +- std per method at 54%,
+   20%, 12% and 5.9% of the weights kept.
 4. Cost: one IMP run for one init alone (16 trainings of one network) against one NFN mask
    for one init (a forward pass and the top-k), both on one thread.
 
@@ -212,7 +213,11 @@ def fresh_order(zoo, methods, test_ids, rounds, dataset, config) -> None:
         w_, b_, m_, s_, dataset, config.train, config.activation))
     print(f"\nIMP on the {len(test_ids)} held-out inits with other data orders (seed + "
           f"{OTHER_IMP_OFFSET:,}): {time.perf_counter() - t:.0f} s")
-    methods = {**methods, "imp, other order": lambda w_, b_, c, k, ids: other.masks[k - 1]}
+
+    def other_imp(w_, b_, c, k, ids):
+        assert list(ids) == [int(i) for i in test_ids], "IMP rerun for other inits"
+        return other.masks[k - 1]
+    methods = {**methods, "imp, other order": other_imp}
     t = time.perf_counter()
     same = evaluate_methods(zoo, {"imp, other order": methods["imp, other order"]}, test_ids,
                             rounds)

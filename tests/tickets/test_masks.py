@@ -15,6 +15,7 @@ from gensight.tickets.masks import (
     pruning_schedule,
     random_masks,
     snip_masks,
+    snip_scores,
     straight_through_topk,
     topk_mask,
 )
@@ -214,6 +215,9 @@ def test_snip_masks_agree_with_a_per_network_reference():
     y = torch.tensor([0, 1, 2, 0, 1, 2, 2])
     for act, module in (("relu", nn.ReLU()), ("tanh", nn.Tanh())):
         got = snip_masks(w, b, [6, 5], x, y, act)
+        one, two = snip_scores(w, b, x, y, act, chunk=1), snip_scores(w, b, x, y, act)
+        assert all(torch.allclose(s1, s2, rtol=1e-12, atol=0)
+                   for s1, s2 in zip(one, two, strict=True))
         assert [m.flatten(1).sum(1).tolist() for m in got] == [[6, 6], [5, 5]]
         for j in range(2):
             net = nn.Sequential(nn.Linear(5, 4), module, nn.Linear(4, 3)).double()
@@ -229,18 +233,23 @@ def test_snip_masks_agree_with_a_per_network_reference():
 
 
 def test_snip_masks_by_hand():
-    """A 1-2-2 ReLU network on one input, sensitivities computed by hand."""
-    # hidden h = relu(W1 x) with x = 1: h = (2, 0) (unit 1 is off); logits = W2 h
-    w1 = torch.tensor([[[2.0], [-1.0]]])
+    """A 1-2-2 ReLU network on one input, sensitivities computed by hand; in both layers
+    SNIP keeps a weight that magnitude at init would not."""
+    # hidden h = relu(W1 x) with x = 1: h = (1, 0) (unit 1 is off); logits = W2 h = (1, 3)
+    w1 = torch.tensor([[[1.0], [-3.0]]])
     w2 = torch.tensor([[[1.0, 5.0], [3.0, 4.0]]])
     b = [torch.zeros(1, 2), torch.zeros(1, 2)]
-    x, y = torch.ones(1, 1), torch.tensor([0])
-    # logits (2, 6): p = softmax, dL/dlogit = p - onehot = (p0 - 1, p1), p1 = 1 / (1 + e^-4)
+    x, y = torch.ones(1, 1), torch.tensor([0], dtype=torch.int32)
+    # dL/dlogit = p - e_y = (p0 - 1, p1) = (-p1, p1), p1 = 1 / (1 + e^-2)
     got = snip_masks([w1, w2], b, [1, 1], x, y)
-    # layer 2: dL/dW2[c, i] = (p - e_y)[c] * h[i]; h1 = 0 so column 1 has zero sensitivity;
-    # |W2[1, 0] * p1 * 2| = 6 p1 > |W2[0, 0] * (1 - p0) * 2| = 2 p1 (1 - p0 = p1)
+    # layer 2: dL/dW2[c, i] = (p - e_y)[c] * h[i]; h1 = 0 so column 1 (|5|, |4|, the largest
+    # weights) has zero sensitivity; |W2[1, 0] * p1 * 1| = 3 p1 > |W2[0, 0] * (-p1) * 1| = p1
     assert got[1][0].tolist() == [[False, False], [True, False]]
-    # layer 1: unit 1 is off (relu'(-1) = 0), so only W1[0] has a nonzero sensitivity
+    # layer 1: unit 1 is off (relu'(-3) = 0), so only W1[0] (the smaller weight) has a nonzero
+    # sensitivity: |1 * (1 * (-p1) + 3 * p1)| = 2 p1
     assert got[0][0].tolist() == [[True], [False]]
+    assert magnitude_masks([w1, w2], [1, 1])[0][0].tolist() == [[False], [True]]
     with pytest.raises(MaskError, match="one label per input"):
         snip_masks([w1, w2], b, [1, 1], x, torch.tensor([0, 1]))
+    with torch.inference_mode(), pytest.raises(MaskError, match="outside torch.inference_mode"):
+        snip_masks([w1, w2], b, [1, 1], x, y)

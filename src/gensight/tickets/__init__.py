@@ -11,7 +11,7 @@
   training of the masked network through a straight-through top-k
   (:class:`StraightThroughTopK`), or the paper's conditional VAE (:class:`MaskCVAE`).
 - Baselines and masks: :func:`magnitude_masks`, :func:`snip_masks` (SNIP, arXiv
-  1810.02340), :func:`random_masks`, :func:`layer_topk`,
+  1810.02340; :func:`snip_scores`), :func:`random_masks`, :func:`layer_topk`,
   :func:`connected_topk` (top-k avoiding dead-end weights), :func:`pruning_schedule`.
 - Evaluation and the HTML report: :func:`evaluate_methods`, :func:`write_report`.
 
@@ -37,6 +37,7 @@ from gensight.tickets.masks import (
     pruning_schedule,
     random_masks,
     snip_masks,
+    snip_scores,
     straight_through_topk,
     topk_mask,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "magnitude_masks",
     "magnitude_prune",
     "snip_masks",
+    "snip_scores",
     "mask_methods",
     "pruning_schedule",
     "random_masks",

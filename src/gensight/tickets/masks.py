@@ -1,5 +1,5 @@
-"""Layer-wise masks: pruning schedules, exact per-layer top-k, IMP's pruning step, the random
-and magnitude-at-init baselines, and the straight-through top-k.
+"""Layer-wise masks: pruning schedules, exact per-layer top-k, IMP's pruning step, the random,
+magnitude-at-init and SNIP baselines, and the straight-through top-k.
 
 Masks are lists with one tensor per parametrized layer, ``masks[i]: (M, n_out, n_in)``
 (bool while computing, uint8 on disk); biases are never pruned. Every mask method keeps
@@ -158,32 +158,48 @@ def magnitude_masks(init: Sequence[Tensor], counts: Sequence[int]) -> list[Tenso
     return layer_topk([w.abs() for w in init], counts)
 
 
-def snip_masks(init_w: Sequence[Tensor], init_b: Sequence[Tensor], counts: Sequence[int],
-               x: Tensor, y: Tensor, activation: str = "relu") -> list[Tensor]:
-    """SNIP at initialization (Lee et al. 2019, arXiv 1810.02340, Eq. 6): keep the
-    ``counts[i]`` weights of each layer with the largest connection sensitivity
-    ``|theta_0 * dL/dtheta_0|``, L the mean cross-entropy of the dense network on the batch
-    ``x: (N, *input)``, ``y: (N,)``. SNIP keeps a global top-k of the normalized
-    sensitivities; here every layer keeps a given count, so the normalization drops out.
+def snip_scores(init_w: Sequence[Tensor], init_b: Sequence[Tensor], x: Tensor, y: Tensor,
+                activation: str = "relu", chunk: int = 64) -> list[Tensor]:
+    """SNIP's connection sensitivities (Lee et al. 2019, arXiv 1810.02340, Eq. 6, before
+    its normalization): ``|theta_0 * dL/dtheta_0|`` per weight, ``(M, n_out, n_in)`` per
+    layer, L the mean cross-entropy of each member's dense network on ``x: (N, *input)``,
+    ``y: (N,)`` (the paper uses one minibatch; pass any batch, e.g. a whole training split).
 
     ``init_w[i]: (M, n_out, n_in)``, ``init_b[i]: (M, n_out)``; ``activation`` between
-    the layers (the zoo's). Each member's gradient is its own (the loss is summed over
-    members). A data-dependent baseline: one forward and backward pass, no training.
+    the layers (the zoo's). Each member's gradient is its own; members are processed
+    ``chunk`` at a time to bound the memory of the activations.
     """
     from gensight.tickets.predictor import mlp_forward
 
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise MaskError(f"snip_masks needs a non-empty batch with one label per input; got "
+        raise MaskError(f"SNIP needs a non-empty batch with one label per input; got "
                         f"{x.shape[0]} inputs and {y.shape[0]} labels")
-    with torch.enable_grad():
-        w = [t.detach().clone().requires_grad_(True) for t in init_w]
-        b = [t.detach() for t in init_b]
-        logits = mlp_forward(w, b, x.to(w[0].dtype), activation)   # (M, N, classes)
-        loss = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), y.expand(logits.shape[0], -1), reduction="none"
-        ).mean(1).sum()
-        grads = torch.autograd.grad(loss, w)
-    return layer_topk([(t * g).abs() for t, g in zip(init_w, grads, strict=True)], counts)
+    if torch.is_inference_mode_enabled():
+        raise MaskError("SNIP needs gradients; call it outside torch.inference_mode()")
+    y = y.long()
+    out: list[list[Tensor]] = [[] for _ in init_w]
+    for lo in range(0, init_w[0].shape[0], chunk):
+        with torch.enable_grad():
+            w = [t[lo:lo + chunk].detach().clone().requires_grad_(True) for t in init_w]
+            b = [t[lo:lo + chunk].detach() for t in init_b]
+            logits = mlp_forward(w, b, x.to(w[0].dtype), activation)  # (m, N, classes)
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), y.expand(logits.shape[0], -1), reduction="none"
+            ).mean(1).sum()
+            grads = torch.autograd.grad(loss, w)
+        for i, (t, g) in enumerate(zip(w, grads, strict=True)):
+            out[i].append((t.detach() * g).abs())
+    return [torch.cat(parts) for parts in out]
+
+
+def snip_masks(init_w: Sequence[Tensor], init_b: Sequence[Tensor], counts: Sequence[int],
+               x: Tensor, y: Tensor, activation: str = "relu") -> list[Tensor]:
+    """SNIP at initialization (Lee et al. 2019, arXiv 1810.02340): keep the ``counts[i]``
+    weights of each layer with the largest connection sensitivity (:func:`snip_scores` on
+    the batch ``x``, ``y``). SNIP keeps a global top-k of the normalized sensitivities;
+    here every layer keeps a given count, so the normalization drops out. A data-dependent
+    baseline: one forward and backward pass per member, no training."""
+    return layer_topk(snip_scores(init_w, init_b, x, y, activation), counts)
 
 
 def random_masks(shapes: Sequence[Sequence[int]], counts: Sequence[int],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from gensight import __version__
 from gensight.errors import GensightError
-from gensight.tickets.masks import magnitude_masks, snip_masks
+from gensight.tickets.masks import layer_topk, magnitude_masks, snip_scores
 from gensight.tickets.predictor import MaskPredictor
 from gensight.tickets.store import TicketZoo
 
@@ -74,16 +75,21 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
 
 
 def _snip(zoo: TicketZoo) -> MaskFn:
-    """SNIP masks (:func:`~gensight.tickets.masks.snip_masks`) on the zoo's whole training
-    split, with the zoo's activation."""
-    data = []
+    """SNIP masks on the zoo's whole training split, with the zoo's activation; the
+    sensitivities (:func:`~gensight.tickets.masks.snip_scores`) of the last inits asked
+    for are kept, since only the counts change from round to round."""
+    cache: dict = {}
 
     def fn(w, b, c, k, ids):
-        if not data:
+        key = tuple(int(i) for i in ids)
+        if cache.get("key") != key:
             from gensight.data import load_dataset
 
-            data.append(load_dataset(zoo.config.dataset))
-        return snip_masks(w, b, c, data[0].x_train, data[0].y_train, zoo.config.activation)
+            data = load_dataset(zoo.config.dataset)
+            cache.clear()
+            cache.update(key=key, scores=snip_scores(w, b, data.x_train, data.y_train,
+                                                     zoo.config.activation))
+        return layer_topk(cache["scores"], c)
     return fn
 
 
@@ -96,16 +102,19 @@ def evaluate_methods(zoo: TicketZoo, methods: Mapping[str, MaskFn], init_ids: Se
     (``iou``: intersection over union of the method's mask with IMP's, all layers).
 
     ``seed_offset``: train with the data order of seed ``init seed + seed_offset`` instead of
-    IMP's own (offset 0). A nonzero offset gives data orders that no stored mask was found
-    with, so IMP's masks get no advantage from having been pruned under the same order."""
+    IMP's own (offset 0). An offset that moves every seed off the zoo's seeds (with the
+    zoo's consecutive seeds: at least its number of inits) gives data orders that no stored
+    mask was found with, so IMP's masks get no advantage from having been pruned under the
+    same order."""
     from gensight.data import load_dataset
     from gensight.tickets.train import train_masked
 
-    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, numbers.Integral) or \
+            seed_offset < 0:
         raise GensightError(f"seed_offset must be a non-negative integer; got {seed_offset!r}")
     dataset = load_dataset(zoo.config.dataset)
     init_w, init_b = zoo.inits(init_ids)
-    seeds = [s + seed_offset for s in zoo.seeds(init_ids)]
+    seeds = [s + int(seed_offset) for s in zoo.seeds(init_ids)]
     sizes = [w.shape[1] * w.shape[2] for w in init_w]
     jobs = []  # (method, round, masks)
     for k in rounds:
