@@ -38,8 +38,8 @@ def test_build_eval_predict(tmp_path, capsys):
                       "--epochs", "1", "--predictors", "hnp,mlp", "--connected",
                       "--quiet"]) == 0
     summary = pd.read_csv(rep / "summary.csv")
-    assert set(summary["method"]) == {"imp", "magnitude", "snip", "random", "nfn-hnp", "mlp",
-                                      "nfn-hnp+connected", "mlp+connected"}
+    assert set(summary["method"]) == {"imp", "imp-oneshot", "magnitude", "snip", "random",
+                                      "nfn-hnp", "mlp", "nfn-hnp+connected", "mlp+connected"}
     assert set(summary["round"]) == {1, 2} and (summary["inits"] == 2).all()
     imp = summary[summary.method == "imp"]
     assert (imp["iou_mean"] == 1.0).all()
@@ -154,6 +154,43 @@ def test_eval_and_predict_with_the_cvae(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "z_seed needs a predictor fitted with objective 'cvae'" in err
     assert err.count("\n") == 1
+
+
+def test_eval_fits_on_oneshot_targets(tmp_path, capsys, monkeypatch):
+    """``--target imp-oneshot``: the predictors learn the one-shot IMP masks of the training
+    inits (not the stored iterative ones); a bad target is refused by argparse."""
+    from gensight.tickets import MaskPredictor
+    from gensight.tickets.report import oneshot_masks
+    from gensight.tickets.store import TicketZoo
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(CONFIG)
+    zoo = tmp_path / "zoo"
+    assert gcli.main(["tickets", "build", str(cfg), "--out", str(zoo), "--quiet"]) == 0
+    seen = {}
+    real_fit = MaskPredictor.fit
+
+    def spy(self, space, w, b, masks, counts, **kw):
+        seen["masks"] = masks
+        return real_fit(self, space, w, b, masks, counts, **kw)
+    monkeypatch.setattr(MaskPredictor, "fit", spy)
+    rep = tmp_path / "rep"
+    assert gcli.main(["tickets", "eval", str(zoo), "--out", str(rep), "--test-inits", "2",
+                      "--epochs", "1", "--predictors", "hnp", "--target", "imp-oneshot",
+                      "--quiet"]) == 0
+    t = TicketZoo.open(zoo)
+    want = oneshot_masks(t, [0, 1, 2, 3], [1, 2])
+    assert sorted(seen["masks"]) == [1, 2]
+    for k in (1, 2):
+        assert all(torch.equal(x, y) for x, y in zip(seen["masks"][k], want[k], strict=True))
+    # at round 2 the one-shot targets are not the stored IMP masks
+    assert not all(torch.equal(x, y) for x, y in zip(want[2], t.masks(2, "imp", [0, 1, 2, 3]),
+                                                     strict=True))
+    assert "target imp-oneshot masks" in (rep / "index.html").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        gcli.main(["tickets", "eval", str(zoo), "--out", str(rep), "--target", "oneshot"])
+    assert "invalid choice: 'oneshot'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -19,7 +19,7 @@ from gensight.tickets.masks import (
     straight_through_topk,
     topk_mask,
 )
-from gensight.tickets.train import MaskedRun, run_imp
+from gensight.tickets.train import MaskedRun, oneshot_imp, run_imp
 
 
 def test_schedule_counts_round_half_up_and_output_rate():
@@ -177,6 +177,36 @@ def test_imp_rounds_on_a_hand_set_network():
     for (w, masks), expected in zip(calls[1:], result.masks, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(w, theta0_w, strict=True))
         assert masks is expected
+
+
+def test_oneshot_imp_on_a_hand_set_network():
+    """One-shot IMP prunes the dense network's trained weights straight to each count set:
+    at IMP's round-1 counts it equals IMP's round-1 mask; at round 2 it differs from IMP's,
+    whose second pruning ranks the weights of the retrained ticket instead."""
+    theta0_w = [torch.randn(1, 4, 3), torch.randn(1, 2, 4)]
+    theta0_b = [torch.zeros(1, 4), torch.zeros(1, 2)]
+    dense = [torch.arange(12.0, 0.0, -1).view(1, 4, 3),
+             torch.tensor([[[5.0, -1.0, 7.0, 2.0], [-8.0, 3.0, 6.0, 4.0]]])]
+    # a retrained ticket ranks layer 1 the other way round
+    ticket = [torch.arange(1.0, 13.0).view(1, 4, 3), dense[1]]
+    calls = []
+
+    def stub(w, b, masks, seeds):
+        calls.append(masks)
+        out = dense if masks is None else [t * m for t, m in zip(ticket, masks, strict=True)]
+        return MaskedRun(out, b, torch.ones(1), torch.ones(1))
+
+    counts = [[12, 8], [9, 7], [7, 6]]
+    one1, one2 = oneshot_imp(theta0_w, theta0_b, [0], counts[1:], stub)
+    assert calls == [None]  # one dense training, nothing else
+    imp = run_imp(theta0_w, theta0_b, [0], counts, stub)
+    assert all(torch.equal(a, b) for a, b in zip(one1, imp.masks[0], strict=True))
+    # one-shot at (7, 6): the 7 largest dense magnitudes of layer 1 are its first 7 entries
+    assert one2[0].flatten().tolist() == [True] * 7 + [False] * 5
+    assert one2[1].flatten().tolist() == [True, False, True, False, True, True, True, True]
+    # IMP's round 2 keeps the 7 largest of the ticket's survivors (entries 3..9 of 1..9)
+    assert imp.masks[1][0].flatten().tolist() == [False] * 2 + [True] * 7 + [False] * 3
+    assert [int(m.sum()) for m in one2] == counts[2]
 
 
 def test_magnitude_prune_never_revives_pruned_weights():

@@ -242,3 +242,51 @@ def test_evaluate_methods_with_other_data_orders(tiny_zoo):
     with pytest.raises(GensightError, match="seed_offset must be a non-negative integer; "
                                             "got -1"):
         evaluate_methods(zoo, methods, ids, [2], seed_offset=-1)
+
+
+def test_oneshot_baseline_is_one_imp_step_with_the_inits_own_order(tiny_zoo):
+    """``imp-oneshot``: the dense network trained with the init's own data order, pruned by
+    trained magnitude straight to the round's counts. At round 1 it is IMP's own round-1
+    mask; at round 2 it equals a direct dense training plus the top-k, also when the
+    evaluation trains with other data orders; ``oneshot_masks`` gives the same targets."""
+    from gensight.data import load_dataset
+    from gensight.tickets.masks import magnitude_masks
+    from gensight.tickets.report import oneshot_masks
+    from gensight.tickets.train import train_masked
+
+    zoo = TicketZoo.open(tiny_zoo.root)
+    ids = [0, 1]  # the build's first shard: the same population as the build's dense run
+    w, b = zoo.inits(ids)
+    fn = mask_methods(zoo, {}, ids, baselines=("imp-oneshot",))["imp-oneshot"]
+    got1 = fn(w, b, zoo.counts[1], 1, ids)
+    assert all(torch.equal(x, y) for x, y in zip(got1, zoo.masks(1, "imp", ids), strict=True))
+    dense = train_masked(w, b, None, zoo.seeds(ids), load_dataset(zoo.config.dataset),
+                         zoo.config.train, zoo.config.activation)
+    want2 = magnitude_masks(dense.weights, zoo.counts[2])
+    got2 = fn(w, b, zoo.counts[2], 2, ids)
+    assert all(torch.equal(x, y) for x, y in zip(got2, want2, strict=True))
+    # not IMP's iterative round-2 mask
+    assert not all(torch.equal(x, y) for x, y in zip(got2, zoo.masks(2, "imp", ids),
+                                                     strict=True))
+    # the dense run is cached per ids and weights: other inits get their own
+    w3, b3 = zoo.inits([2, 3])
+    other = train_masked(w3, b3, None, zoo.seeds([2, 3]), load_dataset(zoo.config.dataset),
+                         zoo.config.train, zoo.config.activation)
+    free = mask_methods(zoo, {}, baselines=("imp-oneshot",))["imp-oneshot"]
+    assert all(torch.equal(x, y) for x, y in zip(free(w, b, zoo.counts[2], 2, ids), want2,
+                                                 strict=True))
+    got3 = free(w3, b3, zoo.counts[2], 2, [2, 3])
+    assert all(torch.equal(x, y) for x, y in zip(
+        got3, magnitude_masks(other.weights, zoo.counts[2]), strict=True))
+    scaled = free([2 * x for x in w3], b3, zoo.counts[2], 2, [2, 3])  # same ids, new weights
+    assert not all(torch.equal(x, y) for x, y in zip(scaled, got3, strict=True))
+    with pytest.raises(GensightError, match="'imp-oneshot' was made for inits"):
+        fn(w3, b3, zoo.counts[2], 2, [2, 3])
+    targets = oneshot_masks(zoo, ids, [1, 2])
+    assert all(torch.equal(x, y) for x, y in zip(targets[2], want2, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(targets[1], got1, strict=True))
+    res = evaluate_methods(zoo, {"imp-oneshot": fn}, ids, [1, 2], seed_offset=1000)
+    assert res[res["round"] == 1]["iou"].tolist() == [1.0, 1.0]
+    with pytest.raises(GensightError, match="unknown baseline 'oneshot'; known: imp, "
+                                            "imp-oneshot"):
+        mask_methods(zoo, {}, ids, baselines=("oneshot",))

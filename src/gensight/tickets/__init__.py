@@ -10,6 +10,9 @@
   ``"mlp"`` baseline), class-balanced BCE on IMP masks, optionally plus an unrolled
   training of the masked network through a straight-through top-k
   (:class:`StraightThroughTopK`), or the paper's conditional VAE (:class:`MaskCVAE`).
+- One-shot IMP, the paper's protocol (one IMP step straight to the target density):
+  :func:`oneshot_imp`, :func:`oneshot_masks` (baseline ``imp-oneshot`` and a predictor
+  target).
 - Baselines and masks: :func:`magnitude_masks`, :func:`snip_masks` (SNIP, arXiv
   1810.02340; :func:`snip_scores`), :func:`random_masks`, :func:`layer_topk`,
   :func:`connected_topk` (top-k avoiding dead-end weights), :func:`pruning_schedule`.
@@ -48,9 +51,22 @@ from gensight.tickets.predictor import (
     MaskPredictor,
     PredictorError,
 )
-from gensight.tickets.report import evaluate_methods, mask_methods, summarize, write_report
+from gensight.tickets.report import (
+    evaluate_methods,
+    mask_methods,
+    oneshot_masks,
+    summarize,
+    write_report,
+)
 from gensight.tickets.store import TicketsStoreError, TicketZoo, build_tickets, verify_tickets
-from gensight.tickets.train import IMPResult, MaskedRun, init_weights, run_imp, train_masked
+from gensight.tickets.train import (
+    IMPResult,
+    MaskedRun,
+    init_weights,
+    oneshot_imp,
+    run_imp,
+    train_masked,
+)
 
 __all__ = [
     "IMPResult",
@@ -77,6 +93,8 @@ __all__ = [
     "snip_masks",
     "snip_scores",
     "mask_methods",
+    "oneshot_imp",
+    "oneshot_masks",
     "pruning_schedule",
     "random_masks",
     "run_imp",

@@ -74,7 +74,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from gensight.data import load_dataset
     from gensight.tickets.predictor import KINDS, MaskPredictor
-    from gensight.tickets.report import evaluate_methods, mask_methods, write_report
+    from gensight.tickets.report import (
+        evaluate_methods,
+        mask_methods,
+        oneshot_masks,
+        write_report,
+    )
     from gensight.tickets.store import TicketZoo
 
     _threads(args.threads)
@@ -104,8 +109,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     w, b = zoo.inits(train_ids)
-    masks = {k: zoo.masks(k, "imp", train_ids) for k in rounds}
     dataset = load_dataset(zoo.config.dataset)
+    if args.target == "imp":
+        masks = {k: zoo.masks(k, "imp", train_ids) for k in rounds}
+    else:
+        with progress_bar(console, args.quiet, "one-shot IMP targets") as bar:
+            bar.add_task("targets", total=None)
+            masks = oneshot_masks(zoo, train_ids, rounds)
     predictors, fit_seconds = {}, {}
     for kind, est in estimators.items():
         start = time.perf_counter()
@@ -128,7 +138,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cost = pd.DataFrame([{"what": f"fit {k} ({args.epochs} epochs, {len(train_ids)} inits)",
                           "seconds": s} for k, s in fit_seconds.items()])
     notes = [f"zoo {args.zoo}: predictors fitted on inits {train_ids[0]}..{train_ids[-1]} "
-             f"(objective {args.objective}), evaluated on the last {len(test_ids)} inits",
+             f"(objective {args.objective}, target {args.target} masks), evaluated on the "
+             f"last {len(test_ids)} inits",
              f"training recipe of every mask: {zoo.config.train}"]
     report = write_report(results, out, cost=cost, notes=notes)
     print(report.summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -237,9 +248,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = tsub.add_parser("eval", help="fit mask predictors and compare mask methods (report)",
                          description="Fit the mask predictors on all but the last "
                          "--test-inits inits of ZOO, then train the held-out inits with masks "
-                         "from IMP, each predictor, magnitude at init, SNIP and random at each "
-                         "round; writes OUT/index.html, results.csv, summary.csv and "
-                         "OUT/predictor-KIND.safetensors.")
+                         "from IMP, one-shot IMP (imp-oneshot), each predictor, magnitude at "
+                         "init, SNIP and random at each round; writes OUT/index.html, "
+                         "results.csv, summary.csv and OUT/predictor-KIND.safetensors.")
     ev.add_argument("zoo")
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument("--test-inits", type=int, default=128, help="held-out inits (default 128)")
@@ -249,6 +260,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--objective", default="bce",
                     help="bce | bce+unroll | cvae (the NFN paper's conditional VAE; NFN "
                     "predictors only) (default bce)")
+    ev.add_argument("--target", choices=("imp", "imp-oneshot"), default="imp",
+                    help="masks the predictors learn: the stored IMP masks of each round, "
+                    "or one-shot IMP masks at each round's counts (one IMP step to the "
+                    "density, the NFN paper's protocol) (default imp)")
     ev.add_argument("--epochs", type=int, default=30, help="predictor training epochs")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--connected", action="store_true",

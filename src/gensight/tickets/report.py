@@ -4,9 +4,12 @@ For each round k (density) and each method, the masks of the held-out inits are 
 the zoo's own recipe (the one IMP used, same data order per init) and their test accuracy is
 recorded. Methods: ``imp`` (the stored IMP mask), ``random`` (the stored random mask with
 IMP's per-layer counts), ``magnitude`` (largest ``|theta_0|`` per layer, same counts),
-``snip`` (largest ``|theta_0 * dL/dtheta_0|`` on the training split, same counts) and any
-fitted :class:`~gensight.tickets.predictor.MaskPredictor`. Everything that is trained is
-trained as one population (chunked), so all methods see exactly the same training.
+``snip`` (largest ``|theta_0 * dL/dtheta_0|`` on the training split, same counts),
+``imp-oneshot`` (one IMP step straight to the round's counts: train the dense network once
+with the zoo's recipe and data order, keep the largest trained weights; the NFN paper's
+protocol) and any fitted :class:`~gensight.tickets.predictor.MaskPredictor`. Everything
+that is trained is trained as one population (chunked), so all methods see exactly the same
+training.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ MaskFn = Callable[[list[Tensor], list[Tensor], list[int], int, list[int]], list[
 
 def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
                  init_ids: Sequence[int] | None = None,
-                 baselines: Sequence[str] = ("imp", "magnitude", "snip", "random"),
+                 baselines: Sequence[str] = ("imp", "imp-oneshot", "magnitude", "snip", "random"),
                  connected: bool = False) -> dict[str, MaskFn]:
     """``{name: fn(init_w, init_b, counts, round, init_ids) -> masks}`` for the baselines
     and the predictors; :func:`evaluate_methods` passes the ids of the inits it evaluates
@@ -44,7 +47,8 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
     its logits decoded with :func:`~gensight.tickets.masks.connected_topk`."""
     allowed = None if init_ids is None else [int(i) for i in init_ids]
 
-    def stored(kind: str) -> MaskFn:
+    def pinned(kind: str, inner: MaskFn) -> MaskFn:
+        # masks that depend on the init ids (stored, or cached per ids) refuse other inits
         def fn(w, b, c, k, ids):
             ids = [int(i) for i in ids]
             if allowed is not None and ids != allowed:
@@ -52,26 +56,36 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
                                     f"{allowed[:5]}... but called with {ids[:5]}...; "
                                     "pass the same init_ids to mask_methods and "
                                     "evaluate_methods")
-            return zoo.masks(k, kind, ids)
+            return inner(w, b, c, k, ids)
         return fn
 
     methods: dict[str, MaskFn] = {}
     for name in baselines:
         if name in ("imp", "random"):
-            methods[name] = stored(name)
+            methods[name] = pinned(name, lambda w, b, c, k, ids, kind=name:
+                                   zoo.masks(k, kind, ids))
         elif name == "magnitude":
             methods[name] = lambda w, b, c, k, ids: magnitude_masks(w, c)
         elif name == "snip":
-            methods[name] = _snip(zoo)
+            methods[name] = pinned(name, _snip(zoo))
+        elif name == "imp-oneshot":
+            methods[name] = pinned(name, _oneshot(zoo))
         else:
-            raise GensightError(f"unknown baseline {name!r}; known: imp, magnitude, random, "
-                                "snip")
+            raise GensightError(f"unknown baseline {name!r}; known: imp, imp-oneshot, "
+                                "magnitude, random, snip")
     for name, pred in predictors.items():
         methods[name] = lambda w, b, c, k, ids, pred=pred: pred.predict(w, b, c)
         if connected:
             methods[f"{name}+connected"] = (lambda w, b, c, k, ids, pred=pred:
                                             pred.predict(w, b, c, connected=True))
     return methods
+
+
+def _cache_hit(cache: dict, key: tuple, w: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Whether ``cache`` holds the results for exactly these init ids and weights."""
+    return cache.get("key") == key and all(
+        x.shape == y.shape and torch.equal(x, y)
+        for x, y in zip([*cache["w"], *cache["b"]], [*w, *b], strict=True))
 
 
 def _snip(zoo: TicketZoo) -> MaskFn:
@@ -82,15 +96,56 @@ def _snip(zoo: TicketZoo) -> MaskFn:
 
     def fn(w, b, c, k, ids):
         key = tuple(int(i) for i in ids)
-        if cache.get("key") != key:
+        if not _cache_hit(cache, key, w, b):
             from gensight.data import load_dataset
 
             data = load_dataset(zoo.config.dataset)
             cache.clear()
-            cache.update(key=key, scores=snip_scores(w, b, data.x_train, data.y_train,
-                                                     zoo.config.activation))
+            cache.update(key=key, w=[x.clone() for x in w], b=[x.clone() for x in b],
+                         scores=snip_scores(w, b, data.x_train, data.y_train,
+                                            zoo.config.activation))
         return layer_topk(cache["scores"], c)
     return fn
+
+
+def _oneshot(zoo: TicketZoo) -> MaskFn:
+    """One-shot IMP masks (:func:`~gensight.tickets.train.oneshot_imp`): the dense networks
+    are trained with the zoo's recipe and each init's own data order (the one its IMP masks
+    were found with, whatever order the evaluation then trains with); the trained weights of
+    the last inits asked for are kept, since only the counts change from round to round."""
+    cache: dict = {}
+
+    def fn(w, b, c, k, ids):
+        key = tuple(int(i) for i in ids)
+        if not _cache_hit(cache, key, w, b):
+            from gensight.data import load_dataset
+            from gensight.tickets.train import train_masked
+
+            data = load_dataset(zoo.config.dataset)
+            cache.clear()
+            run = train_masked(w, b, None, zoo.seeds(list(key)), data, zoo.config.train,
+                               zoo.config.activation)
+            cache.update(key=key, w=[x.clone() for x in w], b=[x.clone() for x in b],
+                         trained=run.weights)
+        return magnitude_masks(cache["trained"], c)
+    return fn
+
+
+def oneshot_masks(zoo: TicketZoo, init_ids: Sequence[int],
+                  rounds: Sequence[int]) -> dict[int, list[Tensor]]:
+    """``{round: masks}``: one-shot IMP masks of ``init_ids`` at the per-layer counts of each
+    round, with the zoo's recipe and data orders (targets for a
+    :class:`~gensight.tickets.predictor.MaskPredictor` that follows the paper's protocol)."""
+    from gensight.data import load_dataset
+    from gensight.tickets.train import oneshot_imp, train_masked
+
+    data = load_dataset(zoo.config.dataset)
+    w, b = zoo.inits(init_ids)
+    masks = oneshot_imp(w, b, zoo.seeds(init_ids), [zoo.counts[k] for k in rounds],
+                        lambda w_, b_, m_, s_: train_masked(w_, b_, m_, s_, data,
+                                                            zoo.config.train,
+                                                            zoo.config.activation))
+    return dict(zip(rounds, masks, strict=True))
 
 
 def evaluate_methods(zoo: TicketZoo, methods: Mapping[str, MaskFn], init_ids: Sequence[int],

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from gensight.data import Dataset
 from gensight.tickets.config import TicketsConfig, TrainConfig
-from gensight.tickets.masks import flat_masks, magnitude_prune, pruning_schedule, random_masks
+from gensight.tickets.masks import (
+    flat_masks,
+    magnitude_masks,
+    magnitude_prune,
+    pruning_schedule,
+    random_masks,
+)
 from gensight.weightspace import WeightSpace
 from gensight.zoo.spec import Architecture
 from gensight.zoo.train import (
@@ -260,6 +266,25 @@ def run_imp(init_w: Sequence[Tensor], init_b: Sequence[Tensor], seeds: Sequence[
             result.random_test_acc[k] = run.test_acc[j * m:(j + 1) * m]
             result.random_val_acc[k] = run.val_acc[j * m:(j + 1) * m]
     return result
+
+
+def oneshot_imp(init_w: Sequence[Tensor], init_b: Sequence[Tensor], seeds: Sequence[int],
+                counts: Sequence[Sequence[int]], train_fn: TrainFn) -> list[list[Tensor]]:
+    """One-shot magnitude pruning with rewinding: train the dense network once, then for each
+    entry of ``counts`` keep the ``counts[j][i]`` weights of layer i of largest trained
+    magnitude (the rewound ticket is ``theta_0 * m``).
+
+    This is "one step of IMP" straight to the target density, the protocol of the NFN paper's
+    winning-ticket experiment (arXiv 2302.14040, App. D.2: one IMP step to 95% sparsity) and
+    Frankle & Carbin's one-shot pruning (arXiv 1803.03635, Sec. 2), where :func:`run_imp`
+    reaches the same density over many rounds. The dense training is ``train_fn(init_w,
+    init_b, None, seeds)``, the one :func:`run_imp` starts with, so the one-shot mask at
+    IMP's round-1 counts is IMP's round-1 mask (up to float rounding of nearly tied weights
+    when the dense run is repeated in another population). Returns one list of bool
+    ``(M, n_out, n_in)`` masks per entry of ``counts``.
+    """
+    run = train_fn(list(init_w), list(init_b), None, seeds)
+    return [magnitude_masks(run.weights, c) for c in counts]
 
 
 def imp_schedule(config: TicketsConfig, widths: Sequence[int]) -> list[list[int]]:
