@@ -208,7 +208,8 @@ def main() -> None:
     print("\nmean IoU with the IMP mask")
     print(iou.round(3).to_string())
     print("\nmean IoU with the one-shot IMP mask")
-    print(oneshot_iou(methods, zoo, test_ids, rounds).round(3).to_string())
+    iou_oneshot = oneshot_iou(methods, zoo, test_ids, rounds)
+    print(iou_oneshot.round(3).to_string())
     print("\ncost")
     print(cost.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if a.fresh_order:
@@ -217,6 +218,7 @@ def main() -> None:
     if a.json:
         Path(a.json).write_text(json.dumps({
             "summary": summary.to_dict(orient="records"),
+            "iou_with_oneshot": {str(k): row.to_dict() for k, row in iou_oneshot.iterrows()},
             "cost": cost.to_dict(orient="records")}, indent=1))
 
 
