@@ -88,10 +88,9 @@ def _cache_hit(cache: dict, key: tuple, w: Sequence[Tensor], b: Sequence[Tensor]
         for x, y in zip([*cache["w"], *cache["b"]], [*w, *b], strict=True))
 
 
-def _snip(zoo: TicketZoo) -> MaskFn:
-    """SNIP masks on the zoo's whole training split, with the zoo's activation; the
-    sensitivities (:func:`~gensight.tickets.masks.snip_scores`) of the last inits asked
-    for are kept, since only the counts change from round to round."""
+def _cached_topk(zoo: TicketZoo, scores_fn: Callable[..., list[Tensor]]) -> MaskFn:
+    """Per-layer top-k of ``scores_fn(w, b, ids, dataset)``; the scores of the last inits
+    asked for (ids and weights) are kept, since only the counts change from round to round."""
     cache: dict = {}
 
     def fn(w, b, c, k, ids):
@@ -102,33 +101,27 @@ def _snip(zoo: TicketZoo) -> MaskFn:
             data = load_dataset(zoo.config.dataset)
             cache.clear()
             cache.update(key=key, w=[x.clone() for x in w], b=[x.clone() for x in b],
-                         scores=snip_scores(w, b, data.x_train, data.y_train,
-                                            zoo.config.activation))
+                         scores=scores_fn(w, b, list(key), data))
         return layer_topk(cache["scores"], c)
     return fn
 
 
+def _snip(zoo: TicketZoo) -> MaskFn:
+    """SNIP masks (:func:`~gensight.tickets.masks.snip_scores`) on the zoo's whole training
+    split, with the zoo's activation."""
+    return _cached_topk(zoo, lambda w, b, ids, data: snip_scores(
+        w, b, data.x_train, data.y_train, zoo.config.activation))
+
+
 def _oneshot(zoo: TicketZoo) -> MaskFn:
-    """One-shot IMP masks (:func:`~gensight.tickets.train.oneshot_imp`): the dense networks
-    are trained with the zoo's recipe and each init's own data order (the one its IMP masks
-    were found with, whatever order the evaluation then trains with); the trained weights of
-    the last inits asked for are kept, since only the counts change from round to round."""
-    cache: dict = {}
+    """One-shot IMP masks (:func:`~gensight.tickets.train.oneshot_imp`): the largest
+    trained weights of the dense networks, trained with the zoo's recipe and each init's own
+    data order (the one its IMP masks were found with, whatever order the evaluation then
+    trains with)."""
+    from gensight.tickets.train import train_masked
 
-    def fn(w, b, c, k, ids):
-        key = tuple(int(i) for i in ids)
-        if not _cache_hit(cache, key, w, b):
-            from gensight.data import load_dataset
-            from gensight.tickets.train import train_masked
-
-            data = load_dataset(zoo.config.dataset)
-            cache.clear()
-            run = train_masked(w, b, None, zoo.seeds(list(key)), data, zoo.config.train,
-                               zoo.config.activation)
-            cache.update(key=key, w=[x.clone() for x in w], b=[x.clone() for x in b],
-                         trained=run.weights)
-        return magnitude_masks(cache["trained"], c)
-    return fn
+    return _cached_topk(zoo, lambda w, b, ids, data: [x.abs() for x in train_masked(
+        w, b, None, zoo.seeds(ids), data, zoo.config.train, zoo.config.activation).weights])
 
 
 def oneshot_masks(zoo: TicketZoo, init_ids: Sequence[int],
