@@ -290,3 +290,36 @@ def test_oneshot_baseline_is_one_imp_step_with_the_inits_own_order(tiny_zoo):
     with pytest.raises(GensightError, match="unknown baseline 'oneshot'; known: imp, "
                                             "imp-oneshot"):
         mask_methods(zoo, {}, ids, baselines=("oneshot",))
+
+
+def test_both_decodings_of_a_predictor_share_one_forward_pass(tiny_zoo, monkeypatch):
+    """``connected=True``: the plain and connected masks equal ``predict``'s, from one
+    ``decision_function`` call per round (counts) and set of inits."""
+    from gensight.data import load_dataset
+    from gensight.tickets.predictor import MaskPredictor
+
+    zoo = TicketZoo.open(tiny_zoo.root)
+    w, b = zoo.inits([0, 1, 2])
+    pred = MaskPredictor("hnp", epochs=1).fit(
+        zoo.space, w, b, {k: zoo.masks(k, "imp", [0, 1, 2]) for k in (1, 2)}, zoo.counts,
+        dataset=load_dataset(zoo.config.dataset), activation=zoo.config.activation)
+    ids = [3, 4]
+    w, b = zoo.inits(ids)
+    want = {(k, conn): pred.predict(w, b, zoo.counts[k], connected=conn)
+            for k in (1, 2) for conn in (False, True)}
+    calls = []
+    real = MaskPredictor.decision_function
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(MaskPredictor, "decision_function", counting)
+    methods = mask_methods(zoo, {"p": pred}, ids, baselines=(), connected=True)
+    for k in (1, 2):
+        for name, conn in (("p", False), ("p+connected", True)):
+            got = methods[name](w, b, zoo.counts[k], k, ids)
+            assert all(torch.equal(x, y) for x, y in zip(got, want[k, conn], strict=True))
+    assert len(calls) == 2
+    # other weights under the same ids are not served from the cache
+    methods["p"]([2 * x for x in w], b, zoo.counts[2], 2, ids)
+    assert len(calls) == 3

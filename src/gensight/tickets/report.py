@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gensight import __version__
 from gensight.errors import GensightError
-from gensight.tickets.masks import layer_topk, magnitude_masks, snip_scores
+from gensight.tickets.masks import connected_topk, layer_topk, magnitude_masks, snip_scores
 from gensight.tickets.predictor import MaskPredictor
 from gensight.tickets.store import TicketZoo
 
@@ -74,11 +74,29 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
             raise GensightError(f"unknown baseline {name!r}; known: imp, imp-oneshot, "
                                 "magnitude, random, snip")
     for name, pred in predictors.items():
-        methods[name] = lambda w, b, c, k, ids, pred=pred: pred.predict(w, b, c)
+        # both decodings of one predictor share its logits (computed once per inits, counts)
+        logits = _cached_logits(pred)
+        methods[name] = lambda w, b, c, k, ids, f=logits: layer_topk(f(w, b, c, ids), c)
         if connected:
-            methods[f"{name}+connected"] = (lambda w, b, c, k, ids, pred=pred:
-                                            pred.predict(w, b, c, connected=True))
+            methods[f"{name}+connected"] = (lambda w, b, c, k, ids, f=logits:
+                                            connected_topk(f(w, b, c, ids), c))
     return methods
+
+
+def _cached_logits(pred: MaskPredictor) -> Callable[..., list[Tensor]]:
+    """``fn(w, b, counts, ids)``: ``pred.decision_function(w, b, counts)``, kept for the last
+    inits (ids and weights) and counts asked for; :meth:`MaskPredictor.predict` is the
+    per-layer top-k (or :func:`~gensight.tickets.masks.connected_topk`) of these logits."""
+    cache: dict = {}
+
+    def fn(w, b, c, ids):
+        key = (tuple(int(i) for i in ids), tuple(int(n) for n in c))
+        if not _cache_hit(cache, key, w, b):
+            cache.clear()
+            cache.update(key=key, w=[x.clone() for x in w], b=[x.clone() for x in b],
+                         logits=pred.decision_function(w, b, c))
+        return cache["logits"]
+    return fn
 
 
 def _cache_hit(cache: dict, key: tuple, w: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
