@@ -177,6 +177,33 @@ def test_common_init_starts_every_member_from_member_0(tasks):
         assert torch.allclose(p, q, atol=1e-7)
 
 
+def test_common_init_aligns_every_round_to_the_common_starting_point(tasks, monkeypatch):
+    """From one initialization, round 1 aligns to that initialization (the members' common
+    starting point, as the broadcast merge is in later rounds), not to member 0 after its
+    local training; ``reference`` only picks round 1's reference for independent inits."""
+    import gensight.merge.fleet as fleet_mod
+
+    seen = []
+    real = fleet_mod.merge
+
+    def spy(members, **kw):
+        seen.append(kw["reference"])
+        return real(members, **kw)
+    monkeypatch.setattr(fleet_mod, "merge", spy)
+    models = [_mlp(s) for s in range(3)]
+    start = [p.detach().clone() for p in models[0].parameters()]
+    out = fleet_merge(models, tasks, rounds=2, local_steps=3, common_init=True, reference=1)
+    assert len(seen) == 2 and all(isinstance(r, nn.Module) for r in seen)
+    assert all(torch.equal(p, q) for p, q in zip(seen[0].parameters(), start, strict=True))
+    want = real(train_members([models[0]] * 3, tasks, steps=3, seed=1), reference=models[0])
+    assert all(torch.equal(p, q) for p, q in zip(seen[1].parameters(),
+                                                 want.model.parameters(), strict=True))
+    assert out.history["round"].max() == 2
+    seen.clear()
+    fleet_merge(models, tasks, rounds=1, local_steps=3, reference=1)  # independent inits
+    assert seen == [1]
+
+
 def test_shared_activation_module_is_not_mixed_up():
     torch.manual_seed(4)
     act = nn.Tanh()

@@ -254,12 +254,12 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
     (:func:`train_members`, starting from its own initialization in round 1 and from the
     broadcast merged weights later); then the members are aligned to a common reference by
     ``method`` (``"weight"``, or ``"activation"`` on the shared inputs ``x``) and averaged
-    (:func:`~gensight.merge.merge`). The reference is ``reference`` (a member index or
-    ``"average"``) in round 1, and from round 2 on the merged network broadcast at the start
-    of the round, the members' common starting point. With ``align=False`` the members are
-    averaged as they are (naive averaging, FedAvg). The merged weights are broadcast to all
-    members. ``common_init=True`` broadcasts ``models[0]`` before round 1 (a fleet that
-    starts from one initialization); by default every member starts from its own.
+    (:func:`~gensight.merge.merge`). The reference is the members' common starting point:
+    the merged network broadcast at the start of the round, and in round 1 the common
+    initialization (``common_init=True``, which broadcasts ``models[0]`` before round 1) or,
+    when every member starts from its own initialization (the default), ``reference`` (a
+    member index or ``"average"``). With ``align=False`` the members are averaged as they
+    are (naive averaging, FedAvg). The merged weights are broadcast to all members.
     ``restrict``: local training over each task's own classes (:func:`train_members`).
 
     Raises:
@@ -282,8 +282,8 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
         members = train_members(members, tasks, steps=local_steps, lr=lr,
                                 batch_size=batch_size, seed=seed * 1000 + r, ray=ray,
                                 restrict=restrict)
-        if align:  # round 1: to the reference; later: to the broadcast starting point
-            ref = reference if r == 1 else merged
+        if align:  # to the members' common starting point; round 1 from own inits: reference
+            ref = reference if r == 1 and not common_init else merged
             merged = merge(members, method=method, x=x, reference=ref, seed=seed).model
         else:
             merged = average(members)
