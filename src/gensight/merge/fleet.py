@@ -256,10 +256,11 @@ def fleet_merge(models: Sequence[nn.Module], tasks: Sequence[Task], *, rounds: i
     ``method`` (``"weight"``, or ``"activation"`` on the shared inputs ``x``) and averaged
     (:func:`~gensight.merge.merge`). The reference is the members' common starting point:
     the merged network broadcast at the start of the round, and in round 1 the common
-    initialization (``common_init=True``, which broadcasts ``models[0]`` before round 1) or,
-    when every member starts from its own initialization (the default), ``reference`` (a
-    member index or ``"average"``). With ``align=False`` the members are averaged as they
-    are (naive averaging, FedAvg). The merged weights are broadcast to all members.
+    initialization (``common_init=True``, which broadcasts ``models[0]`` before round 1).
+    When every member starts from its own initialization (the default), round 1 has no
+    common start and aligns to ``reference`` (a member index or ``"average"``; checked, but
+    not used, with ``common_init=True``). With ``align=False`` the members are averaged as
+    they are (naive averaging, FedAvg). The merged weights are broadcast to all members.
     ``restrict``: local training over each task's own classes (:func:`train_members`).
 
     Raises:

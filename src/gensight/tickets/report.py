@@ -41,14 +41,17 @@ def mask_methods(zoo: TicketZoo, predictors: Mapping[str, MaskPredictor],
     """``{name: fn(init_w, init_b, counts, round, init_ids) -> masks}`` for the baselines
     and the predictors; :func:`evaluate_methods` passes the ids of the inits it evaluates
     (``init_w``, ``init_b`` are theirs), and the stored masks (imp, random) are read for
-    those ids. ``init_ids`` (optional): the only inits the methods may be called with; a
-    call with others raises :class:`GensightError` instead of pairing masks and inits
-    that do not belong together. ``connected``: every predictor also as ``NAME+connected``,
-    its logits decoded with :func:`~gensight.tickets.masks.connected_topk`."""
+    those ids. ``init_ids`` (optional): the only inits the baselines that depend on the
+    ids (imp, random, snip, imp-oneshot) may be called with; a call with others raises
+    :class:`GensightError` instead of pairing masks and inits that do not belong together
+    (magnitude and the predictors read only the weights they are given). ``connected``:
+    every predictor also as ``NAME+connected``, its logits decoded with
+    :func:`~gensight.tickets.masks.connected_topk`."""
     allowed = None if init_ids is None else [int(i) for i in init_ids]
 
     def pinned(kind: str, inner: MaskFn) -> MaskFn:
-        # masks that depend on the init ids (stored, or cached per ids) refuse other inits
+        # baselines that depend on the init ids (stored masks, the zoo's seeds) refuse
+        # other inits
         def fn(w, b, c, k, ids):
             ids = [int(i) for i in ids]
             if allowed is not None and ids != allowed:
