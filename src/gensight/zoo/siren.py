@@ -440,6 +440,11 @@ class _FlatSirens:
     # all 256 at once, whose 6 MB buffers stream from memory. On a GPU all members run at once.
     CHUNK_BYTES = 3 << 19  # 1.5 MiB: 62 members of 2-32-32-1 at 14x14, 15 at 28x28
     chunk: int | None = None
+    # Smallest image side for which the first layer uses angle addition on the grid
+    # (``loss_and_grad(..., grid)``). Its broadcast products run along rows of S values,
+    # which are slower than one ``torch.sin`` pass for short rows: measured on a 2-core CPU
+    # (``benchmarks/bench_siren_grid.py``), 0.90-0.93x at S = 8 and 14, 1.08-1.26x from 16 up.
+    GRID_MIN_SIDE = 16
 
     def __init__(self, sizes: Sequence[tuple[int, int]], omega_0: float):
         self.sizes = list(sizes)
@@ -480,10 +485,16 @@ class _FlatSirens:
             self._buffers[name] = buf
         return buf[:shape[0]]
 
-    def loss_and_grad(self, theta: Tensor, coords: Tensor, targets: Tensor
-                      ) -> tuple[Tensor, Tensor]:
+    def loss_and_grad(self, theta: Tensor, coords: Tensor, targets: Tensor,
+                      grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-member MSE ``(A,)`` of the current weights ``theta (A, D)`` on ``targets (A,
         C, P)`` at ``coords (P, in)``, and ``d(sum of the MSEs)/d theta`` ``(A, D)``.
+
+        ``grid``: the ``(S,)`` axis values when ``coords`` is :func:`coordinate_grid`
+        ``(S)`` (``coords[i * S + j] == (grid[i], grid[j])``). The first layer's sines and
+        cosines are then built by angle addition from ``2 S`` values per unit instead of
+        ``S^2`` (same function; see :meth:`_first_layer_on_grid`), for ``S >=``
+        :attr:`GRID_MIN_SIDE`.
 
         Members are independent, so they run ``chunk`` at a time (see :attr:`chunk`)."""
         a = theta.shape[0]
@@ -494,25 +505,55 @@ class _FlatSirens:
         for lo in range(0, a, chunk):
             hi = min(a, lo + chunk)
             self._loss_and_grad(theta[lo:hi], coords, targets[lo:hi], mse[lo:hi],
-                                grad[lo:hi])
+                                grad[lo:hi], grid)
         return mse, grad
+
+    def _first_layer_on_grid(self, w: Tensor, b: Tensor, grid: Tensor, x_out: Tensor
+                             ) -> tuple[Tensor, ...]:
+        """The first hidden layer's output ``sin(omega_0 (W x + b))`` on the pixel grid,
+        written into ``x_out (A, h, S * S)``, and the per-axis factors for its cosine.
+
+        With ``x = (grid[i], grid[j])``, ``omega_0 (W x + b) = r_i + c_j`` for
+        ``r_i = omega_0 (W[:, 0] grid[i] + b)`` and ``c_j = omega_0 W[:, 1] grid[j]``, so
+        ``sin(r_i + c_j) = sin r_i cos c_j + cos r_i sin c_j`` (and ``cos(r_i + c_j) = cos r_i
+        cos c_j - sin r_i sin c_j`` in the backward pass): 4 S transcendentals per unit
+        instead of S^2. Equal to the direct evaluation up to float rounding."""
+        om = self.omega_0
+        rows = torch.addcmul(b.unsqueeze(2), w[:, :, :1], grid).mul_(om)  # (A, h, S)
+        cols = (w[:, :, 1:] * grid).mul_(om)
+        sr, cr, sc, cc = rows.sin(), rows.cos(), cols.sin(), cols.cos()
+        s = grid.shape[0]
+        out = x_out.view(*x_out.shape[:2], s, s)
+        torch.mul(sr.unsqueeze(3), cc.unsqueeze(2), out=out)
+        out.addcmul_(cr.unsqueeze(3), sc.unsqueeze(2))
+        return sr, cr, sc, cc
 
     def cpu_chunk(self, n_pix: int) -> int:
         per_member = max(o for o, _ in self.sizes[:-1]) * n_pix * 4
         return max(1, self.CHUNK_BYTES // per_member)
 
     def _loss_and_grad(self, theta: Tensor, coords: Tensor, targets: Tensor, mse_out: Tensor,
-                       grad_out: Tensor) -> None:
+                       grad_out: Tensor, grid: Tensor | None = None) -> None:
         om = self.omega_0
         ws, bs = self.layers(theta)
         n_layers = len(ws)
         a, h1, n_in = ws[0].shape
         n_pix = coords.shape[0]
+        on_grid = (grid is not None and n_in == 2 and n_layers > 1
+                   and grid.shape[0] >= self.GRID_MIN_SIDE)
         # forward; zs[k] keeps omega_0 * (W x_prev + b) of hidden layer k, xs[k] its sine
+        # (on a grid, layer 0 keeps its per-axis sines and cosines instead)
         zs, xs = [], []
+        first = ()
         for k in range(n_layers - 1):
             h = ws[k].shape[1]
             z = self._buffer(f"z{k}", (a, h, n_pix), theta)
+            if k == 0 and on_grid:
+                x0 = self._buffer("x0", (a, h, n_pix), theta)
+                first = self._first_layer_on_grid(ws[0], bs[0], grid, x0)
+                zs.append(z)  # filled with the cosine in the backward pass
+                xs.append(x0)
+                continue
             if k == 0:  # one matmul for all members: (A * h1, in) @ (in, P)
                 torch.mm(ws[0].reshape(a * h1, n_in), coords.t(), out=z.view(a * h1, n_pix))
             else:
@@ -534,7 +575,14 @@ class _FlatSirens:
             # hidden layer k - 1: dL/du = scale * g for u = W x_prev + b, where
             # g = cos(omega_0 u) * (W_k^T grad) and scale = omega_0 ** (layers above it)
             scale *= om
-            g = torch.cos(zs[k - 1], out=zs[k - 1])
+            if k == 1 and first:  # cos(r_i + c_j) = cos r_i cos c_j - sin r_i sin c_j
+                sr, cr, sc, cc = first
+                g = zs[0]
+                g4 = g.view(a, h1, grid.shape[0], grid.shape[0])
+                torch.mul(cr.unsqueeze(3), cc.unsqueeze(2), out=g4)
+                g4.addcmul_(sr.unsqueeze(3), sc.unsqueeze(2), value=-1)
+            else:
+                g = torch.cos(zs[k - 1], out=zs[k - 1])
             if ws[k].shape[1] == 1:  # one output: W_k^T grad is an outer product
                 g.mul_(grad).mul_(ws[k].transpose(1, 2))
             else:
@@ -603,6 +651,7 @@ def fit_sirens(images: Tensor, seeds: Sequence[int], *, hidden: Sequence[int] = 
     init = siren_init(seeds, hidden, omega_0, 2, channels)
     theta = flat.flatten(init).to(dtype=dtype, device=device)
     coords = coordinate_grid(side, dtype=dtype, device=device)
+    grid = torch.linspace(-1, 1, side, dtype=dtype, device=device)  # coords' axis values
     targets = x.reshape(m, channels, side * side)  # (M, C, P), coordinate_grid order
     final = theta.clone()  # rows of frozen members are written here when they stop
     active = torch.arange(m, device=device)
@@ -613,7 +662,7 @@ def fit_sirens(images: Tensor, seeds: Sequence[int], *, hidden: Sequence[int] = 
     t = 0  # updates taken by every active member
     with torch.no_grad():
         for _ in range(steps):
-            mse, grad = flat.loss_and_grad(theta, coords, targets)
+            mse, grad = flat.loss_and_grad(theta, coords, targets, grid)
             if target_psnr is not None:
                 done = psnr(mse.double()) >= target_psnr
                 if bool(done.any()):
