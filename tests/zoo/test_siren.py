@@ -88,7 +88,17 @@ def test_population_fit_matches_reference_with_early_stop():
     assert fit.psnr[0] >= 10.0 > fit.psnr[1]
 
 
-def test_population_fit_matches_reference_rgb_three_hidden_layers():
+@pytest.mark.parametrize("grid_min_side", [None, 1])
+def test_population_fit_matches_reference_rgb_three_hidden_layers(grid_min_side, monkeypatch):
+    # grid_min_side 1: the first layer by angle addition on the pixel grid (in fit_sirens)
+    from gensight.zoo.siren import _FlatSirens
+
+    calls = []
+    if grid_min_side is not None:
+        monkeypatch.setattr(_FlatSirens, "GRID_MIN_SIDE", grid_min_side)
+        real = _FlatSirens._first_layer_on_grid
+        monkeypatch.setattr(_FlatSirens, "_first_layer_on_grid",
+                            lambda self, *a: calls.append(1) or real(self, *a))
     g = torch.Generator().manual_seed(3)
     images = torch.rand(2, 3, 6, 6, generator=g) * 2 - 1  # channel order matters here
     kw = {"hidden": (8, 6, 5), "omega_0": 10.0, "steps": 6, "lr": 2e-3}
@@ -97,6 +107,7 @@ def test_population_fit_matches_reference_rgb_three_hidden_layers():
         assert_member_equals_module(fit.population, k, fit_siren_reference(image, seed, **kw),
                                     atol=2e-6)
     assert render(fit.population, 6).shape == (2, 3, 6, 6)
+    assert len(calls) == (0 if grid_min_side is None else kw["steps"])
 
 
 # --- 2. initialization -------------------------------------------------------------------------
@@ -352,7 +363,10 @@ def test_grid_first_layer_by_angle_addition_equals_the_direct_pass(hidden, chann
     mse, grad = (t.clone() for t in flat.loss_and_grad(theta, coords, targets))
     flat.chunk = 2
     flat.GRID_MIN_SIDE = 1  # the angle-addition path at every size
+    real, calls = flat._first_layer_on_grid, []
+    flat._first_layer_on_grid = lambda *a: calls.append(1) or real(*a)
     mse_g, grad_g = flat.loss_and_grad(theta, coords, targets, lin)
     torch.testing.assert_close(mse_g, mse, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad_g, grad, rtol=1e-9, atol=1e-9)
     assert grad.abs().max() > 1e-2  # a gradient that could differ
+    assert len(calls) == 3  # one call per chunk of 2 members: the grid path ran

@@ -443,7 +443,8 @@ class _FlatSirens:
     # Smallest image side for which the first layer uses angle addition on the grid
     # (``loss_and_grad(..., grid)``). Its broadcast products run along rows of S values,
     # which are slower than one ``torch.sin`` pass for short rows: measured on a 2-core CPU
-    # (``benchmarks/bench_siren_grid.py``), 0.90-0.93x at S = 8 and 14, 1.08-1.26x from 16 up.
+    # (``benchmarks/bench_siren_grid.py``), 0.80x at S = 8, 0.95-1.04x at 14, 1.11-1.29x
+    # from 16 up.
     GRID_MIN_SIDE = 16
 
     def __init__(self, sizes: Sequence[tuple[int, int]], omega_0: float):
